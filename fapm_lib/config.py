@@ -1,0 +1,138 @@
+"""FAPM settings: one dataclass with the paper's defaults, loaded from YAML with strict checks."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+SAMPLING_MODES = ("adaptive", "fixed")
+IMAGE_SCORES = ("max", "reweighted")
+
+
+@dataclass
+class FAPMConfig:
+    """Every setting of a FAPM (or PatchCore) fit. Defaults follow the paper, except the
+    backbone: ``tf_efficientnet_lite0`` works offline; the paper's is ``wide_resnet50_2``."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True          # False: random weights, for timing only
+    resize: int = 256                # shorter side before the crop
+    crop_size: int | None = 224      # centre crop; None: resize to a resize x resize square
+    pool_size: int = 3               # local neighbourhood aggregation (avg-pool, stride 1)
+    grid: int = 7                    # regions per side: 7 x 7 = 49 memory banks per layer
+    sampling: str = "adaptive"       # "adaptive" (near/far) or "fixed" (one ratio everywhere)
+    coreset_ratio: float = 0.1       # base ratio r
+    adaptive_multiplier: float = 2.0  # far regions keep a * r
+    coreset_projection: int | None = None  # random-projection dim for greedy selection; None: raw features
+    k: int = 4                       # nearest neighbours per query
+    image_score: str = "max"         # "max" or "reweighted" (the official code's)
+    blur_sigma: float = 4.0          # Gaussian blur of the upsampled map
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first parameter out of range."""
+        checks: list[tuple[str, bool, str]] = [
+            ("coreset_ratio", 0.0 < self.coreset_ratio <= 1.0, "must be in (0, 1]"),
+            ("adaptive_multiplier", self.adaptive_multiplier >= 1.0, "must be >= 1"),
+            ("k", self.k >= 1, "must be >= 1"),
+            ("grid", self.grid >= 1, "must be >= 1"),
+            ("pool_size", self.pool_size >= 1 and self.pool_size % 2 == 1, "must be an odd number >= 1"),
+            ("resize", self.resize >= 32, "must be >= 32"),
+            ("crop_size", self.crop_size is None or 32 <= self.crop_size <= self.resize, "must be in [32, resize]"),
+            ("sampling", self.sampling in SAMPLING_MODES, f"must be one of {', '.join(SAMPLING_MODES)}"),
+            ("image_score", self.image_score in IMAGE_SCORES, f"must be one of {', '.join(IMAGE_SCORES)}"),
+            ("blur_sigma", self.blur_sigma >= 0, "must be >= 0"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("coreset_projection", self.coreset_projection is None or self.coreset_projection >= 1, "must be >= 1"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} {why}")
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square network input."""
+        return self.crop_size or self.resize
+
+    def replace(self, **changes: Any) -> "FAPMConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "FAPMConfig":
+        """Build from a mapping, refusing unknown keys and wrong types (ConfigError names the key)."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+            if not _type_ok(value, hints[key]):
+                raise ConfigError(f"{source}: key '{key}' expects {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+        try:
+            return cls(**{k: (float(v) if hints[k] is float and isinstance(v, int) else v) for k, v in values.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+#: Keys a YAML config may carry besides the model's own settings.
+RUN_KEYS = ("category", "data_root")
+
+
+def load_yaml_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a YAML config -> (model settings, run settings such as ``category``)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(raw).__name__}")
+    run = {k: raw.pop(k) for k in RUN_KEYS if k in raw}
+    for key, value in run.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: key '{key}' expects str, got {type(value).__name__} {value!r}")
+    FAPMConfig.from_dict(raw, source=str(path))  # validate now, with the file's name in errors
+    return raw, run
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is typing.Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -1,0 +1,97 @@
+"""Greedy k-center coreset (Sener & Savarese), batched over regions, with covering radii.
+
+All regions of a layer are processed at once: one batched matrix-vector product per greedy
+step, no loop over regions or positions. Greedy prefixes are nested, so a selection can be
+extended later (FAPM's "far" regions continue the same run up to ``a * r``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+
+class GreedyKCenter:
+    """Greedy k-center over ``x: [R, N, C]`` (R independent sets of N vectors).
+
+    The first centre of each set is the vector nearest to the set's mean (deterministic).
+    After ``extend(m)``: ``indices [R, m]`` are the chosen rows and ``radii [R, m]`` the
+    covering radius (largest distance from any vector to its nearest centre) after each step,
+    so ``radii[:, -1]`` is the current radius and ``radii`` never increases along a row.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        if x.ndim != 3 or x.shape[1] == 0:
+            raise ValueError(f"expected [R, N, C] with N > 0, got {tuple(x.shape)}")
+        self.x = x
+        self.sq = x.pow(2).sum(-1)  # [R, N]
+        first = self._sq_dist_to(x.mean(dim=1)).argmin(dim=1)  # [R]
+        self.min_sq = torch.full_like(self.sq, float("inf"))
+        self._index_chunks: list[Tensor] = []
+        self._radius_chunks: list[Tensor] = []
+        self._add(first)
+
+    @property
+    def n_selected(self) -> int:
+        return sum(c.shape[1] for c in self._index_chunks)
+
+    @property
+    def indices(self) -> Tensor:
+        """``[R, m]`` selected row indices, in selection order."""
+        return torch.cat(self._index_chunks, dim=1)
+
+    @property
+    def radii(self) -> Tensor:
+        """``[R, m]`` covering radius after 1..m centres."""
+        return torch.cat(self._radius_chunks, dim=1)
+
+    def _sq_dist_to(self, centres: Tensor) -> Tensor:
+        """Squared L2 distance of every vector to its set's centre: ``[R, C] -> [R, N]``."""
+        dots = torch.bmm(self.x, centres.unsqueeze(-1)).squeeze(-1)
+        return (self.sq - 2 * dots + centres.pow(2).sum(-1, keepdim=True)).clamp_min_(0)
+
+    def _add(self, idx: Tensor) -> None:
+        centres = self.x[torch.arange(self.x.shape[0], device=idx.device), idx]  # [R, C]
+        torch.minimum(self.min_sq, self._sq_dist_to(centres), out=self.min_sq)
+        self.min_sq.scatter_(1, idx[:, None], 0.0)  # a centre covers itself exactly
+        self._index_chunks.append(idx[:, None])
+        self._radius_chunks.append(self.min_sq.max(dim=1).values.sqrt()[:, None])
+
+    def extend(self, n_total: int, progress: bool = False, desc: str = "coreset") -> "GreedyKCenter":
+        """Grow every set's selection to ``min(n_total, N)`` centres."""
+        n_total = min(n_total, self.x.shape[1])
+        steps = range(self.n_selected, n_total)
+        for _ in tqdm(steps, desc=desc, disable=not progress, leave=False, mininterval=0.5):
+            self._add(self.min_sq.argmax(dim=1))
+        self._compact()
+        return self
+
+    def _compact(self) -> None:
+        if len(self._index_chunks) > 1:
+            self._index_chunks = [self.indices]
+            self._radius_chunks = [self.radii]
+
+    def subset(self, regions: Tensor) -> "GreedyKCenter":
+        """The same run restricted to some sets (``regions: [G]`` long), state kept."""
+        new = object.__new__(GreedyKCenter)
+        new.x, new.sq, new.min_sq = self.x[regions], self.sq[regions], self.min_sq[regions].clone()
+        new._index_chunks = [self.indices[regions]]
+        new._radius_chunks = [self.radii[regions]]
+        return new
+
+
+def coreset_size(n: int, ratio: float) -> int:
+    """Number of centres kept from ``n`` vectors at ``ratio`` (at least one)."""
+    return max(1, min(n, math.ceil(n * ratio)))
+
+
+def random_projection(x: Tensor, dim: int | None, seed: int = 0) -> Tensor:
+    """Johnson-Lindenstrauss projection ``[..., C] -> [..., dim]`` (seeded Gaussian); identity when
+    ``dim`` is None or not smaller than C. Used only to pick centres faster."""
+    if dim is None or dim >= x.shape[-1]:
+        return x
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    weight = torch.randn(x.shape[-1], dim, generator=gen, dtype=torch.float32) / math.sqrt(dim)
+    return x @ weight.to(device=x.device, dtype=x.dtype)

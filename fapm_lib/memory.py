@@ -1,0 +1,128 @@
+"""One memory bank per region of one layer, subsampled by the adaptive coreset, searched by k-NN.
+
+Banks of one size class ("near": ``r``; "far": ``a * r``) are stacked into one tensor, so the
+search is one batched matrix product per size class, with no padding rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .coreset import GreedyKCenter, coreset_size, random_projection
+from .errors import ConfigError
+
+
+@dataclass
+class BankGroup:
+    """Regions whose banks have the same size: ``regions [G]``, ``bank [G, M, C]``."""
+
+    regions: Tensor
+    bank: Tensor
+    sq_norms: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sq_norms = self.bank.pow(2).sum(-1)  # [G, M]
+
+    def to(self, device: torch.device | str) -> "BankGroup":
+        return BankGroup(self.regions.to(device), self.bank.to(device))
+
+
+@dataclass
+class LayerMemory:
+    """The memory of one backbone layer: ``R`` banks in size groups, plus coreset diagnostics.
+
+    ``radii [R]``: covering radius of each region at the base ratio; ``far [R]``: regions that
+    kept ``a * r`` of their vectors.
+    """
+
+    groups: list[BankGroup]
+    radii: Tensor
+    far: Tensor
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.radii.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.groups[0].bank.shape[-1])
+
+    def bank_sizes(self) -> Tensor:
+        """``[R]`` number of memory vectors of each region."""
+        sizes = torch.zeros(self.n_regions, dtype=torch.long)
+        for g in self.groups:
+            sizes[g.regions.cpu()] = g.bank.shape[1]
+        return sizes
+
+    def n_vectors(self) -> int:
+        return int(sum(g.bank.shape[0] * g.bank.shape[1] for g in self.groups))
+
+    def search(self, queries: Tensor, k: int) -> Tensor:
+        """k smallest L2 distances, ascending: ``queries [R, Q, C] -> [R, Q, k]``."""
+        out = queries.new_empty(queries.shape[0], queries.shape[1], k)
+        q_sq = queries.pow(2).sum(-1, keepdim=True)  # [R, Q, 1]
+        for g in self.groups:  # one or two size classes, never one per region
+            q = queries.index_select(0, g.regions)
+            d2 = torch.baddbmm(g.sq_norms.unsqueeze(1), q, g.bank.transpose(1, 2), alpha=-2.0)
+            d2 += q_sq.index_select(0, g.regions)
+            nearest = d2.topk(k, dim=-1, largest=False).values
+            out.index_copy_(0, g.regions, nearest.clamp_min_(0).sqrt_())
+        return out
+
+    def to(self, device: torch.device | str) -> "LayerMemory":
+        return LayerMemory([g.to(device) for g in self.groups], self.radii, self.far)
+
+
+def build_layer_memory(
+    features: Tensor,
+    ratio: float = 0.1,
+    multiplier: float = 2.0,
+    sampling: str = "adaptive",
+    projection: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    name: str = "layer",
+) -> LayerMemory:
+    """Subsample each region's training vectors ``[R, N, C]`` into its memory bank.
+
+    ``fixed``: every region keeps ``ceil(r N)`` greedy centres. ``adaptive``: a region whose
+    covering radius at ``r`` exceeds the layer's mean radius is "far" and keeps ``ceil(a r N)``
+    (the same greedy run, continued); the others keep ``ceil(r N)``.
+    """
+    n = features.shape[1]
+    greedy = GreedyKCenter(random_projection(features, projection, seed))
+    greedy.extend(coreset_size(n, ratio), progress, desc=f"coreset {name} (r)")
+    radii = greedy.radii[:, -1].cpu()
+    far = torch.zeros_like(radii, dtype=torch.bool)
+    n_far = coreset_size(n, ratio * multiplier)
+    if sampling == "adaptive" and n_far > greedy.n_selected:
+        far = radii > radii.mean()
+    groups = []
+    near_ids = (~far).nonzero().flatten().to(features.device)
+    if len(near_ids):
+        groups.append(_group(features, near_ids, greedy.indices[near_ids]))
+    if far.any():
+        far_ids = far.nonzero().flatten().to(features.device)
+        far_run = greedy.subset(far_ids).extend(n_far, progress, desc=f"coreset {name} (a*r)")
+        groups.append(_group(features, far_ids, far_run.indices))
+    return LayerMemory(groups, radii, far)
+
+
+def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
+    """Gather ``features[regions[g], indices[g]]`` -> ``BankGroup`` with bank ``[G, M, C]``."""
+    rows = features.index_select(0, regions)
+    bank = torch.gather(rows, 1, indices.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+    return BankGroup(regions, bank.contiguous())
+
+
+def check_k(memories: list[LayerMemory], k: int) -> None:
+    """ConfigError when ``k`` exceeds the smallest bank of any layer."""
+    for i, mem in enumerate(memories):
+        smallest = int(mem.bank_sizes().min())
+        if k > smallest:
+            raise ConfigError(
+                f"k={k} exceeds the smallest memory bank ({smallest} vectors, layer {i}); "
+                "lower k, raise coreset_ratio or add training images"
+            )

@@ -1,0 +1,37 @@
+"""Split feature maps into a grid of regions ("patches") and merge per-position values back."""
+from __future__ import annotations
+
+from einops import rearrange
+from torch import Tensor
+
+from .errors import ConfigError
+
+
+def check_grid(height: int, width: int, grid: int, what: str = "feature map") -> int:
+    """Side ``s`` of one region; ConfigError when ``grid`` does not divide the map."""
+    if height % grid or width % grid:
+        raise ConfigError(
+            f"grid={grid} does not divide the {height}x{width} {what}; pick a divisor of both "
+            f"(e.g. {', '.join(str(d) for d in valid_grids(height, width))})"
+        )
+    return height // grid
+
+
+def valid_grids(*sizes: int) -> list[int]:
+    """Region grids that divide every given feature-map side."""
+    return [g for g in range(1, min(sizes) + 1) if all(s % g == 0 for s in sizes)]
+
+
+def split_regions(features: Tensor, grid: int) -> Tensor:
+    """``[B, C, H, W] -> [R, B*s*s, C]`` with ``R = grid**2`` and ``s = H / grid``.
+
+    Region ``r = gy * grid + gx``; within a region, rows are ordered (image, y, x).
+    """
+    check_grid(features.shape[-2], features.shape[-1], grid)
+    return rearrange(features, "b c (gy sy) (gx sx) -> (gy gx) (b sy sx) c", gy=grid, gx=grid)
+
+
+def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
+    """``[R, B*s*s, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`."""
+    sy, sx = height // grid, width // grid
+    return rearrange(values, "(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...", gy=grid, gx=grid, sy=sy, sx=sx)
