@@ -1,6 +1,7 @@
 """Split feature maps into a grid of regions ("patches") and merge per-position values back."""
 from __future__ import annotations
 
+import torch
 from einops import rearrange
 from torch import Tensor
 
@@ -35,3 +36,32 @@ def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
     """``[R, B*s*s, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`."""
     sy, sx = height // grid, width // grid
     return rearrange(values, "(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...", gy=grid, gx=grid, sy=sy, sx=sx)
+
+
+class RegionFeatureBuffer:
+    """Accumulates one layer's region-split features ``[R, N*s*s, C]`` batch by batch, without
+    keeping images or a second copy (preallocated when the image count is known)."""
+
+    def __init__(self, grid: int, n_images: int | None) -> None:
+        self.grid, self.n_images = grid, n_images
+        self.buffer: Tensor | None = None
+        self.chunks: list[Tensor] = []
+        self.filled = 0
+
+    def add(self, feature: Tensor) -> None:
+        """Append ``[B, C, h, w]``."""
+        regions = split_regions(feature, self.grid)  # [R, B*s*s, C]
+        if self.n_images is None:
+            self.chunks.append(regions)
+            return
+        if self.buffer is None:
+            per_image = regions.shape[1] // feature.shape[0]
+            self.buffer = regions.new_empty(regions.shape[0], self.n_images * per_image, regions.shape[2])
+        self.buffer[:, self.filled : self.filled + regions.shape[1]] = regions
+        self.filled += regions.shape[1]
+
+    def result(self) -> Tensor:
+        if self.n_images is None:
+            return torch.cat(self.chunks, dim=1)
+        assert self.buffer is not None
+        return self.buffer[:, : self.filled]

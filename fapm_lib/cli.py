@@ -1,0 +1,324 @@
+"""The ``fapm`` command: fit, evaluate, predict, synth, demo, batch, benchmark, gif.
+
+Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError, DataError, FAPMError
+
+DEFAULT_BUILTIN_ROOT = Path("data/builtin")
+MODEL_FILE = "model.safetensors"
+#: CLI flag -> FAPMConfig field, for the optional tuning flags.
+TUNING_FLAGS = {"coreset_ratio": float, "adaptive_multiplier": float, "grid": int, "k": int,
+                "sampling": str, "image_score": str, "batch_size": int}
+
+
+# ---- shared options -------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _model_options(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    p.add_argument("--data-root", required=data_required, help="folder holding <category>/train, test, ground_truth")
+    p.add_argument("--category", required=data_required, help="category folder name, e.g. bottle")
+    p.add_argument("--backbone", help="timm model name (default tf_efficientnet_lite0, offline)")
+    p.add_argument("--config", help="YAML file with FAPMConfig keys (flags override it)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--random-weights", action="store_true", help="random backbone weights (timing only)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them instead of stopping")
+    for name, kind in TUNING_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+
+
+def build_config(args: argparse.Namespace):
+    """FAPMConfig from defaults, then ``--config``, then flags; fills ``args.category`` from the config."""
+    from .config import FAPMConfig, load_yaml_config
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values, run = load_yaml_config(args.config)
+        for key in ("category", "data_root"):
+            if getattr(args, key, None) is None and key in run:
+                setattr(args, key, run[key])
+    for key in ("backbone", "seed", *TUNING_FLAGS):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    if getattr(args, "random_weights", False):
+        values["pretrained"] = False
+    return FAPMConfig.from_dict(values, source="options")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here")
+    return name
+
+
+def _datasets(model, args: argparse.Namespace, splits: tuple[str, ...]):
+    from .data import MVTecDataset
+
+    if not args.data_root or not args.category:
+        raise ConfigError("--data-root and --category are required (or set them in --config)")
+    out = []
+    for split in splits:
+        ds = MVTecDataset(args.data_root, args.category, split, model.transform, skip_bad=args.skip_bad)
+        for path, why in ds.skipped:
+            print(f"skipped: {why}", file=sys.stderr)
+        out.append(ds)
+    return out
+
+
+def _fit(args: argparse.Namespace):
+    from .model import FAPM
+
+    model = FAPM(build_config(args), device=_device(args.device))
+    (train,) = _datasets(model, args, ("train",))
+    start = time.perf_counter()
+    model.fit(train, progress=not args.no_progress)
+    model.fit_stats.update(fit_seconds=time.perf_counter() - start, n_train=len(train))
+    return model
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_fit(args: argparse.Namespace) -> int:
+    model = _fit(args)
+    path = model.save(Path(args.output) / MODEL_FILE)
+    stats = model.fit_stats
+    print(f"fitted {args.category} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "
+          f"(features {stats['feature_seconds']:.1f} s, coreset {stats['coreset_seconds']:.1f} s); wrote {path}")
+    return 0
+
+
+def evaluate_category(args: argparse.Namespace, output: Path) -> dict[str, Any]:
+    """Fit (or load ``args.model``), evaluate, write ``metrics.json`` and heatmaps; return the metrics."""
+    from .atomic import write_text_atomic
+    from .evaluate import run_test_set, save_heatmaps
+    from .model import FAPM
+
+    if getattr(args, "model", None):
+        model = FAPM.load(args.model, device=_device(args.device))
+        if args.backbone and args.backbone != model.config.backbone:
+            raise ConfigError(f"--backbone {args.backbone} differs from the model's backbone {model.config.backbone}")
+    else:
+        model = _fit(args)
+        model.save(output / MODEL_FILE)
+    (test,) = _datasets(model, args, ("test",))
+    result = run_test_set(model, test, progress=not args.no_progress)
+    if result.masks is None:
+        print(f"pixel metrics skipped: {args.category} has no ground_truth masks", file=sys.stderr)
+    metrics = {**result.metrics, "n_train": model.fit_stats.get("n_train"), "n_test": len(test),
+               "backbone": model.config.backbone, "fit_seconds": model.fit_stats.get("fit_seconds"),
+               "ms_per_image": result.ms_per_image}
+    write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=2))
+    save_heatmaps(result, test, output / "heatmaps")
+    return metrics
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    metrics = evaluate_category(args, Path(args.output))
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    print(json.dumps(shown))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .atomic import write_text_atomic
+    from .data import IMAGE_EXTENSIONS, load_image
+    from .model import FAPM
+    from .viz import denormalize, overlay, save_png
+
+    model = FAPM.load(args.model, device=_device(args.device))
+    paths: list[Path] = []
+    for item in map(Path, args.inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not paths:
+        raise DataError("no images found in " + ", ".join(args.inputs))
+    out = Path(args.output)
+    transform, rows = model.transform, []
+    for start in range(0, len(paths), model.config.batch_size):
+        chunk = paths[start : start + model.config.batch_size]
+        images = torch.stack([transform.image(load_image(p, transform.resize)) for p in chunk])
+        pred = model.predict(images.to(model.device))
+        for j, path in enumerate(chunk):
+            rgb = denormalize(images[j], transform.mean, transform.std)
+            name = f"{start + j:05d}_{path.stem}.png"
+            save_png(out / name, overlay(rgb, pred.anomaly_map[j].cpu().numpy(), vmin=0.0))
+            rows.append((str(path), f"{float(pred.pred_score[j]):.6f}", name))
+    buf = io.StringIO()
+    csv.writer(buf).writerows([("path", "score", "overlay"), *rows])
+    write_text_atomic(out / "scores.csv", buf.getvalue())
+    print(f"scored {len(rows)} images; wrote {out / 'scores.csv'}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import generate_dataset
+
+    cats = args.categories.split(",") if args.categories else None
+    start = time.perf_counter()
+    generate_dataset(args.output, seed=args.seed, size=args.size, categories=cats, progress=not args.no_progress)
+    print(f"wrote the built-in dataset to {args.output} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: built-in data (generated if missing), every category, FAPM (+ PatchCore)."""
+    from .report import write_summary
+    from .synthetic import CATEGORIES, ensure_dataset
+
+    root = Path(args.data_root)
+    if args.data_root == str(DEFAULT_BUILTIN_ROOT) or not root.exists():
+        ensure_dataset(root)
+    categories = args.categories.split(",") if args.categories else sorted(CATEGORIES)
+    out = Path(args.output)
+    results: dict[str, dict[str, dict]] = {"FAPM": {}}
+    failures: dict[str, str] = {}
+    start = time.perf_counter()
+    for i, category in enumerate(categories, 1):
+        print(f"[{i}/{len(categories)}] {category}", file=sys.stderr)
+        cat_args = argparse.Namespace(**{**vars(args), "category": category, "model": None, "data_root": str(root)})
+        try:
+            results["FAPM"][category] = evaluate_category(cat_args, out / category)
+        except FAPMError as exc:
+            failures[category] = str(exc)
+            print(f"{category}: failed: {exc}", file=sys.stderr)
+    config = build_config(args)
+    notes = [f"data: {root} (built-in, generated by `fapm synth`)" if args.data_root == str(DEFAULT_BUILTIN_ROOT)
+             else f"data: {root}",
+             f"backbone: {config.backbone}, input {config.input_size}x{config.input_size}, device {args.device}",
+             f"FAPM: grid {config.grid}x{config.grid}, r = {config.coreset_ratio}, a = {config.adaptive_multiplier}, "
+             f"k = {config.k}; total time {time.perf_counter() - start:.0f} s",
+             "heatmaps: <category>/heatmaps/*.png"]
+    path = write_summary(out, results, "FAPM on the built-in dataset", notes, failures)
+    print(path.read_text())
+    return 1 if failures else 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+
+    return run_batch(args)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark_cli
+
+    return run_benchmark_cli(args)
+
+
+def cmd_gif(args: argparse.Namespace) -> int:
+    from .gif import run_gif_cli
+
+    return run_gif_cli(args)
+
+
+# ---- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fapm", description="FAPM: Fast Adaptive Patch Memory anomaly detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a model on <data-root>/<category>/train/good")
+    _model_options(p, data_required=False)
+    p.add_argument("--output", required=True, help="folder for model.safetensors")
+    _common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="fit (or load --model) and evaluate on the test split")
+    _model_options(p, data_required=False)
+    p.add_argument("--model", help="a fitted model file instead of fitting")
+    p.add_argument("--output", required=True, help="folder for metrics.json and heatmaps/")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="score images with a fitted model")
+    p.add_argument("--model", required=True)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--output", required=True, help="folder for overlays and scores.csv")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("synth", help="generate the built-in dataset (MVTec layout)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--categories", help="comma-separated subset")
+    _common(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="the main job: every built-in category, results/summary.md")
+    _model_options(p, data_required=False)
+    p.set_defaults(data_root=str(DEFAULT_BUILTIN_ROOT))
+    p.add_argument("--categories", help="comma-separated subset (default: all built-in)")
+    p.add_argument("--output", default="results")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("batch", help="run a notebook once per category with papermill")
+    p.add_argument("--notebook", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--categories", default="all", help="a,b,... or all")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--fast", action="store_true", help="pass fast=True to the notebook")
+    p.add_argument("--output", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("benchmark", help="FAPM vs PatchCore: accuracy and speed, side by side")
+    _model_options(p, data_required=True)
+    p.add_argument("--repeats", type=int, default=20, help="timed single-image runs per method")
+    p.add_argument("--output", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("gif", help="animate test images with heatmap and mask")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--output", required=True, help="the .gif file")
+    p.add_argument("--max-frames", type=int, default=24)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _common(p)
+    p.set_defaults(func=cmd_gif)
+    return parser
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except FAPMError as exc:
+        if args.debug:
+            raise
+        print(f"fapm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fapm {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
