@@ -8,6 +8,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
+def _default_mode(target: Path) -> int:
+    """The mode the file would get from a plain ``open``: the existing file's, else 0666 & ~umask."""
+    if target.exists():
+        return target.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
@@ -20,6 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _default_mode(target))
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
