@@ -28,10 +28,11 @@ import shutil
 import sys
 import time
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,9 +43,9 @@ from .errors import DataError
 
 __all__ = [
     "CATEGORIES",
+    "VERSION",
     "CategorySpec",
     "SyntheticSample",
-    "VERSION",
     "ensure_dataset",
     "generate_category",
     "generate_dataset",
@@ -59,6 +60,7 @@ _CAMERA = 1.5               # camera height above the image centre, in image siz
 _CHANGE = 1.0 / 255.0       # a pixel counts as changed from one grey level on
 _SPREAD = 3                 # px a painted change may spread (normals + optical blur)
 _TRIES = 8                  # draws of a defect before it must be visible
+N_TRAIN, N_TEST_GOOD, N_PER_DEFECT = 60, 20, 10   # images per folder by default
 
 F32 = np.float32
 
@@ -130,7 +132,7 @@ class _Scene:
     def size(self) -> int:
         return int(self.height.shape[0])
 
-    def copy(self) -> "_Scene":
+    def copy(self) -> _Scene:
         """Copy of the editable maps; region and aux are shared (read only)."""
         return _Scene(self.albedo.copy(), self.height.copy(), self.gloss.copy(),
                       self.light, self.region, self.aux)
@@ -153,7 +155,7 @@ def _draw_light(rng: np.random.Generator, elevation: tuple[float, float] = (35, 
         shininess=float(rng.uniform(*shininess)), gain=float(rng.uniform(0.92, 1.06)),
         ramp=(float(rng.uniform(-0.08, 0.08)), float(rng.uniform(-0.08, 0.08))),
         vignette=float(rng.uniform(0.04, 0.12)),
-        tint=(1.0 + rng.normal(0.0, 0.015, 3)).astype(F32),
+        tint=(1.0 + rng.normal(0.0, 0.01, 3)).astype(F32),
         blur=float(rng.uniform(0.45, 0.75)), noise=float(rng.uniform(1.2, 2.8)) / 255.0)
 
 
@@ -225,7 +227,25 @@ def _rgb(values: Sequence[float]) -> np.ndarray:
 
 
 def _jitter_rgb(rng: np.random.Generator, base: Sequence[float], sigma: float) -> np.ndarray:
-    return np.clip(_rgb(base) + rng.normal(0.0, sigma, 3).astype(F32), 0.0, 1.0)
+    """Colour (3,) near ``base``: brightness varies by about 2 sigma, hue only by sigma / 2."""
+    bright = 1.0 + 2.0 * float(rng.normal(0.0, sigma))
+    return np.clip(_rgb(base) * bright + rng.normal(0.0, sigma / 2, 3).astype(F32), 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsampler(size: int, cell: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cubic B-spline taps from a lattice of spacing ``cell`` px: indices [4, size],
+    weights [4, size] float32 and the lattice length."""
+    n = int(np.ceil(size / cell)) + 4
+    t = np.arange(size) / cell + 1.5
+    base = np.floor(t).astype(np.intp)
+    f = t - base
+    weights = np.stack([(1 - f) ** 3, 3 * f ** 3 - 6 * f ** 2 + 4,
+                        -3 * f ** 3 + 3 * f ** 2 + 3 * f + 1, f ** 3]).astype(F32) / 6
+    index = np.stack([base - 1 + k for k in range(4)])
+    index.flags.writeable = False
+    weights.flags.writeable = False
+    return index, weights, n
 
 
 def _noise(rng: np.random.Generator, size: int, cell: float,
@@ -233,11 +253,16 @@ def _noise(rng: np.random.Generator, size: int, cell: float,
     """Smooth value noise with features of about ``cell`` px (``cell_x`` along x if given),
     [size, size] float32, zero mean and unit std."""
     cy, cx = max(float(cell), 1.0), max(float(cell if cell_x is None else cell_x), 1.0)
-    ny, nx = int(np.ceil(size / cy)) + 4, int(np.ceil(size / cx)) + 4
-    low = rng.standard_normal((ny, nx), dtype=F32)
-    up = ndimage.zoom(low, (cy, cx), order=3, mode="mirror")
-    oy, ox = int(cy), int(cx)
-    f = up[oy:oy + size, ox:ox + size]
+    up_y = _upsampler(size, cy) if cy > 1.0 else None
+    up_x = _upsampler(size, cx) if cx > 1.0 else None
+    f = rng.standard_normal((size if up_y is None else up_y[2], size if up_x is None else up_x[2]),
+                            dtype=F32)
+    if up_y is not None:      # separable 4-tap gathers: no BLAS, no thread start-up
+        idx, w, _ = up_y
+        f = sum(w[k][:, None] * f[idx[k], :] for k in range(4))
+    if up_x is not None:
+        idx, w, _ = up_x
+        f = sum(f[:, idx[k]] * w[k][None, :] for k in range(4))
     return ((f - f.mean()) / (f.std() + 1e-6)).astype(F32)
 
 
@@ -419,9 +444,9 @@ def _fabric_good(rng: np.random.Generator, size: int) -> _Scene:
     """Denim-like 2/1 twill: indigo warp floats over off-white weft, with slubs and fading."""
     light = _draw_light(rng, elevation=(35, 50), specular=0.3, shininess=(8, 14))
     y, x = _grid(size)
-    pitch = size / 30.0
-    th = np.deg2rad(rng.uniform(-3, 3))
-    oy, ox = rng.uniform(0, 6 * pitch, 2)
+    pitch = size / 42.0
+    th = float(np.deg2rad(rng.uniform(-3, 3)))
+    oy, ox = (float(t) for t in rng.uniform(0, 6 * pitch, 2))
     u = (np.cos(th) * x + np.sin(th) * y + ox) / pitch
     v = (-np.sin(th) * x + np.cos(th) * y + oy) / pitch
     i, j = np.floor(u), np.floor(v)
@@ -429,14 +454,14 @@ def _fabric_good(rng: np.random.Generator, size: int) -> _Scene:
     ii, jj = i.astype(np.int64), j.astype(np.int64)
     warp_top = ((ii + jj) % 3) != 0
     sa, sb = np.sin(np.pi * a), np.sin(np.pi * b)
-    h_warp = np.sqrt(sa) * (0.75 + 0.25 * sb)
-    h_weft = np.sqrt(sb) * (0.75 + 0.25 * sa)
+    h_warp = np.sqrt(sa) * (0.85 + 0.15 * sb)
+    h_weft = np.sqrt(sb) * (0.85 + 0.15 * sa)
     warp_gain = 1.0 + 0.08 * rng.standard_normal(512).astype(F32)
     weft_gain = 1.0 + 0.06 * rng.standard_normal(512).astype(F32)
     fibre_v = _noise(rng, size, 3 * pitch, 1.0)
     fibre_h = _noise(rng, size, 1.0, 3 * pitch)
     warp_col = _jitter_rgb(rng, (0.17, 0.25, 0.43), 0.008)
-    weft_col = _jitter_rgb(rng, (0.80, 0.78, 0.72), 0.01)
+    weft_col = _jitter_rgb(rng, (0.62, 0.64, 0.66), 0.01)
     warp = warp_col * (warp_gain[ii % 512] * (0.78 + 0.22 * sa) * (1 + 0.10 * fibre_v))[..., None]
     weft = weft_col * (weft_gain[jj % 512] * (0.80 + 0.20 * sb) * (1 + 0.08 * fibre_h))[..., None]
     albedo = np.where(warp_top[..., None], warp, weft)
@@ -493,18 +518,18 @@ def _wood_maps(rng: np.random.Generator, size: int, angle: float, period: float,
     th = np.deg2rad(angle)
     u = np.cos(th) * x - np.sin(th) * y          # across the grain
     v = np.sin(th) * x + np.cos(th) * y          # along the grain
-    warp = _fbm(rng, size, size / 3, 3) * (0.035 * size) + _noise(rng, size, size / 12) * (0.006 * size)
-    bend = rng.uniform(-0.4, 0.4) * (v - size / 2) ** 2 / size
-    t = (u + warp + bend) / period + rng.uniform(0, 1)
+    warp = _fbm(rng, size, size / 2, 3) * (0.012 * size) + _noise(rng, size, size / 12) * (0.003 * size)
+    bend = float(rng.uniform(-0.25, 0.25)) * (v - size / 2) ** 2 / size
+    t = (u + warp + bend) / period + 0.6 * _profile(rng, u / period, 1.5) + float(rng.uniform(0, 1))
     ring = t - np.floor(t)
-    late = _smoothstep(0.55, 0.85, ring) * (1.0 - _smoothstep(0.92, 1.0, ring))
+    late = _smoothstep(0.6, 0.9, ring) * (1.0 - _smoothstep(0.93, 1.0, ring))
     streak = _profile(rng, u + 0.3 * warp, 0.8)
     pores = _smoothstep(1.8, 2.8, -_noise(rng, size, 6.0, 1.0))
     mott = _fbm(rng, size, size / 5, 3)
-    tone = np.clip(0.65 * late + 0.10 * streak + 0.15, 0.0, 1.0)
+    tone = np.clip(0.55 * late + 0.12 * streak + 0.2, 0.0, 1.0)
     albedo = light_col + (dark_col - light_col) * tone[..., None]
     albedo = albedo * ((1.0 + 0.05 * mott) * (1.0 - 0.35 * pores))[..., None]
-    height = -0.6 * late + 0.12 * streak - 0.5 * pores
+    height = -0.2 * late + 0.08 * streak - 0.4 * pores
     return albedo.astype(F32), height.astype(F32)
 
 
@@ -512,7 +537,7 @@ def _woodgrain_good(rng: np.random.Generator, size: int) -> _Scene:
     """Varnished light oak with growth rings, fibre streaks and pores, grain about vertical."""
     light = _draw_light(rng, elevation=(40, 60), specular=0.6, shininess=(15, 30))
     angle = float(rng.uniform(-4, 4))
-    period = size / float(rng.uniform(9, 13))
+    period = size / float(rng.uniform(16, 22))
     light_col = _jitter_rgb(rng, (0.78, 0.58, 0.38), 0.015)
     dark_col = _jitter_rgb(rng, (0.55, 0.34, 0.19), 0.015)
     albedo, height = _wood_maps(rng, size, angle, period, light_col, dark_col)
@@ -563,11 +588,11 @@ def _woodgrain_patch(scene: _Scene, rng: np.random.Generator, sev: float) -> np.
 
 def _ceramic_good(rng: np.random.Generator, size: int) -> _Scene:
     """Glazed celadon tiles with bevelled edges and speckles, set in grey grout."""
-    light = _draw_light(rng, elevation=(62, 75), specular=0.9, shininess=(30, 60))
+    light = _draw_light(rng, elevation=(62, 75), specular=0.45, shininess=(25, 50))
     y, x = _grid(size)
     pitch, grout = size / 3.2, max(2.0, 0.028 * size)
-    th = np.deg2rad(rng.uniform(-1.5, 1.5))
-    oy, ox = rng.uniform(0, pitch, 2)
+    th = float(np.deg2rad(rng.uniform(-1.5, 1.5)))
+    oy, ox = (float(t) for t in rng.uniform(0, pitch, 2))
     u = np.cos(th) * x + np.sin(th) * y + ox
     v = -np.sin(th) * x + np.cos(th) * y + oy
     i, j = np.floor(u / pitch), np.floor(v / pitch)
@@ -644,9 +669,9 @@ def _vial_good(rng: np.random.Generator, size: int) -> _Scene:
     """Amber glass vial seen from above: glossy rim, shadowed inner wall, dark bottom."""
     light = _draw_light(rng, elevation=(50, 65), specular=0.8, shininess=(30, 50))
     y, x = _grid(size)
-    cy, cx = size / 2 + rng.uniform(-1, 1, 2) * 0.015 * size
+    cy, cx = (size / 2 + float(t) * 0.015 * size for t in rng.uniform(-1, 1, 2))
     r = np.hypot(y - cy, x - cx)
-    r_out = 0.40 * size * (1 + rng.normal(0, 0.005))
+    r_out = 0.40 * size * (1 + float(rng.normal(0, 0.005)))
     rim_w = 0.075 * size
     r_in, r_bot = r_out - rim_w, 0.27 * size
     amber = _jitter_rgb(rng, (0.62, 0.42, 0.18), 0.015)
@@ -728,11 +753,11 @@ def _washer_good(rng: np.random.Generator, size: int) -> _Scene:
     """Keyed steel washer with lathe marks and a notch in its outer edge, on a rubber mat."""
     light = _draw_light(rng, elevation=(45, 60), specular=0.7, shininess=(15, 30))
     y, x = _grid(size)
-    cy, cx = size / 2 + rng.uniform(-1, 1, 2) * 0.015 * size
+    cy, cx = (size / 2 + float(t) * 0.015 * size for t in rng.uniform(-1, 1, 2))
     dy, dx = y - cy, x - cx
     r, phi = np.hypot(dy, dx), np.arctan2(dy, dx)
     r_out, r_in = 0.40 * size, 0.17 * size
-    key = -np.pi / 2 + np.deg2rad(rng.uniform(-4, 4))
+    key = float(-np.pi / 2 + np.deg2rad(rng.uniform(-4, 4)))
     along = dx * np.cos(key) + dy * np.sin(key)
     across = -dx * np.sin(key) + dy * np.cos(key)
     notch = np.minimum(0.035 * size - np.abs(across), along - (r_out - 0.055 * size))
@@ -762,9 +787,9 @@ def _washer_bent(scene: _Scene, rng: np.random.Generator, sev: float) -> np.ndar
     """Bent outer edge: a sector of the rim pushed in or out and tilted out of plane."""
     size, r, phi = scene.size, scene.aux["r"], scene.aux["phi"]
     r_out, r_in = scene.aux["r_out"], scene.aux["r_in"]
-    centre = rng.uniform(0.7, 2 * np.pi - 0.7) + scene.aux["key"]
-    half = np.deg2rad(_lerp(15, 40, sev))
-    disp = rng.choice([-1.0, 1.0]) * _lerp(1.0, 6.0, sev)
+    centre = float(rng.uniform(0.7, 2 * np.pi - 0.7)) + scene.aux["key"]
+    half = float(np.deg2rad(_lerp(15, 40, sev)))
+    disp = float(rng.choice([-1.0, 1.0])) * _lerp(1.0, 6.0, sev)
     dphi = np.angle(np.exp(1j * (phi - centre)))
     w_ang = np.where(np.abs(dphi) < half, np.cos(np.pi / 2 * dphi / half) ** 2, 0.0)
     mid = r_in + 0.4 * (r_out - r_in)
@@ -775,7 +800,10 @@ def _washer_bent(scene: _Scene, rng: np.random.Generator, sev: float) -> np.ndar
     y, x = _grid(size)
     sy = y - disp * w * (y - cy) / np.maximum(r, 1.0)
     sx = x - disp * w * (x - cx) / np.maximum(r, 1.0)
-    warp = lambda m: ndimage.map_coordinates(m, [sy, sx], order=1, mode="nearest").astype(F32)
+
+    def warp(layer: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(layer, [sy, sx], order=1, mode="nearest").astype(F32)
+
     albedo = np.stack([warp(obj_albedo[..., k]) for k in range(3)], axis=-1)
     height = warp(obj_height) - _lerp(0.5, 3.0, sev) * w
     alpha = warp(scene.aux["alpha"])
@@ -810,8 +838,8 @@ def _tablet_good(rng: np.random.Generator, size: int) -> _Scene:
     """Oblong white tablet with a score line, red speckles and a printed mark, on slate."""
     light = _draw_light(rng, elevation=(45, 60), specular=0.5, shininess=(12, 25))
     y, x = _grid(size)
-    cy, cx = size / 2 + rng.uniform(-1, 1, 2) * 0.015 * size
-    th = np.deg2rad(rng.uniform(-4, 4))
+    cy, cx = (size / 2 + float(t) * 0.015 * size for t in rng.uniform(-1, 1, 2))
+    th = float(np.deg2rad(rng.uniform(-4, 4)))
     dy, dx = y - cy, x - cx
     u = np.cos(th) * dx + np.sin(th) * dy
     v = -np.sin(th) * dx + np.cos(th) * dy
@@ -1026,7 +1054,7 @@ def render_sample(category: str, split: str = "train", defect: str = "good", ind
 
 def _write_png(path: Path, array: np.ndarray) -> None:
     """[H, W, 3] or [H, W] uint8 -> PNG without metadata chunks (deterministic bytes)."""
-    Image.fromarray(array).save(path, format="PNG", compress_level=6)
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
 def _plan(spec: CategorySpec, n_train: int, n_test_good: int, n_per_defect: int
@@ -1047,8 +1075,27 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_leftovers(root: Path, category: str) -> None:
+    """Delete hidden work directories of ``category`` left by killed runs (dead pid)."""
+    for path in root.glob(f".{category}.*-*-*"):
+        parts = path.name.split("-")
+        if path.is_dir() and len(parts) >= 3 and parts[-2].isdigit() and not _pid_alive(int(parts[-2])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def generate_category(output: str | Path, category: str, seed: int = 0, size: int = 256,
-                      n_train: int = 60, n_test_good: int = 20, n_per_defect: int = 10) -> Path:
+                      n_train: int = N_TRAIN, n_test_good: int = N_TEST_GOOD,
+                      n_per_defect: int = N_PER_DEFECT) -> Path:
     """Write one category under ``output`` in MVTec AD layout; returns ``output/category``.
 
     Written into a hidden sibling directory first and renamed when complete, so an
@@ -1060,6 +1107,7 @@ def generate_category(output: str | Path, category: str, seed: int = 0, size: in
               (("n_train", n_train), ("n_test_good", n_test_good), ("n_per_defect", n_per_defect))]
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root, category)
     tmp = root / f".{category}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
@@ -1083,7 +1131,8 @@ def generate_category(output: str | Path, category: str, seed: int = 0, size: in
 
 def _marker(seed: int, size: int, categories: Sequence[str]) -> dict[str, Any]:
     return {"generator": "fapm_lib.synthetic", "version": VERSION, "seed": seed, "size": size,
-            "categories": sorted(categories), "counts": {"train": 60, "test_good": 20, "per_defect": 10}}
+            "categories": sorted(categories),
+            "counts": {"train": N_TRAIN, "test_good": N_TEST_GOOD, "per_defect": N_PER_DEFECT}}
 
 
 def _read_marker(root: Path) -> dict[str, Any] | None:
@@ -1170,6 +1219,6 @@ def plot_overview(root: str | Path, output_png: str | Path) -> Path:
     fig.tight_layout()
     output_png = Path(output_png)
     output_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output_png, dpi=110)
+    fig.savefig(output_png, dpi=90)
     plt.close(fig)
     return output_png
