@@ -84,7 +84,7 @@ class GreedyKCenter:
 
 def coreset_size(n: int, ratio: float) -> int:
     """Number of centres kept from ``n`` vectors at ``ratio`` (at least one)."""
-    return max(1, min(n, math.ceil(n * ratio)))
+    return max(1, min(n, math.ceil(round(n * ratio, 9))))  # round: 0.1 * 3 * 100 is 30, not 31
 
 
 def random_projection(x: Tensor, dim: int | None, seed: int = 0) -> Tensor:

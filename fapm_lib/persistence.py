@@ -53,7 +53,9 @@ def load_tensors(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[s
 
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
-        tensors = load_file(str(path))
+        # clone: safetensors returns views at unaligned offsets, and unaligned inputs make the
+        # batched products round differently from the in-memory model
+        tensors = {k: v.clone() for k, v in load_file(str(path)).items()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: not a readable model file ({str(exc).splitlines()[0][:120]})") from None
     if metadata.get("format") != FORMAT_NAME:

@@ -29,7 +29,8 @@ def split_regions(features: Tensor, grid: int) -> Tensor:
     Region ``r = gy * grid + gx``; within a region, rows are ordered (image, y, x).
     """
     check_grid(features.shape[-2], features.shape[-1], grid)
-    return rearrange(features, "b c (gy sy) (gx sx) -> (gy gx) (b sy sx) c", gy=grid, gx=grid)
+    # contiguous: the same values in another memory layout would round differently in bmm
+    return rearrange(features, "b c (gy sy) (gx sx) -> (gy gx) (b sy sx) c", gy=grid, gx=grid).contiguous()
 
 
 def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:

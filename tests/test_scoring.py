@@ -1,0 +1,93 @@
+"""Scoring: aligned layer upsampling, fusion, anomaly maps, image scores."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fapm_lib.scoring import anomaly_map, fuse_layers, gaussian_kernel_size, image_score, upsample_nearest
+
+
+def test_upsample_nearest_places_each_coarse_cell_on_its_2x2_block() -> None:
+    coarse = torch.arange(2 * 7 * 7 * 3, dtype=torch.float32).reshape(2, 7, 7, 3)
+    fine = upsample_nearest(coarse, 2)
+    assert fine.shape == (2, 14, 14, 3)
+    rows = torch.arange(14)
+    assert torch.equal(fine, coarse[:, rows // 2][:, :, rows // 2])
+    for i, j in [(0, 0), (3, 5), (6, 6), (1, 4)]:
+        block = fine[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+        assert torch.equal(block, coarse[:, i : i + 1, j : j + 1].expand_as(block))
+
+
+def test_upsample_is_not_the_shifted_official_layout() -> None:
+    """Fine cell (1, 1) belongs to coarse (0, 0); the official code gives it a neighbour's score."""
+    coarse = torch.zeros(1, 7, 7)
+    coarse[0, 0, 0] = 1.0
+    fine = upsample_nearest(coarse, 2)
+    assert fine[0, :2, :2].eq(1).all()
+    assert fine.sum() == 4
+
+
+def test_fuse_layers_sums_on_the_fine_grid() -> None:
+    fine, coarse = torch.rand(2, 14, 14, 4), torch.rand(2, 7, 7, 4)
+    fine_before = fine.clone()
+    fused = fuse_layers([fine, coarse])
+    torch.testing.assert_close(fused, fine + upsample_nearest(coarse, 2), rtol=0, atol=0)
+    assert torch.equal(fine, fine_before)  # inputs untouched
+    assert torch.equal(fuse_layers([fine]), fine)
+
+
+def test_anomaly_map_shape_and_constant() -> None:
+    patch = torch.full((3, 14, 14), 2.5)
+    out = anomaly_map(patch, 112, sigma=4.0)
+    assert out.shape == (3, 112, 112)
+    torch.testing.assert_close(out, torch.full_like(out, 2.5))
+
+
+@pytest.mark.parametrize("cell", [(3, 5), (0, 0), (13, 6)])
+def test_blur_keeps_the_peak_of_a_spike(cell: tuple[int, int]) -> None:
+    patch = torch.zeros(1, 14, 14)
+    patch[0, cell[0], cell[1]] = 1.0
+    out = anomaly_map(patch, 112, sigma=4.0)[0]
+    y, x = divmod(int(out.argmax()), 112)
+    assert 8 * cell[0] <= y < 8 * cell[0] + 8 and 8 * cell[1] <= x < 8 * cell[1] + 8
+    assert out.max() < 1.0  # it was blurred
+    assert out.min() >= 0
+
+
+def test_sigma_zero_is_plain_bilinear() -> None:
+    patch = torch.rand(2, 14, 14)
+    expected = F.interpolate(patch[:, None], size=(56, 56), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(anomaly_map(patch, 56, sigma=0.0), expected)
+
+
+def test_kernel_size_is_odd_and_covers_four_sigma() -> None:
+    assert gaussian_kernel_size(4.0) == 33
+    assert gaussian_kernel_size(1.0) == 9
+
+
+def test_image_score_max_is_largest_1nn() -> None:
+    knn = torch.rand(3, 14, 14, 4).sort(dim=-1).values
+    torch.testing.assert_close(image_score(knn, "max"), knn[..., 0].flatten(1).max(dim=1).values)
+
+
+def test_image_score_reweighted_by_hand() -> None:
+    knn = torch.tensor([[[[0.5, 0.6, 0.9], [1.0, 2.0, 3.0]],
+                         [[0.2, 0.3, 0.4], [0.8, 0.8, 5.0]]]])  # [1, 2, 2, 3]; largest 1-NN at (0, 1)
+    n_b = [1.0, 2.0, 3.0]
+    weight = 1 - math.exp(max(n_b)) / sum(math.exp(v) for v in n_b)
+    assert image_score(knn, "reweighted").item() == pytest.approx(weight * 1.0, rel=1e-6)
+    assert image_score(knn, "max").item() == pytest.approx(1.0)
+
+
+def test_image_score_per_image_and_unknown_mode() -> None:
+    knn = torch.zeros(2, 2, 2, 2)
+    knn[0, 1, 0] = torch.tensor([3.0, 4.0])
+    knn[1, 0, 1] = torch.tensor([1.0, 1.0])
+    weights = [1 - math.exp(4) / (math.exp(3) + math.exp(4)), 0.5]
+    expected = torch.tensor([weights[0] * 3.0, weights[1] * 1.0])
+    torch.testing.assert_close(image_score(knn, "reweighted"), expected)
+    with pytest.raises(ValueError):
+        image_score(knn, "mean")
