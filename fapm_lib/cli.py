@@ -81,10 +81,10 @@ def _datasets(model, args: argparse.Namespace, splits: tuple[str, ...]):
     return out
 
 
-def _fit(args: argparse.Namespace):
+def _fit(args: argparse.Namespace, model_cls: type | None = None):
     from .model import FAPM
 
-    model = FAPM(build_config(args), device=_device(args.device))
+    model = (model_cls or FAPM)(build_config(args), device=_device(args.device))
     (train,) = _datasets(model, args, ("train",))
     start = time.perf_counter()
     model.fit(train, progress=not args.no_progress)
@@ -102,18 +102,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_category(args: argparse.Namespace, output: Path) -> dict[str, Any]:
-    """Fit (or load ``args.model``), evaluate, write ``metrics.json`` and heatmaps; return the metrics."""
+def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | None = None) -> dict[str, Any]:
+    """Fit (or load ``args.model``), evaluate, write ``metrics.json`` and heatmaps; return the metrics.
+
+    ``model_cls``: FAPM (default) or PatchCore."""
     from .atomic import write_text_atomic
     from .evaluate import run_test_set, save_heatmaps
     from .model import FAPM
 
+    model_cls = model_cls or FAPM
     if getattr(args, "model", None):
-        model = FAPM.load(args.model, device=_device(args.device))
+        model = model_cls.load(args.model, device=_device(args.device))
         if args.backbone and args.backbone != model.config.backbone:
             raise ConfigError(f"--backbone {args.backbone} differs from the model's backbone {model.config.backbone}")
     else:
-        model = _fit(args)
+        model = _fit(args, model_cls)
         model.save(output / MODEL_FILE)
     (test,) = _datasets(model, args, ("test",))
     result = run_test_set(model, test, progress=not args.no_progress)
@@ -183,6 +186,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: built-in data (generated if missing), every category, FAPM (+ PatchCore)."""
+    from .patchcore import PatchCore
     from .report import write_summary
     from .synthetic import CATEGORIES, ensure_dataset
 
@@ -191,14 +195,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ensure_dataset(root)
     categories = args.categories.split(",") if args.categories else sorted(CATEGORIES)
     out = Path(args.output)
-    results: dict[str, dict[str, dict]] = {"FAPM": {}}
+    methods = {"FAPM": (None, "")} | ({"PatchCore": (PatchCore, "patchcore")} if args.with_patchcore else {})
+    results: dict[str, dict[str, dict]] = {name: {} for name in methods}
     failures: dict[str, str] = {}
     start = time.perf_counter()
     for i, category in enumerate(categories, 1):
         print(f"[{i}/{len(categories)}] {category}", file=sys.stderr)
         cat_args = argparse.Namespace(**{**vars(args), "category": category, "model": None, "data_root": str(root)})
         try:
-            results["FAPM"][category] = evaluate_category(cat_args, out / category)
+            for name, (cls, sub) in methods.items():
+                results[name][category] = evaluate_category(cat_args, out / category / sub, cls)
         except FAPMError as exc:
             failures[category] = str(exc)
             print(f"{category}: failed: {exc}", file=sys.stderr)
@@ -208,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
              f"backbone: {config.backbone}, input {config.input_size}x{config.input_size}, device {args.device}",
              f"FAPM: grid {config.grid}x{config.grid}, r = {config.coreset_ratio}, a = {config.adaptive_multiplier}, "
              f"k = {config.k}; total time {time.perf_counter() - start:.0f} s",
-             "heatmaps: <category>/heatmaps/*.png"]
+             "heatmaps: <category>/heatmaps/*.png" + (" (PatchCore: <category>/patchcore/heatmaps)" if args.with_patchcore else "")]
     path = write_summary(out, results, "FAPM on the built-in dataset", notes, failures)
     print(path.read_text())
     return 1 if failures else 0
@@ -270,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p, data_required=False)
     p.set_defaults(data_root=str(DEFAULT_BUILTIN_ROOT))
     p.add_argument("--categories", help="comma-separated subset (default: all built-in)")
+    p.add_argument("--with-patchcore", action="store_true", help="also fit and evaluate PatchCore (slower)")
     p.add_argument("--output", default="results")
     _common(p)
     p.set_defaults(func=cmd_demo)
