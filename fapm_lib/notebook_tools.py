@@ -1,0 +1,107 @@
+"""Small helpers for the tutorial notebooks: data location, quick subsets, tables, ROC points,
+per-stage timing."""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import PatchModel
+from .data import MVTecDataset
+from .errors import DataError
+
+
+def prepare_data(data_root: str | Path, category: str) -> Path:
+    """Absolute data root holding ``category``. A missing built-in category is generated
+    (the whole built-in set, once); anything else missing is a DataError naming the folder."""
+    from .synthetic import CATEGORIES, ensure_dataset
+
+    root = Path(data_root).expanduser().resolve()
+    if (root / category).is_dir():
+        return root
+    if category in CATEGORIES:
+        return ensure_dataset(root).resolve()
+    available = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
+    raise DataError(f"{root}: no category folder '{category}' (found: {', '.join(available) or 'none'})")
+
+
+def subset(dataset: MVTecDataset, n: int | None) -> MVTecDataset:
+    """A copy keeping ``n`` evenly spaced samples (samples are sorted by type, so every type is
+    represented when ``n`` allows); the dataset itself when ``n`` is None or not smaller."""
+    if n is None or n >= len(dataset):
+        return dataset
+    keep = np.linspace(0, len(dataset) - 1, n).round().astype(int)
+    small = copy.copy(dataset)
+    small.samples = [dataset.samples[i] for i in sorted(set(keep.tolist()))]
+    return small
+
+
+def layout_tree(root: str | Path, category: str, per_folder: int = 2) -> str:
+    """Text tree of ``root/category``: every folder with its file count and first files."""
+    base = Path(root) / category
+    lines = [f"{base}/"]
+    for folder in sorted(p for p in base.rglob("*") if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        depth = len(folder.relative_to(base).parts)
+        shown = ", ".join(files[:per_folder]) + (", ..." if len(files) > per_folder else "")
+        suffix = f"  ({len(files)} files: {shown})" if files else ""
+        lines.append("    " * depth + f"{folder.name}/{suffix}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table from dicts: columns in order of first appearance, a missing or None value
+    left empty, floats with 4 significant digits."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def roc_points(scores: Tensor, targets: Tensor, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve (fpr, tpr) of ``scores`` against binary ``targets`` (any equal shapes), exact,
+    thinned to at most ``max_points`` points for plotting."""
+    from torchmetrics.functional.classification import binary_roc
+
+    flat = scores.detach().to("cpu", torch.float64).flatten()
+    unit = (flat - flat.min()) / (flat.max() - flat.min()).clamp_min(1e-12)  # keeps the order; no sigmoid
+    fpr, tpr, _ = binary_roc(unit, targets.flatten().long().cpu())
+    step = max(1, len(fpr) // max_points)
+    keep = torch.cat([torch.arange(0, len(fpr), step), torch.tensor([len(fpr) - 1])])
+    return fpr[keep].numpy(), tpr[keep].numpy()
+
+
+@torch.inference_mode()
+def time_stages(model: PatchModel, images: Tensor, repeats: int = 10) -> dict[str, float]:
+    """Milliseconds per image of backbone (features + pooling), search (k-NN) and
+    post-processing (map + score) for ``images [B, 3, S, S]``, after one warm-up run;
+    medians over ``repeats``. CPU timings (a GPU would need synchronising)."""
+    images = images.to(model.device)
+    model.predict(images)  # warm-up: first-call allocations, lazy initialisation
+    stages: dict[str, list[float]] = {"backbone": [], "search": [], "post-processing": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        maps = model.embed(images)
+        t1 = time.perf_counter()
+        knn = model.knn(maps)
+        t2 = time.perf_counter()
+        model.postprocess(knn)
+        t3 = time.perf_counter()
+        for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+            stages[name].append(seconds)
+    per_image = {name: 1000 * float(np.median(v)) / images.shape[0] for name, v in stages.items()}
+    per_image["total"] = sum(per_image.values())
+    return per_image
