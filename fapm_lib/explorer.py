@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .coreset import GreedyKCenter, coreset_size, random_projection
 from .errors import ConfigError, FAPMError
-from .memory import BankGroup, LayerMemory, check_k
+from .memory import LayerMemory, check_k, memory_from_greedy
 from .metrics import image_auroc, pixel_auroc
 from .model import FAPM
 from .regions import split_regions, valid_grids
@@ -71,26 +71,11 @@ class ExplorerView:
 
 def prefix_memory(regions: Tensor, greedy: GreedyKCenter, ratio: float, multiplier: float,
                   sampling: str = "adaptive") -> LayerMemory:
-    """Memory of one layer from a (lazily extended) greedy run over ``regions [R, N, C]``.
-
-    Same rule as :func:`fapm_lib.memory.build_layer_memory`: near regions keep the first
-    ``ceil(r N)`` centres; with adaptive sampling, regions whose covering radius at ``r`` exceeds
-    the layer mean keep the first ``ceil(a r N)``.
-    """
+    """Memory of one layer from a cached greedy run over ``regions [R, N, C]``, extended for all
+    regions as far as needed (so later moves of the sliders reuse it)."""
     n = regions.shape[1]
-    n_near, n_far = coreset_size(n, ratio), coreset_size(n, ratio * multiplier)
-    adaptive = sampling == "adaptive" and n_far > n_near
-    greedy.extend(n_far if adaptive else n_near)
-    radii = greedy.radii[:, n_near - 1].cpu()
-    far = radii > radii.mean() if adaptive else torch.zeros_like(radii, dtype=torch.bool)
-    groups = []
-    for ids, size in (((~far).nonzero().flatten(), n_near), (far.nonzero().flatten(), n_far)):
-        if len(ids):
-            ids = ids.to(regions.device)
-            index = greedy.indices[ids, :size]  # [G, M]
-            bank = regions[ids].gather(1, index.unsqueeze(-1).expand(-1, -1, regions.shape[-1]))
-            groups.append(BankGroup(ids, bank.contiguous()))
-    return LayerMemory(groups, radii, far)
+    greedy.extend(coreset_size(n, ratio * multiplier if sampling == "adaptive" else ratio))
+    return memory_from_greedy(regions, greedy, ratio, multiplier, sampling)
 
 
 def choose_examples(labels: Sequence[int], defect_types: Sequence[str], n: int = 4) -> list[int]:

@@ -91,22 +91,40 @@ def build_layer_memory(
     covering radius at ``r`` exceeds the layer's mean radius is "far" and keeps ``ceil(a r N)``
     (the same greedy run, continued); the others keep ``ceil(r N)``.
     """
-    n = features.shape[1]
     greedy = GreedyKCenter(random_projection(features, projection, seed))
-    greedy.extend(coreset_size(n, ratio), progress, desc=f"coreset {name} (r)")
-    radii = greedy.radii[:, -1].cpu()
+    return memory_from_greedy(features, greedy, ratio, multiplier, sampling, progress, name)
+
+
+def memory_from_greedy(
+    features: Tensor,
+    greedy: GreedyKCenter,
+    ratio: float,
+    multiplier: float,
+    sampling: str = "adaptive",
+    progress: bool = False,
+    name: str = "layer",
+) -> LayerMemory:
+    """The memory of :func:`build_layer_memory` from a greedy run over ``features [R, N, C]``
+    (or their projection) that may already hold more centres: prefixes are reused, and only
+    the far regions are extended when the run is too short."""
+    n = features.shape[1]
+    n_near, n_far = coreset_size(n, ratio), coreset_size(n, ratio * multiplier)
+    greedy.extend(n_near, progress, desc=f"coreset {name} (r)")
+    radii = greedy.radii[:, n_near - 1].cpu()
     far = torch.zeros_like(radii, dtype=torch.bool)
-    n_far = coreset_size(n, ratio * multiplier)
-    if sampling == "adaptive" and n_far > greedy.n_selected:
+    if sampling == "adaptive" and n_far > n_near:
         far = radii > radii.mean()
     groups = []
     near_ids = (~far).nonzero().flatten().to(features.device)
     if len(near_ids):
-        groups.append(_group(features, near_ids, greedy.indices[near_ids]))
+        groups.append(_group(features, near_ids, greedy.indices[near_ids, :n_near]))
     if far.any():
         far_ids = far.nonzero().flatten().to(features.device)
-        far_run = greedy.subset(far_ids).extend(n_far, progress, desc=f"coreset {name} (a*r)")
-        groups.append(_group(features, far_ids, far_run.indices))
+        if greedy.n_selected >= n_far:
+            far_indices = greedy.indices[far_ids, :n_far]
+        else:
+            far_indices = greedy.subset(far_ids).extend(n_far, progress, desc=f"coreset {name} (a*r)").indices
+        groups.append(_group(features, far_ids, far_indices))
     return LayerMemory(groups, radii, far)
 
 

@@ -68,12 +68,13 @@ class FAPM(PatchModel):
         """Coreset-subsample region features (per layer ``[R, N, C]``) into the memories."""
         cfg = self.config
         start = time.perf_counter()
-        self.memories = [
+        memories = [
             build_layer_memory(r.to(self.device), cfg.coreset_ratio, cfg.adaptive_multiplier, cfg.sampling,
                                cfg.coreset_projection, cfg.seed, progress, name=f"layer {i}")
             for i, r in enumerate(regions)
         ]
-        check_k(self.memories, cfg.k)
+        check_k(memories, cfg.k)  # before assigning: a refused fit leaves the old memories
+        self.memories = memories
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         return self
 
