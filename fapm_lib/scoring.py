@@ -1,6 +1,8 @@
 """From per-layer nearest-neighbour distances to an anomaly map and an image score."""
 from __future__ import annotations
 
+import functools
+
 import kornia
 import torch
 import torch.nn.functional as F
@@ -29,12 +31,32 @@ def gaussian_kernel_size(sigma: float) -> int:
 
 
 def anomaly_map(patch_scores: Tensor, size: int, sigma: float = 4.0) -> Tensor:
-    """``[B, H, W] -> [B, size, size]``: bilinear upsampling, then a separable Gaussian blur."""
-    up = F.interpolate(patch_scores.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
+    """``[B, H, W] -> [B, size, size]``: bilinear upsampling, then a Gaussian blur (reflect border).
+
+    Both steps are linear and separable, so they are applied as one precomputed matrix per
+    axis: ``A_h @ X @ A_w.T`` with ``A [size, H]`` (see :func:`resize_blur_operator`). This equals
+    ``F.interpolate(bilinear)`` followed by ``kornia.filters.gaussian_blur2d`` up to float
+    rounding, at a fraction of the cost of a 33-tap blur on the full-size map.
+    """
+    h, w = patch_scores.shape[-2:]
+    rows = resize_blur_operator(h, size, sigma, patch_scores.device, patch_scores.dtype)
+    cols = rows if w == h else resize_blur_operator(w, size, sigma, patch_scores.device, patch_scores.dtype)
+    return rows @ patch_scores @ cols.T
+
+
+@functools.lru_cache(maxsize=32)
+def resize_blur_operator(n_in: int, n_out: int, sigma: float, device: torch.device | None = None,
+                         dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[n_out, n_in]``: 1-D bilinear resize (align_corners=False) then Gaussian blur with
+    kornia's kernel (size :func:`gaussian_kernel_size`) and reflect padding, as one matrix."""
+    deltas = torch.eye(n_in, dtype=torch.float64).unsqueeze(1)  # [n_in, 1, n_in]
+    out = F.interpolate(deltas, size=n_out, mode="linear", align_corners=False)  # [n_in, 1, n_out]
     if sigma > 0:
         ks = gaussian_kernel_size(sigma)
-        up = kornia.filters.gaussian_blur2d(up, (ks, ks), (sigma, sigma), border_type="reflect", separable=True)
-    return up.squeeze(1)
+        kernel = kornia.filters.get_gaussian_kernel1d(ks, sigma, dtype=torch.float64).reshape(1, 1, ks)
+        pad = min(ks // 2, n_out - 1)
+        out = F.conv1d(F.pad(out, (pad, pad), mode="reflect"), kernel[..., ks // 2 - pad : ks // 2 + pad + 1])
+    return out.squeeze(1).T.contiguous().to(device=device, dtype=dtype)
 
 
 def image_score(knn: Tensor, mode: str = "max") -> Tensor:

@@ -91,3 +91,15 @@ def test_image_score_per_image_and_unknown_mode() -> None:
     torch.testing.assert_close(image_score(knn, "reweighted"), expected)
     with pytest.raises(ValueError):
         image_score(knn, "mean")
+
+
+@pytest.mark.parametrize("size,sigma", [(224, 4.0), (112, 2.0), (64, 1.0)])
+def test_anomaly_map_equals_bilinear_then_kornia_blur(size: int, sigma: float) -> None:
+    """The one-matrix-per-axis map equals the two-step reference (upsample, then kornia blur)."""
+    import kornia
+
+    x = torch.rand(3, 28, 28, generator=torch.Generator().manual_seed(0)) * 7
+    ks = gaussian_kernel_size(sigma)
+    up = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    ref = kornia.filters.gaussian_blur2d(up, (ks, ks), (sigma, sigma), border_type="reflect", separable=True)[:, 0]
+    assert torch.allclose(anomaly_map(x, size, sigma), ref, atol=1e-5, rtol=1e-5)
