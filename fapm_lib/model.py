@@ -18,6 +18,7 @@ from .persistence import load_tensors, save_tensors
 from .regions import RegionFeatureBuffer, check_grid, merge_regions, split_regions
 from .scoring import fuse_layers
 
+
 class FAPM(PatchModel):
     """Fast Adaptive Patch Memory (Kim et al., ICASSP 2023).
 
@@ -35,8 +36,6 @@ class FAPM(PatchModel):
     @property
     def is_fitted(self) -> bool:
         return bool(self.memories)
-
-    # ---- fit -------------------------------------------------------------------------------
 
     # ---- fit -------------------------------------------------------------------------------
     def fit(self, data: ImageBatches | Tensor, progress: bool = True) -> "FAPM":
