@@ -42,7 +42,7 @@ def iter_images(data: ImageBatches | Tensor, batch_size: int) -> tuple[Iterator[
 class PatchModel:
     """Base of FAPM and PatchCore: a frozen backbone and the shared pre/post-processing.
 
-    Subclasses implement ``fit``, ``knn`` (aggregated maps -> ``[B, H8, W8, k]``), ``save``, ``load``.
+    Subclasses implement ``fit``, ``knn`` (aggregated maps -> ``[B, H8, W8, search_k]``), ``save``, ``load``.
     """
 
     kind = "base"
@@ -88,7 +88,14 @@ class PatchModel:
             raise DataError("no images to extract features from")
         return [torch.cat(layer) for layer in zip(*chunks)]
 
+    @property
+    def search_k(self) -> int:
+        """Neighbours per query that scoring reads: ``k`` for the reweighted image score; 1 for
+        ``max``, since the maps and the max score use only the nearest distance."""
+        return self.config.k if self.config.image_score == "reweighted" else 1
+
     def knn(self, maps: list[Tensor]) -> Tensor:
+        """Aggregated maps -> ascending nearest distances ``[B, H8, W8, search_k]``."""
         raise NotImplementedError
 
     def _require_fitted(self) -> None:
@@ -100,7 +107,7 @@ class PatchModel:
         raise NotImplementedError
 
     def postprocess(self, knn: Tensor) -> Prediction:
-        """k-NN distances ``[B, H8, W8, k]`` -> anomaly map and image score."""
+        """Nearest distances ``[B, H8, W8, search_k]`` -> anomaly map and image score."""
         patch = knn[..., 0]
         amap = anomaly_map(patch, self.config.input_size, self.config.blur_sigma)
         return Prediction(amap, image_score(knn, self.config.image_score), patch)

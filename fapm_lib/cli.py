@@ -25,6 +25,8 @@ TUNING_FLAGS = {"coreset_ratio": float, "adaptive_multiplier": float, "grid": in
 # ---- shared options -------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is often faster "
+                   "on a machine that other jobs share)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -311,11 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}: must be >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
+        _set_threads(args.threads)
         return handler(args)
     except FAPMError as exc:
         if args.debug:

@@ -85,14 +85,14 @@ class FAPM(PatchModel):
 
     # ---- predict ---------------------------------------------------------------------------
     def knn(self, maps: list[Tensor]) -> Tensor:
-        """k-NN distances within each query's own region, fused over layers:
-        aggregated maps -> ``[B, H8, W8, k]``."""
+        """Nearest distances within each query's own region, fused over layers:
+        aggregated maps -> ``[B, H8, W8, search_k]``."""
         self._require_fitted()
         per_layer = []
         for mem, f, (h, w) in zip(self.memories, maps, self.feature_sizes):
             if f.shape[-2:] != (h, w):
                 raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {(h, w)}")
-            dist = mem.search(split_regions(f, self.config.grid), self.config.k)  # [R, B*s*s, k]
+            dist = mem.search(split_regions(f, self.config.grid), self.search_k)  # [R, B*s*s, search_k]
             per_layer.append(merge_regions(dist, self.config.grid, h, w))
         return fuse_layers(per_layer)
 

@@ -17,6 +17,7 @@ from .base import ImageBatches, PatchModel, iter_images
 from .config import FAPMConfig
 from .coreset import GreedyKCenter, coreset_size, random_projection
 from .errors import ConfigError, DataError, ModelFileError
+from .memory import smallest
 from .persistence import load_tensors, save_tensors
 
 #: PatchCore's random-projection dimension for the greedy coreset.
@@ -79,7 +80,7 @@ class PatchCore(PatchModel):
         return self
 
     def knn(self, maps: list[Tensor]) -> Tensor:
-        """k smallest distances over the whole bank: aggregated maps -> ``[B, H8, W8, k]``."""
+        """Nearest distances over the whole bank: aggregated maps -> ``[B, H8, W8, search_k]``."""
         self._require_fitted()
         feats = concat_layers(maps)
         b, _, h, w = feats.shape
@@ -88,8 +89,8 @@ class PatchCore(PatchModel):
         return rearrange(out, "(b h w) k -> b h w k", b=b, h=h, w=w)
 
     def _nearest(self, q: Tensor) -> Tensor:
-        d2 = torch.addmm(self._bank_sq.unsqueeze(0), q, self.bank.T, alpha=-2.0) + q.pow(2).sum(-1, keepdim=True)
-        return d2.topk(self.config.k, dim=-1, largest=False).values.clamp_min_(0).sqrt_()
+        partial = torch.addmm(self._bank_sq.unsqueeze(0), q, self.bank.T, alpha=-2.0)  # d2 - |q|^2
+        return (smallest(partial, self.search_k) + q.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
 
     def memory_size(self) -> dict[str, float]:
         self._require_fitted()

@@ -106,3 +106,16 @@ def test_unknown_backbone() -> None:
 def test_backbone_without_stride_8() -> None:
     with pytest.raises(BackboneError, match="stride-8"):
         create_feature_extractor("vit_tiny_patch16_224", pretrained=False)
+
+
+def test_aggregate_is_the_plain_3x3_mean_in_standard_layout() -> None:
+    """Pooling in channels-last (faster on CPU) gives exactly NCHW ``avg_pool2d``'s values."""
+    from fapm_lib.features import aggregate
+
+    x = torch.randn(2, 5, 9, 7, generator=torch.Generator().manual_seed(1))
+    out = aggregate(x, 3)
+    assert out.shape == x.shape and out.is_contiguous()
+    assert torch.equal(out, torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1))
+    mean = torch.nn.functional.conv2d(x, torch.full((5, 1, 3, 3), 1 / 9), padding=1, groups=5)
+    torch.testing.assert_close(out, mean)  # zero padding, divided by 9 everywhere
+    assert aggregate(x, 1) is x

@@ -189,6 +189,7 @@ def test_explorer_sliders_redraw_heatmaps(lab: JupyterLab, driver: Chrome, noteb
         assert not refusal["image_changed"], refusal
         moves["k"] = move_slider(driver, "k", Keys.HOME, accepted)
         assert moves["k"]["after"] == "1", moves["k"]
+        assert moves["k"]["image_changed"], moves["k"]  # k acts through the re-weighted image scores
 
     for name, move in moves.items():
         print(f"{name} {move['before']} -> {move['after']}: updated in {move['python_seconds']:.2f} s (kernel), "

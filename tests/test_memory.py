@@ -103,12 +103,11 @@ def test_far_size_is_exact_ceiling_for_decimal_settings(ratio: float, multiplier
     assert torch.all(mem.bank_sizes()[mem.far] == exact_ceil(n, ratio, multiplier))
 
 
-@pytest.mark.parametrize("sampling", ["adaptive", "fixed"])
-def test_search_equals_brute_force_within_own_region(features: Tensor, sampling: str) -> None:
+@pytest.mark.parametrize("sampling, k", [("adaptive", 3), ("fixed", 3), ("adaptive", 1)])
+def test_search_equals_brute_force_within_own_region(features: Tensor, sampling: str, k: int) -> None:
     mem = build_layer_memory(features, ratio=0.1, multiplier=2.0, sampling=sampling)
     gen = torch.Generator().manual_seed(5)
     queries = features[:, :12] + torch.randn(R, 12, C, generator=gen)
-    k = 3
     out = mem.search(queries, k)
     assert out.shape == (R, 12, k)
     for r in range(R):

@@ -222,12 +222,16 @@ def test_one_anomalous_fine_cell_lights_only_itself(synthetic_model: FAPM) -> No
     assert (scores > 5.0).nonzero().tolist() == [[9, 4]]
 
 
-def test_knn_equals_brute_force_per_region_and_layer(synthetic_model: FAPM) -> None:
+@pytest.mark.parametrize("image_score, k", [("reweighted", 2), ("max", 1)])
+def test_knn_equals_brute_force_per_region_and_layer(image_score: str, k: int) -> None:
+    """The reweighted score needs k neighbours; the max score and the maps only the nearest."""
+    config = FAPMConfig(grid=7, coreset_ratio=1.0, k=2, image_score=image_score)
+    model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(8, 0))
     maps = synthetic_maps(2, seed=3)
-    knn = synthetic_model.knn(maps)
-    assert knn.shape == (2, 14, 14, 2)
+    knn = model.knn(maps)
+    assert model.search_k == k and knn.shape == (2, 14, 14, k)
     train = synthetic_maps(8, 0)  # ratio 1: each region's bank is all its training vectors
-    expected = torch.zeros(2, 14, 14, 2)
+    expected = torch.zeros(2, 14, 14, k)
     for layer, side in ((0, 2), (1, 1)):
         for y in range(14):
             for x in range(14):
@@ -236,7 +240,7 @@ def test_knn_equals_brute_force_per_region_and_layer(synthetic_model: FAPM) -> N
                 bank = train[layer][:, :, ry * side : ry * side + side, rx * side : rx * side + side]
                 bank = bank.permute(0, 2, 3, 1).reshape(-1, bank.shape[1])
                 query = maps[layer][:, :, cy, cx]
-                expected[:, y, x] += torch.cdist(query, bank).topk(2, largest=False).values
+                expected[:, y, x] += torch.cdist(query, bank).topk(k, largest=False).values
     torch.testing.assert_close(knn, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -255,7 +259,8 @@ def test_patchcore_bank_and_search(patchcore: PatchCore, model: FAPM, train_imag
     maps = model.extract(paste(test_image, 48, 80), progress=False)
     knn = patchcore.knn(maps)
     queries = concat_layers(maps).permute(0, 2, 3, 1).reshape(-1, 152)
-    expected = torch.cdist(queries, bank).topk(4, largest=False).values.reshape(1, 14, 14, 4)
+    k = patchcore.search_k  # 1: the default max image score needs only the nearest distance
+    expected = torch.cdist(queries, bank).topk(k, largest=False).values.reshape(1, 14, 14, k)
     torch.testing.assert_close(knn, expected, atol=1e-3, rtol=1e-4)
 
 
