@@ -5,14 +5,24 @@ baseline, thin and tested.
 >>> model = FAPM(FAPMConfig(backbone="tf_efficientnet_lite0"))
 >>> model.fit(MVTecDataset("data/builtin", "vial", "train", model.transform))
 >>> prediction = model.predict(images)        # anomaly_map [B, 224, 224], pred_score [B]
+
+The names below are imported on first use, so ``import fapm_lib`` (and the ``fapm`` command's
+start and ``--help``) does not load torch.
 """
-from .config import FAPMConfig
-from .data import MVTecDataset, Transform
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import BackboneError, ConfigError, DataError, FAPMError, ModelFileError
-from .model import FAPM
-from .base import Prediction
-from .patchcore import PatchCore
 
 __version__ = "0.1.0"
-__all__ = ["FAPM", "FAPMConfig", "PatchCore", "Prediction", "MVTecDataset", "Transform",
-           "FAPMError", "DataError", "ConfigError", "ModelFileError", "BackboneError"]
+_LAZY = {"FAPM": "model", "FAPMConfig": "config", "PatchCore": "patchcore", "Prediction": "base",
+         "MVTecDataset": "data", "Transform": "data"}
+__all__ = [*_LAZY, "FAPMError", "DataError", "ConfigError", "ModelFileError", "BackboneError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -127,11 +127,15 @@ class PatchModel:
         return {"name": info.name, "channels": list(info.channels), "pretrained": info.pretrained}
 
     def _check_extractor(self, path, backbone: dict) -> None:
-        """Refuse an extractor whose channels differ from the ones the model was fitted with."""
+        """Refuse an extractor other than the one the model was fitted with (name, weights, channels)."""
         from .errors import ModelFileError
 
-        if self._extractor is not None and list(self._extractor.info.channels) != list(backbone["channels"]):
+        info = self._extractor.info if self._extractor is not None else None
+        if info is not None and (info.name, info.pretrained, list(info.channels)) != (
+                backbone["name"], backbone.get("pretrained", True), list(backbone["channels"])):
+            weights = {True: "pretrained", False: "random weights"}
             raise ModelFileError(
-                f"{path}: fitted with backbone {backbone['name']} (channels {backbone['channels']}), "
-                f"not {self._extractor.info.name} (channels {list(self._extractor.info.channels)})"
+                f"{path}: fitted with backbone {backbone['name']} ({weights[backbone.get('pretrained', True)]}, "
+                f"channels {backbone['channels']}), not {info.name} ({weights[info.pretrained]}, "
+                f"channels {list(info.channels)})"
             )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -57,6 +58,10 @@ class FAPMConfig:
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("coreset_projection", self.coreset_projection is None or self.coreset_projection >= 1, "must be >= 1"),
         ]
+        for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a finite number")
+        checks.append(("seed", -(2**63) <= self.seed < 2**64, "must be in [-2**63, 2**64) (torch.manual_seed)"))
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} {why}")

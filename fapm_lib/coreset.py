@@ -28,7 +28,10 @@ class GreedyKCenter:
         if x.ndim != 3 or x.shape[1] == 0:
             raise ValueError(f"expected [R, N, C] with N > 0, got {tuple(x.shape)}")
         self.xt = x.transpose(1, 2).contiguous()  # [R, C, N]
-        self.sq = x.pow(2).sum(-1)  # [R, N]
+        self.sq = torch.linalg.vector_norm(x, dim=-1).square_()  # [R, N], no x-sized temporary
+        # one distance buffer for the whole run: a fresh [R, N] per step fragments the heap
+        # (RSS then grows step after step on long runs)
+        self._d2 = torch.empty_like(self.sq)
         first = self._sq_dist_to(x.mean(dim=1)).argmin(dim=1)  # [R]
         self.min_sq = torch.full_like(self.sq, float("inf"))
         self._index_chunks: list[Tensor] = []
@@ -51,8 +54,8 @@ class GreedyKCenter:
 
     def _sq_dist_to(self, centres: Tensor) -> Tensor:
         """Squared L2 distance of every vector to its set's centre: ``[R, C] -> [R, N]``."""
-        d2 = torch.bmm(centres.unsqueeze(1), self.xt).squeeze(1)  # dot products, then in place:
-        return d2.mul_(-2).add_(self.sq).add_(centres.pow(2).sum(-1, keepdim=True)).clamp_min_(0)
+        torch.bmm(centres.unsqueeze(1), self.xt, out=self._d2.unsqueeze(1))  # dot products, then in place:
+        return self._d2.mul_(-2).add_(self.sq).add_(centres.pow(2).sum(-1, keepdim=True)).clamp_min_(0)
 
     def _add(self, idx: Tensor) -> None:
         centres = self.xt[torch.arange(self.xt.shape[0], device=idx.device), :, idx]  # [R, C]
@@ -80,6 +83,7 @@ class GreedyKCenter:
         """The same run restricted to some sets (``regions: [G]`` long), state kept."""
         new = object.__new__(GreedyKCenter)
         new.xt, new.sq, new.min_sq = self.xt[regions], self.sq[regions], self.min_sq[regions].clone()
+        new._d2 = torch.empty_like(new.sq)
         new._farthest = self._farthest[regions]
         new._index_chunks = [self.indices[regions]]
         new._radius_chunks = [self.radii[regions]]

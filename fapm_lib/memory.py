@@ -144,17 +144,15 @@ def memory_from_greedy(
 
 def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
     """Gather ``features[regions[g], indices[g]]`` -> ``BankGroup`` with bank ``[G, M, C]``."""
-    rows = features.index_select(0, regions)
-    bank = torch.gather(rows, 1, indices.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-    return BankGroup(regions, bank.contiguous())
+    return BankGroup(regions, features[regions[:, None], indices])
 
 
 def check_k(memories: list[LayerMemory], k: int) -> None:
     """ConfigError when ``k`` exceeds the smallest bank of any layer."""
-    for i, mem in enumerate(memories):
-        smallest = int(mem.bank_sizes().min())
-        if k > smallest:
-            raise ConfigError(
-                f"k={k} exceeds the smallest memory bank ({smallest} vectors, layer {i}); "
-                "lower k, raise coreset_ratio or add training images"
-            )
+    sizes = [int(mem.bank_sizes().min()) for mem in memories]
+    smallest = min(sizes)
+    if k > smallest:
+        raise ConfigError(
+            f"k={k} exceeds the smallest memory bank ({smallest} vectors, layer {sizes.index(smallest)}); "
+            "lower k, raise coreset_ratio or add training images"
+        )

@@ -15,7 +15,7 @@ from .config import FAPMConfig
 from .errors import ConfigError, DataError, ModelFileError
 from .memory import BankGroup, LayerMemory, build_layer_memory, check_k
 from .persistence import load_tensors, save_tensors
-from .regions import RegionFeatureBuffer, check_grid, merge_regions, split_regions
+from .regions import RegionFeatureBuffer, check_grid, merge_regions, split_regions, valid_grids
 from .scoring import fuse_layers
 
 
@@ -79,8 +79,9 @@ class FAPM(PatchModel):
 
     def _set_feature_sizes(self, maps: list[Tensor]) -> None:
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+        options = valid_grids(*(side for size in sizes for side in size))  # grids that fit every layer
         for i, (h, w) in enumerate(sizes):
-            check_grid(h, w, self.config.grid, f"layer-{i} feature map (stride {self.backbone_info.strides[i]})")
+            check_grid(h, w, self.config.grid, f"layer-{i} feature map (stride {self.backbone_info.strides[i]})", options)
         self.feature_sizes = sizes
 
     # ---- predict ---------------------------------------------------------------------------
@@ -143,14 +144,38 @@ class FAPM(PatchModel):
             model.fit_stats = dict(header.get("fit_stats", {}))
             channels = header["backbone"]["channels"]
             for l in range(header["n_layers"]):
-                groups = [BankGroup(tensors[f"layers.{l}.groups.{g}.regions"], tensors[f"layers.{l}.groups.{g}.bank"])
-                          for g in range(header["n_groups"][l])]
-                if any(g.bank.shape[-1] != channels[l] for g in groups):
-                    raise ModelFileError(f"{path}: layer {l} memory does not match backbone {header['backbone']['name']}")
-                model.memories.append(LayerMemory(groups, tensors[f"layers.{l}.radii"], tensors[f"layers.{l}.far"].bool()))
+                n_groups = header["n_groups"][l]
+                parts = [(tensors[f"layers.{l}.groups.{g}.regions"], tensors[f"layers.{l}.groups.{g}.bank"])
+                         for g in range(n_groups)]
+                radii, far = tensors[f"layers.{l}.radii"], tensors[f"layers.{l}.far"]
+                _check_layer(path, l, parts, radii, far, channels[l], config.grid, header["backbone"]["name"])
+                groups = [BankGroup(regions, bank) for regions, bank in parts]
+                model.memories.append(LayerMemory(groups, radii, far.bool()))
+            for i, (h, w) in enumerate(model.feature_sizes):
+                check_grid(h, w, config.grid, f"layer-{i} feature map")
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None
         except ConfigError as exc:
             raise ModelFileError(str(exc)) from None
         model._check_extractor(path, header["backbone"])
         return model.to(device)
+
+
+def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]], radii: Tensor, far: Tensor,
+                 channels: int, grid: int, backbone: str) -> None:
+    """Refuse a layer whose tensors cannot be a memory of this shape (even with a valid checksum):
+    float32 banks ``[G, M, C]`` with C = the backbone's channels, int64 region ids covering
+    0..grid**2-1 exactly once, ``radii`` and ``far`` of one value per region."""
+    n_regions = grid * grid
+    problem = None
+    if any(bank.dtype != torch.float32 or bank.ndim != 3 or regions.dtype != torch.int64 or regions.ndim != 1
+           or bank.shape[0] != regions.shape[0] or bank.shape[1] == 0 for regions, bank in parts):
+        problem = "malformed memory bank tensors"
+    elif any(bank.shape[-1] != channels for _, bank in parts):
+        problem = f"memory does not match backbone {backbone} ({channels} channels)"
+    elif not parts or not torch.equal(torch.cat([r for r, _ in parts]).sort().values, torch.arange(n_regions)):
+        problem = f"region ids do not cover the {grid}x{grid} grid exactly once"
+    elif radii.shape != (n_regions,) or far.shape != (n_regions,) or radii.dtype != torch.float32:
+        problem = "malformed radii or near/far tensors"
+    if problem:
+        raise ModelFileError(f"{path}: layer {layer}: {problem}")

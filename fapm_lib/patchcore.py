@@ -119,6 +119,8 @@ class PatchCore(PatchModel):
         try:
             model = cls(FAPMConfig.from_dict(header["config"], source=f"{path} (config)"), device, extractor)
             bank = tensors["bank"]
+            if bank.dtype != torch.float32 or bank.ndim != 2 or bank.shape[0] == 0:
+                raise ModelFileError(f"{path}: malformed memory bank tensor")
             if bank.shape[-1] != sum(header["backbone"]["channels"]):
                 raise ModelFileError(f"{path}: memory does not match backbone {header['backbone']['name']}")
         except (KeyError, TypeError) as exc:

@@ -18,9 +18,10 @@ FORMAT_NAME = "fapm_lib"
 FORMAT_VERSION = 1
 
 
-def tensors_digest(tensors: dict[str, Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of all tensors, in name order."""
-    h = hashlib.sha256()
+def tensors_digest(tensors: dict[str, Tensor], preamble: str = "") -> str:
+    """sha256 over ``preamble`` (kind and header) and the names, dtypes, shapes and bytes of all
+    tensors, in name order."""
+    h = hashlib.sha256(preamble.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -31,12 +32,13 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], kind: str, header: dict[str, Any]) -> Path:
     """Write ``tensors`` and a JSON ``header`` to ``path`` atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header_json = json.dumps(header, sort_keys=True)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "kind": kind,
-        "header": json.dumps(header, sort_keys=True),
-        "sha256": tensors_digest(tensors),
+        "header": header_json,
+        "sha256": tensors_digest(tensors, _preamble(kind, header_json)),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -65,10 +67,15 @@ def load_tensors(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[s
         raise ModelFileError(f"{path}: model format version {version} is not supported (this library reads {FORMAT_VERSION})")
     if metadata.get("kind") != kind:
         raise ModelFileError(f"{path}: holds a {metadata.get('kind')} model, not a {kind} model")
-    if tensors_digest(tensors) != metadata.get("sha256"):
+    if tensors_digest(tensors, _preamble(kind, metadata.get("header", ""))) != metadata.get("sha256"):
         raise ModelFileError(f"{path}: checksum mismatch (the file was modified or damaged)")
     try:
         header = json.loads(metadata["header"])
     except (KeyError, json.JSONDecodeError):
         raise ModelFileError(f"{path}: damaged header") from None
     return tensors, header
+
+
+def _preamble(kind: str, header_json: str) -> str:
+    """What the checksum covers besides the tensors: the model kind and the whole JSON header."""
+    return f"{FORMAT_NAME}|{FORMAT_VERSION}|{kind}|{header_json}|"

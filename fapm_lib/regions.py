@@ -8,12 +8,16 @@ from torch import Tensor
 from .errors import ConfigError
 
 
-def check_grid(height: int, width: int, grid: int, what: str = "feature map") -> int:
-    """Side ``s`` of one region; ConfigError when ``grid`` does not divide the map."""
+def check_grid(height: int, width: int, grid: int, what: str = "feature map",
+               options: list[int] | None = None) -> int:
+    """Side ``s`` of one region; ConfigError when ``grid`` does not divide the map.
+
+    ``options``: the grids to suggest (default: those that divide this map)."""
     if height % grid or width % grid:
+        options = options or valid_grids(height, width)
         raise ConfigError(
-            f"grid={grid} does not divide the {height}x{width} {what}; pick a divisor of both "
-            f"(e.g. {', '.join(str(d) for d in valid_grids(height, width))})"
+            f"grid={grid} does not divide the {height}x{width} {what}; pick one that divides every feature map "
+            f"(e.g. {', '.join(map(str, options))})"
         )
     return height // grid
 
@@ -63,6 +67,7 @@ class RegionFeatureBuffer:
 
     def result(self) -> Tensor:
         if self.n_images is None:
-            return torch.cat(self.chunks, dim=1)
+            self.chunks = [torch.cat(self.chunks, dim=1)]  # keep one copy, not the pieces as well
+            return self.chunks[0]
         assert self.buffer is not None
         return self.buffer[:, : self.filled]
