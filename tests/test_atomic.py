@@ -3,7 +3,6 @@ partial one, also when the writing process is interrupted (SIGINT) or killed (SI
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 import subprocess

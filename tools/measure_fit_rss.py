@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from fapm_lib import FAPM, FAPMConfig, MVTecDataset
 from fapm_lib.data import make_loader
 
-MB = 2**20
+MIB = 2**20
 
 
 def texture(index: int, size: int) -> Tensor:
@@ -104,7 +104,7 @@ class RssSampler(threading.Thread):
             if rss > self.peak:
                 self.peak, self.peak_at = rss, time.perf_counter() - self.start_time
             if rss > self.limit:
-                print(json.dumps({"aborted": f"RSS above {self.limit / 2**30:.1f} GiB", "rss_mb": round(rss / MB, 1),
+                print(json.dumps({"aborted": f"RSS above {self.limit / 2**30:.1f} GiB", "rss_mib": round(rss / MIB, 1),
                                   "after_s": round(self.peak_at, 1)}), flush=True)
                 os._exit(3)
             self._stop_event.wait(self.interval)
@@ -140,7 +140,7 @@ def measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         data = training_data(args, model, Path(workdir))
         before_peak, before_now = max_rss(), current_rss()
-        sampler = RssSampler(args.rss_limit_gb * 2**30)
+        sampler = RssSampler(args.rss_limit_gib * 2**30)
         sampler.start()
         start = time.perf_counter()
         model.fit(data, progress=not args.no_progress)
@@ -152,13 +152,13 @@ def measure(args: argparse.Namespace) -> dict:
         "backbone": config.backbone, "pretrained": config.pretrained, "source": args.source,
         "n_images": args.n_images, "input": config.input_size, "channels": list(model.backbone_info.channels),
         "feature_sizes": [list(s) for s in model.feature_sizes], "torch_threads": torch.get_num_threads(),
-        "rss_before_fit_mb": round(before_now / MB, 1), "peak_rss_before_fit_mb": round(before_peak / MB, 1),
-        "peak_rss_mb": round(peak / MB, 1), "sampled_peak_mb": round(sampler.peak / MB, 1),
+        "rss_before_fit_mib": round(before_now / MIB, 1), "peak_rss_before_fit_mib": round(before_peak / MIB, 1),
+        "peak_rss_mib": round(peak / MIB, 1), "sampled_peak_mib": round(sampler.peak / MIB, 1),
         "sampled_peak_at_s": round(sampler.peak_at, 1),
         "feature_seconds": round(model.fit_stats["feature_seconds"], 1), "fit_seconds": round(fit_seconds, 1),
-        "features_mb": round(features / MB, 1), "features_mb_per_1000": round(features / args.n_images * 1000 / MB, 1),
-        "fit_growth_mb": round((peak - before_now) / MB, 1),
-        "memory_mb": round(model.memory_size()["megabytes"], 1),
+        "features_mib": round(features / MIB, 1), "features_mib_per_1000": round(features / args.n_images * 1000 / MIB, 1),
+        "fit_growth_mib": round((peak - before_now) / MIB, 1),
+        "memory_mib": round(model.memory_size()["megabytes"], 1),
     }
 
 
@@ -169,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true", help="random backbone weights (no download)")
     p.add_argument("--source", choices=["loader", "generator", "folder"], default="loader")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rss-limit-gb", type=float, default=8.0, help="abort (exit 3) when RSS exceeds this")
+    p.add_argument("--rss-limit-gib", type=float, default=8.0, help="abort (exit 3) when RSS exceeds this")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
