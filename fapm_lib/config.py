@@ -85,7 +85,7 @@ class FAPMConfig:
         known = {f.name for f in fields(cls)}
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+                raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
             if not _type_ok(value, hints[key]):
                 raise ConfigError(f"{source}: key '{key}' expects {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
         try:

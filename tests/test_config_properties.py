@@ -113,7 +113,7 @@ unknown_keys = names.filter(lambda key: key not in FIELDS)
 @given(valid_settings(), unknown_keys, st.integers() | names | st.none())
 def test_unknown_key_is_named(values: dict[str, Any], key: str, value: Any) -> None:
     message = config_error({**values, key: value})
-    assert f"unknown key '{key}'" in message
+    assert f"unknown key {key!r}" in message
 
 
 @settings(max_examples=30, deadline=None)
@@ -123,7 +123,7 @@ def test_unknown_yaml_key_is_named_with_the_file(key: str) -> None:
         path = write_yaml(folder, {"grid": 2, key: 1})
         with pytest.raises(ConfigError) as info:
             load_yaml_config(path)
-    assert str(info.value).startswith(f"{path}: unknown key '{key}'")
+    assert str(info.value).startswith(f"{path}: unknown key {key!r}")
 
 
 # ---- wrong types -------------------------------------------------------------------------------
