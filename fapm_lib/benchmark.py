@@ -30,6 +30,7 @@ from .base import PatchModel
 from .config import FAPMConfig
 from .data import MVTecDataset
 from .errors import ConfigError
+from .evaluate import sync_device as _sync
 from .metrics import compute_metrics
 from .model import FAPM
 from .patchcore import PatchCore
@@ -42,11 +43,6 @@ METHOD_KEYS = (*METRIC_KEYS, "coreset_seconds", "fit_seconds", "backbone_ms", "s
 RATIO_KEYS = {"search": "search_ms", "coreset": "coreset_seconds", "total": "total_ms"}
 THROUGHPUT_BATCH = 16
 WARMUP_RUNS = 3
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:

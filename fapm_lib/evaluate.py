@@ -29,7 +29,8 @@ class EvalResult:
     ms_per_image: float = 0.0
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings are real (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -45,10 +46,10 @@ def run_test_set(model: PatchModel, dataset: MVTecDataset, progress: bool = True
     loader = make_loader(dataset, batch_size=model.config.batch_size)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         images = batch["image"].to(model.device)
-        _sync(model.device)
+        sync_device(model.device)
         start = time.perf_counter()
         pred = model.predict(images)
-        _sync(model.device)
+        sync_device(model.device)
         elapsed += time.perf_counter() - start
         scores.append(pred.pred_score.cpu())
         maps.append(pred.anomaly_map.cpu())
