@@ -199,9 +199,11 @@ def interrupt_child(tmp_path: Path, mode: str, sig: signal.Signals, trigger: str
         code = proc.wait(timeout=120)
     finally:
         proc.kill()
-    for line in proc.stdout.read().splitlines():  # lines printed between the signal and the exit
+    for line in proc.stdout.read().splitlines():  # lines printed while we slept and before the exit
         word, _, number = line.partition(" ")
-        if word == "done":
+        if word == "start":
+            started = int(number)
+        elif word == "done":
             done = int(number)
     return target, code, started, done
 
