@@ -18,7 +18,7 @@ from .errors import BackboneError, ConfigError, DataError, FAPMError, ModelFileE
 
 __version__ = "0.1.0"
 _LAZY = {"FAPM": "model", "FAPMConfig": "config", "PatchCore": "patchcore", "Prediction": "base",
-         "MVTecDataset": "data", "Transform": "data"}
+         "MVTecDataset": "data", "Transform": "data", "tune_allocator": "allocator"}
 __all__ = [*_LAZY, "FAPMError", "DataError", "ConfigError", "ModelFileError", "BackboneError"]
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .allocator import tune_allocator
 from .errors import ConfigError, DataError, FAPMError
 
 DEFAULT_BUILTIN_ROOT = Path("data/builtin")
@@ -126,7 +127,8 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
         print(f"pixel metrics skipped: {args.category} has no ground_truth masks", file=sys.stderr)
     metrics = {**result.metrics, "n_train": model.fit_stats.get("n_train"), "n_test": len(test),
                "backbone": model.config.backbone, "fit_seconds": model.fit_stats.get("fit_seconds"),
-               "ms_per_image": result.ms_per_image}
+               "ms_per_image": result.ms_per_image,
+               **{f"{stage}_ms_per_image": ms for stage, ms in result.stage_ms.items()}}
     write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=2))
     save_heatmaps(result, test, output / "heatmaps")
     return metrics
@@ -328,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
+        tune_allocator()
         _set_threads(args.threads)
         return handler(args)
     except FAPMError as exc:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .base import PatchModel
+from .base import PatchModel, Prediction
 from .data import MVTecDataset, make_loader
 from .metrics import compute_metrics
 
@@ -27,6 +27,8 @@ class EvalResult:
     defect_types: list[str]
     metrics: dict[str, float | None] = field(default_factory=dict)
     ms_per_image: float = 0.0
+    #: wall ms per image of each stage, batched: ``backbone``, ``search``, ``post``
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 def sync_device(device: torch.device) -> None:
@@ -39,18 +41,14 @@ def run_test_set(model: PatchModel, dataset: MVTecDataset, progress: bool = True
     """Predict every test image (batched) and compute the four metrics.
 
     ``ms_per_image`` is wall time of backbone + search + post-processing per image, batched,
-    without data loading.
+    without data loading; ``stage_ms`` splits it by stage.
     """
     scores, labels, maps, masks, paths, types = [], [], [], [], [], []
-    elapsed = 0.0
+    seconds = dict.fromkeys(STAGES, 0.0)
     loader = make_loader(dataset, batch_size=model.config.batch_size)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         images = batch["image"].to(model.device)
-        sync_device(model.device)
-        start = time.perf_counter()
-        pred = model.predict(images)
-        sync_device(model.device)
-        elapsed += time.perf_counter() - start
+        pred = _timed_predict(model, images, seconds)
         scores.append(pred.pred_score.cpu())
         maps.append(pred.anomaly_map.cpu())
         labels.append(batch["label"])
@@ -60,8 +58,32 @@ def run_test_set(model: PatchModel, dataset: MVTecDataset, progress: bool = True
     result = EvalResult(torch.cat(scores), torch.cat(labels), torch.cat(maps),
                         torch.cat(masks) if dataset.has_masks else None, paths, types)
     result.metrics = compute_metrics(result.scores, result.labels, result.maps, result.masks)
-    result.ms_per_image = 1000.0 * elapsed / max(1, len(paths))
+    n = max(1, len(paths))
+    result.stage_ms = {stage: 1000.0 * s / n for stage, s in seconds.items()}
+    result.ms_per_image = sum(result.stage_ms.values())
     return result
+
+
+STAGES = ("backbone", "search", "post")
+
+
+@torch.inference_mode()
+def _timed_predict(model: PatchModel, images: Tensor, seconds: dict[str, float]) -> Prediction:
+    """``model.predict(images)`` stage by stage, adding each stage's wall time to ``seconds``."""
+    sync_device(model.device)
+    start = time.perf_counter()
+    maps = model.embed(images)
+    sync_device(model.device)
+    after_backbone = time.perf_counter()
+    knn = model.knn(maps)
+    sync_device(model.device)
+    after_search = time.perf_counter()
+    pred = model.postprocess(knn)
+    sync_device(model.device)
+    end = time.perf_counter()
+    for stage, elapsed in zip(STAGES, (after_backbone - start, after_search - after_backbone, end - after_search)):
+        seconds[stage] += elapsed
+    return pred
 
 
 def pick_examples(result: EvalResult, n: int = 6) -> list[int]:

@@ -5,6 +5,7 @@ search is one batched matrix product per size class, with no padding rows.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -66,16 +67,30 @@ class LayerMemory:
     def n_vectors(self) -> int:
         return int(sum(g.bank.shape[0] * g.bank.shape[1] for g in self.groups))
 
-    def search(self, queries: Tensor, k: int) -> Tensor:
-        """k smallest L2 distances, ascending: ``queries [R, Q, C] -> [R, Q, k]``."""
-        out = queries.new_empty(queries.shape[0], queries.shape[1], k)
+    @functools.cached_property
+    def order(self) -> tuple[int, ...]:
+        """The regions in group order (the row order of :meth:`search_ordered`), a permutation."""
+        return tuple(int(r) for g in self.groups for r in g.regions.tolist())
+
+    def search_ordered(self, queries: Tensor, k: int) -> Tensor:
+        """k smallest L2 distances, ascending: ``queries [R, Q, C] -> [R, Q, k]``, with the
+        regions in :attr:`order`, so each size group is one contiguous slice (no gather)."""
         q_sq = queries.pow(2).sum(-1, keepdim=True)  # [R, Q, 1]
+        parts, start = [], 0
         for g in self.groups:  # one or two size classes, never one per region
-            q = queries.index_select(0, g.regions)
+            q = queries[start : start + len(g.regions)]
+            start += len(g.regions)
             partial = torch.baddbmm(g.sq_norms.unsqueeze(1), q, g.bank_t, alpha=-2.0)  # d2 - |q|^2
-            nearest = smallest(partial, k) + q_sq.index_select(0, g.regions)
-            out.index_copy_(0, g.regions, nearest.clamp_min_(0).sqrt_())
-        return out
+            parts.append(smallest(partial, k))
+        nearest = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return nearest.add_(q_sq).clamp_min_(0).sqrt_()
+
+    def search(self, queries: Tensor, k: int) -> Tensor:
+        """k smallest L2 distances, ascending: ``queries [R, Q, C] -> [R, Q, k]``, regions in
+        natural order."""
+        order = torch.tensor(self.order, device=queries.device)
+        out = torch.empty(queries.shape[0], queries.shape[1], k, device=queries.device, dtype=queries.dtype)
+        return out.index_copy_(0, order, self.search_ordered(queries.index_select(0, order), k))
 
     def to(self, device: torch.device | str) -> "LayerMemory":
         return LayerMemory([g.to(device) for g in self.groups], self.radii, self.far)

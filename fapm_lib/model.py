@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .backbone import FeatureExtractor
-from .base import ImageBatches, PatchModel, iter_images
+from .base import ImageBatches, PatchModel, Prediction, iter_images
 from .config import FAPMConfig
 from .errors import ConfigError, DataError, ModelFileError
+from .features import aggregate
 from .memory import BankGroup, LayerMemory, build_layer_memory, check_k
 from .persistence import load_tensors, save_tensors
-from .regions import RegionFeatureBuffer, check_grid, merge_regions, split_regions, valid_grids
-from .scoring import fuse_layers
+from .regions import RegionFeatureBuffer, check_grid, region_lookup, region_rows, split_regions, valid_grids
 
 
 class FAPM(PatchModel):
@@ -89,13 +93,85 @@ class FAPM(PatchModel):
         """Nearest distances within each query's own region, fused over layers:
         aggregated maps -> ``[B, H8, W8, search_k]``."""
         self._require_fitted()
-        per_layer = []
-        for mem, f, (h, w) in zip(self.memories, maps, self.feature_sizes):
-            if f.shape[-2:] != (h, w):
-                raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {(h, w)}")
-            dist = mem.search(split_regions(f, self.config.grid), self.search_k)  # [R, B*s*s, search_k]
-            per_layer.append(merge_regions(dist, self.config.grid, h, w))
-        return fuse_layers(per_layer)
+        per_layer = [self._layer_distances(layer, f) for layer, f in enumerate(maps[: len(self.memories)])]
+        return self._fuse(per_layer, maps[0].shape[0])
+
+    def _layer_distances(self, layer: int, f: Tensor) -> Tensor:
+        """One layer's k-NN distances, on the finest grid: ``[B, C, h, w] -> [B*H8*W8, search_k]``.
+
+        One gather puts the queries in region order (``[R, B*s*s, C]``, size groups contiguous),
+        the search runs one matrix product per size group, and one gather puts the distances
+        back on the finest grid (merged and upsampled with the aligned cells)."""
+        mem, (h, w), grid, k = self.memories[layer], self.feature_sizes[layer], self.config.grid, self.search_k
+        if f.shape[-2:] != (h, w):
+            raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {(h, w)}")
+        batch = f.shape[0]
+        rows = region_rows(grid, h, w, batch, mem.order, f.device)
+        flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])  # [B*h*w, C], a view when channels-last
+        queries = flat.index_select(0, rows).view(grid * grid, -1, f.shape[1])  # [R, B*s*s, C]
+        dist = mem.search_ordered(queries, k).view(-1, k)  # [R*B*s*s, k]
+        lookup = region_lookup(grid, h, w, batch, mem.order, self.feature_sizes[0][0] // h, f.device)
+        return dist.index_select(0, lookup)
+
+    def _fuse(self, per_layer: list[Tensor], batch: int) -> Tensor:
+        """Sum of :meth:`_layer_distances` (layer 0 first) -> ``[B, H8, W8, search_k]``."""
+        fused = per_layer[0]
+        for dist in per_layer[1:]:
+            fused = fused.add_(dist)
+        return fused.view(batch, *self.feature_sizes[0], self.search_k)
+
+    # ---- latency: search layer 0 while the backbone still runs --------------------------------
+    #: Overlap the stride-8 search with the backbone's later stages in :meth:`predict`: None
+    #: (auto) does it on a CPU when a core is left idle (``2 x torch threads <= cores``).
+    overlap_search: bool | None = None
+
+    def overlaps_search(self) -> bool:
+        """Whether :meth:`predict` runs the stride-8 search on a second thread."""
+        if self.device.type != "cpu":
+            return False  # GPU kernels are asynchronous already
+        if self.overlap_search is not None:
+            return self.overlap_search
+        return 2 * torch.get_num_threads() <= available_cores()
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> Prediction:
+        """``images [B, 3, S, S]`` (normalised) -> :class:`Prediction`; the same numbers as
+        ``postprocess(knn(embed(images)))``, sooner when :meth:`overlaps_search`."""
+        if not (self.is_fitted and self.overlaps_search()):
+            return super().predict(images)
+        return self.postprocess(self._knn_overlapped(images))
+
+    def _knn_overlapped(self, images: Tensor) -> Tensor:
+        """``knn(embed(images))``, with layer 0's search started on a worker thread as soon as
+        the backbone hands out its stride-8 map, while the stride-16 stages still run."""
+        pool = self.config.pool_size
+        module = self.extractor.stage_module(0)
+        if module is None:
+            return self.knn(self.embed(images))
+        started: dict[str, Any] = {}
+
+        def start_search(_module: torch.nn.Module, _inputs: Any, output: Tensor) -> None:
+            # pooled here, before later stages run: they never see (or change) this copy
+            pooled = aggregate(output.float(), pool)
+            started["raw"], pooled = output, pooled.clone() if pooled is output else pooled
+            started["search"] = _search_worker().submit(_in_inference_mode, self._layer_distances, 0, pooled)
+
+        handle = module.register_forward_hook(start_search)
+        try:
+            raw = self.extractor(images.to(self.device))
+        finally:
+            handle.remove()
+        search: Future | None = started.get("search")
+        if search is None or raw[0] is not started["raw"]:  # the hook did not see feature 0: in order
+            if search is not None:
+                wait([search])
+            return self.knn([aggregate(f.float(), pool) for f in raw])
+        try:
+            rest = [self._layer_distances(layer, aggregate(f.float(), pool))
+                    for layer, f in enumerate(raw[1 : len(self.memories)], start=1)]
+        finally:
+            wait([search])  # never leave the worker running on this model
+        return self._fuse([search.result(), *rest], images.shape[0])
 
     # ---- info ------------------------------------------------------------------------------
     def memory_size(self) -> dict[str, float]:
@@ -179,3 +255,30 @@ def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]
         problem = "malformed radii or near/far tensors"
     if problem:
         raise ModelFileError(f"{path}: layer {layer}: {problem}")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_worker: ThreadPoolExecutor | None = None
+_worker_lock = threading.Lock()
+
+
+def _search_worker() -> ThreadPoolExecutor:
+    """The one background thread that runs overlapped searches (started on first use)."""
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fapm-search")
+        return _worker
+
+
+def _in_inference_mode(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` under ``torch.inference_mode`` (a per-thread setting)."""
+    with torch.inference_mode():
+        return fn(*args)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .allocator import tune_allocator
 from .base import PatchModel
 from .data import MVTecDataset
 from .errors import DataError
@@ -19,8 +20,13 @@ from .errors import DataError
 
 def prepare_data(data_root: str | Path, category: str) -> Path:
     """Absolute data root holding ``category``. A missing built-in category is generated
-    (the whole built-in set, once); anything else missing is a DataError naming the folder."""
+    (the whole built-in set, once); anything else missing is a DataError naming the folder.
+
+    Every notebook starts here, so this also applies :func:`fapm_lib.allocator.tune_allocator`
+    (the same allocator settings as the ``fapm`` command)."""
     from .synthetic import CATEGORIES, ensure_dataset
+
+    tune_allocator()
 
     root = Path(data_root).expanduser().resolve()
     if (root / category).is_dir():

@@ -1,6 +1,8 @@
 """Split feature maps into a grid of regions ("patches") and merge per-position values back."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -41,6 +43,31 @@ def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
     """``[R, B*s*s, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`."""
     sy, sx = height // grid, width // grid
     return rearrange(values, "(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...", gy=grid, gx=grid, sy=sy, sx=sx)
+
+
+@functools.lru_cache(maxsize=64)
+def region_rows(grid: int, height: int, width: int, batch: int, order: tuple[int, ...],
+                device: torch.device) -> Tensor:
+    """``[R*B*s*s]`` row numbers into a map flattened to ``[B*H*W, C]`` (channels last) that
+    give :func:`split_regions`' rows, with the regions taken in ``order`` (a permutation of
+    ``0..R-1``): ``flat.index_select(0, rows).view(R, B*s*s, C)`` in one gather."""
+    positions = torch.arange(batch * height * width).view(batch, height, width)
+    rows = rearrange(positions, "b (gy sy) (gx sx) -> (gy gx) (b sy sx)", gy=grid, gx=grid)
+    return rows[torch.tensor(order)].flatten().to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def region_lookup(grid: int, height: int, width: int, batch: int, order: tuple[int, ...], factor: int,
+                  device: torch.device) -> Tensor:
+    """``[B*(H*f)*(W*f)]``: for each position of the ``f`` times finer grid, the row of the
+    region-ordered values (:func:`region_rows`) that covers it, with the cell alignment of
+    :func:`fapm_lib.scoring.upsample_nearest`: ``values.index_select(0, lookup)`` merges the
+    regions back and upsamples them in one gather."""
+    rows = region_rows(grid, height, width, batch, order, torch.device("cpu"))
+    inverse = torch.empty_like(rows)
+    inverse[rows] = torch.arange(len(rows))  # map position -> row
+    fine = inverse.view(batch, height, 1, width, 1).expand(-1, -1, factor, -1, factor)
+    return fine.reshape(-1).to(device)
 
 
 class RegionFeatureBuffer:

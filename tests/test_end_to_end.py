@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 SHARED = default_shared_root()
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_aupro", "n_train", "n_test", "backbone",
-               "fit_seconds", "ms_per_image"}
+               "fit_seconds", "ms_per_image", "backbone_ms_per_image", "search_ms_per_image", "post_ms_per_image"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,8 @@ def test_evaluate_bottle(evaluated: Path) -> None:
     assert metrics["pixel_auroc"] >= 0.97
     assert 0 < metrics["pixel_f1_max"] <= 1 and 0 < metrics["pixel_aupro"] <= 1
     assert metrics["fit_seconds"] > 0 and metrics["ms_per_image"] > 0
+    stages = [metrics[f"{stage}_ms_per_image"] for stage in ("backbone", "search", "post")]
+    assert all(ms > 0 for ms in stages) and sum(stages) == pytest.approx(metrics["ms_per_image"])
     assert any((evaluated / "heatmaps").iterdir())
     assert (evaluated / "model.safetensors").is_file()
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from fapm_lib.errors import ConfigError
-from fapm_lib.regions import RegionFeatureBuffer, check_grid, merge_regions, split_regions, valid_grids
+from fapm_lib.regions import (RegionFeatureBuffer, check_grid, merge_regions, region_lookup, region_rows, split_regions,
+                              valid_grids)
+from fapm_lib.scoring import upsample_nearest
 
 
 @pytest.mark.parametrize("grid", [1, 2, 7, 14])
@@ -65,3 +67,26 @@ def test_feature_buffer_equals_one_split(known_count: bool) -> None:
     for chunk in x.split(3):
         buffer.add(chunk)
     assert torch.equal(buffer.result(), split_regions(x, 7))
+
+
+# ---- one-gather split and merge (the search's hot path) --------------------------------------
+@pytest.mark.parametrize("grid, batch, height, width", [(7, 1, 28, 28), (7, 3, 14, 14), (2, 2, 8, 6), (1, 1, 4, 4)])
+def test_region_rows_gather_the_split_in_any_region_order(grid: int, batch: int, height: int, width: int) -> None:
+    x = torch.randn(batch, 5, height, width)
+    order = tuple(torch.randperm(grid * grid, generator=torch.Generator().manual_seed(grid)).tolist())
+    rows = region_rows(grid, height, width, batch, order, torch.device("cpu"))
+    flat = x.permute(0, 2, 3, 1).reshape(-1, 5)
+    gathered = flat.index_select(0, rows).view(grid * grid, -1, 5)
+    assert torch.equal(gathered, split_regions(x, grid)[list(order)])
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_region_lookup_merges_and_upsamples_like_merge_then_upsample(factor: int) -> None:
+    grid, batch, side = 7, 2, 14
+    order = tuple(reversed(range(grid * grid)))
+    values = torch.randn(grid * grid, batch * (side // grid) ** 2, 3)  # region-ordered (in `order`) values
+    lookup = region_lookup(grid, side, side, batch, order, factor, torch.device("cpu"))
+    natural = torch.empty_like(values)
+    natural[list(order)] = values  # back to region r = gy * grid + gx
+    expected = upsample_nearest(merge_regions(natural, grid, side, side), factor)
+    assert torch.equal(values.flatten(0, 1).index_select(0, lookup).view_as(expected), expected)
