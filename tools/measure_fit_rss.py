@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from fapm_lib import FAPM, FAPMConfig, MVTecDataset
+from fapm_lib import FAPM, FAPMConfig, MVTecDataset, tune_allocator
 from fapm_lib.data import make_loader
 
 MIB = 2**20
@@ -132,7 +132,9 @@ def training_data(args: argparse.Namespace, model: FAPM, workdir: Path):
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """Fit once; return the figures."""
+    """Fit once; return the figures (with the ``fapm`` command's allocator settings, unless
+    ``FAPM_NO_MALLOC_TUNING=1``)."""
+    malloc_tuned = tune_allocator()
     config = FAPMConfig(backbone=args.backbone, pretrained=not args.random_weights, batch_size=args.batch_size)
     model = FAPM(config)
     # build the backbone and run one full batch first, so the baseline holds its working memory
@@ -149,7 +151,7 @@ def measure(args: argparse.Namespace) -> dict:
     features = feature_bytes(model, args.n_images)
     peak = max_rss()
     return {
-        "backbone": config.backbone, "pretrained": config.pretrained, "source": args.source,
+        "backbone": config.backbone, "malloc_tuned": malloc_tuned, "pretrained": config.pretrained, "source": args.source,
         "n_images": args.n_images, "input": config.input_size, "channels": list(model.backbone_info.channels),
         "feature_sizes": [list(s) for s in model.feature_sizes], "torch_threads": torch.get_num_threads(),
         "rss_before_fit_mib": round(before_now / MIB, 1), "peak_rss_before_fit_mib": round(before_peak / MIB, 1),
