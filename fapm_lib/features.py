@@ -22,4 +22,9 @@ def aggregate(feature: Tensor, pool_size: int = 3) -> Tensor:
 def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3) -> list[Tensor]:
     """``[B, 3, S, S] -> [[B, C8, S/8, S/8], [B, C16, S/16, S/16]]``, aggregated, float32."""
     images = images.to(next(extractor.parameters()).device, non_blocking=True)
-    return [aggregate(f.float(), pool_size) for f in extractor(images)]
+    return aggregate_maps(extractor(images), pool_size)
+
+
+def aggregate_maps(features: list[Tensor], pool_size: int = 3) -> list[Tensor]:
+    """Raw backbone maps -> aggregated float32 maps (what :func:`embed` returns)."""
+    return [aggregate(f.float(), pool_size) for f in features]

@@ -17,7 +17,7 @@ from .backbone import FeatureExtractor
 from .base import ImageBatches, PatchModel, Prediction, iter_images
 from .config import FAPMConfig
 from .errors import ConfigError, DataError, ModelFileError
-from .features import aggregate
+from .features import aggregate, aggregate_maps
 from .memory import BankGroup, LayerMemory, build_layer_memory, check_k
 from .persistence import load_tensors, save_tensors
 from .regions import RegionFeatureBuffer, check_grid, region_lookup, region_rows, split_regions, valid_grids
@@ -165,10 +165,10 @@ class FAPM(PatchModel):
         if search is None or raw[0] is not started["raw"]:  # the hook did not see feature 0: in order
             if search is not None:
                 wait([search])
-            return self.knn([aggregate(f.float(), pool) for f in raw])
+            return self.knn(aggregate_maps(raw, pool))
         try:
-            rest = [self._layer_distances(layer, aggregate(f.float(), pool))
-                    for layer, f in enumerate(raw[1 : len(self.memories)], start=1)]
+            rest = [self._layer_distances(layer, f)
+                    for layer, f in enumerate(aggregate_maps(raw[1 : len(self.memories)], pool), start=1)]
         finally:
             wait([search])  # never leave the worker running on this model
         return self._fuse([search.result(), *rest], images.shape[0])
