@@ -59,17 +59,6 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         return list(self.model(images))
 
-    def stage_module(self, index: int) -> nn.Module | None:
-        """The module whose output is returned feature ``index`` (to hook it), or None when the
-        model does not say (then nothing may rely on it)."""
-        feature_info = getattr(self.model, "feature_info", None)
-        try:
-            name = feature_info.module_name()[index]  # type: ignore[union-attr]
-        except (AttributeError, IndexError, TypeError):
-            return None
-        modules = dict(self.model.named_modules())
-        return modules.get(name) or modules.get(name.replace(".", "_"))  # FeatureListNet flattens names
-
 
 def resolve_name(name: str) -> str:
     """Map a short name to its timm name (``wide_resnet50_2`` -> ``wide_resnet50_2.tv_in1k``)."""

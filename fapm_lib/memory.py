@@ -33,6 +33,17 @@ class BankGroup:
         self.bank = self.bank_t.transpose(-1, -2)
         self.sq_norms = self.bank.pow(2).sum(-1)  # [G, M]
 
+    def nearest(self, queries: Tensor, k: int) -> Tensor:
+        """k smallest L2 distances, ascending, from each region's queries to that region's bank:
+        ``queries [G, Q, C]`` (in the order of :attr:`regions`) ``-> [G, Q, k]``.
+
+        ``|q - b|^2 = |q|^2 + |b|^2 - 2 q.b``: one batched matrix product gives the last two
+        terms for every pair; ``|q|^2`` is the same for all of a query's candidates, so it is
+        added after the k smallest are picked."""
+        partial = torch.baddbmm(self.sq_norms.unsqueeze(1), queries, self.bank_t, alpha=-2.0)  # [G, Q, M]
+        nearest = smallest(partial, k)
+        return nearest.add_(queries.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
+
     def to(self, device: torch.device | str) -> "BankGroup":
         return BankGroup(self.regions.to(device), self.bank.to(device))
 
@@ -67,30 +78,27 @@ class LayerMemory:
     def n_vectors(self) -> int:
         return int(sum(g.bank.shape[0] * g.bank.shape[1] for g in self.groups))
 
+    def search(self, queries: Tensor, k: int) -> Tensor:
+        """The k smallest L2 distances from each query to its own region's bank, ascending:
+        ``queries [R, Q, C]`` (region ``r``'s queries in ``queries[r]``) ``-> [R, Q, k]``."""
+        out = queries.new_empty(queries.shape[0], queries.shape[1], k)
+        for g in self.groups:  # one or two size classes ("near", "far"), never one per region
+            out[g.regions] = g.nearest(queries[g.regions], k)
+        return out
+
     @functools.cached_property
     def order(self) -> tuple[int, ...]:
         """The regions in group order (the row order of :meth:`search_ordered`), a permutation."""
         return tuple(int(r) for g in self.groups for r in g.regions.tolist())
 
     def search_ordered(self, queries: Tensor, k: int) -> Tensor:
-        """k smallest L2 distances, ascending: ``queries [R, Q, C] -> [R, Q, k]``, with the
-        regions in :attr:`order`, so each size group is one contiguous slice (no gather)."""
-        q_sq = queries.pow(2).sum(-1, keepdim=True)  # [R, Q, 1]
+        """Fast path of :meth:`search` for queries already in :attr:`order`: ``[R, Q, C] ->
+        [R, Q, k]`` in the same order, each size group a contiguous slice (no gather, no scatter)."""
         parts, start = [], 0
-        for g in self.groups:  # one or two size classes, never one per region
-            q = queries[start : start + len(g.regions)]
+        for g in self.groups:
+            parts.append(g.nearest(queries[start : start + len(g.regions)], k))
             start += len(g.regions)
-            partial = torch.baddbmm(g.sq_norms.unsqueeze(1), q, g.bank_t, alpha=-2.0)  # d2 - |q|^2
-            parts.append(smallest(partial, k))
-        nearest = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return nearest.add_(q_sq).clamp_min_(0).sqrt_()
-
-    def search(self, queries: Tensor, k: int) -> Tensor:
-        """k smallest L2 distances, ascending: ``queries [R, Q, C] -> [R, Q, k]``, regions in
-        natural order."""
-        order = torch.tensor(self.order, device=queries.device)
-        out = torch.empty(queries.shape[0], queries.shape[1], k, device=queries.device, dtype=queries.dtype)
-        return out.index_copy_(0, order, self.search_ordered(queries.index_select(0, order), k))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def to(self, device: torch.device | str) -> "LayerMemory":
         return LayerMemory([g.to(device) for g in self.groups], self.radii, self.far)

@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,10 +13,11 @@ from .backbone import FeatureExtractor
 from .base import ImageBatches, PatchModel, Prediction, iter_images
 from .config import FAPMConfig
 from .errors import ConfigError, DataError, ModelFileError
-from .features import aggregate, aggregate_maps
 from .memory import BankGroup, LayerMemory, build_layer_memory, check_k
 from .persistence import load_tensors, save_tensors
-from .regions import RegionFeatureBuffer, check_grid, region_lookup, region_rows, split_regions, valid_grids
+from .regions import (RegionFeatureBuffer, check_grid, merge_regions, region_lookup, region_rows, split_regions,
+                      valid_grids)
+from .scoring import fuse_layers, upsample_nearest
 
 
 class FAPM(PatchModel):
@@ -89,89 +86,71 @@ class FAPM(PatchModel):
         self.feature_sizes = sizes
 
     # ---- predict ---------------------------------------------------------------------------
-    def knn(self, maps: list[Tensor]) -> Tensor:
-        """Nearest distances within each query's own region, fused over layers:
-        aggregated maps -> ``[B, H8, W8, search_k]``."""
+    @torch.inference_mode()
+    def predict(self, images: Tensor, fast: bool = True) -> Prediction:
+        """FAPM's inference, step by step: ``images [B, 3, S, S]`` (normalised) -> :class:`Prediction`.
+
+        ``fast`` (default True) runs steps 2 to 6 as :meth:`knn`, the same arithmetic on index
+        tables: bit-identical maps and scores (``tests/test_model.py``), 2 to 3x less search time
+        at batch 1 on a CPU. ``fast=False`` runs the steps as written here.
+        """
         self._require_fitted()
-        per_layer = [self._layer_distances(layer, f) for layer, f in enumerate(maps[: len(self.memories)])]
-        return self._fuse(per_layer, maps[0].shape[0])
+        # 1. Features: the frozen backbone's stride-8 ("layer 2") and stride-16 ("layer 3") maps,
+        #    3x3 average-pooled: [[B, C8, H8, W8], [B, C16, H16, W16]].
+        maps = self.embed(images)
+        if fast:
+            knn = self.knn(maps)  # steps 2-6 below, on index tables
+        else:
+            self._check_feature_sizes(maps)
+            grid, k = self.config.grid, self.search_k
+            per_layer = []
+            for memory, f in zip(self.memories, maps):
+                # 2. Split the layer's map into grid x grid regions: [R, B*s*s, C] (R = grid**2, s = h / grid).
+                queries = split_regions(f, grid)
+                # 3. Search each region's own bank only: k smallest L2 distances, [R, B*s*s, k].
+                distances = memory.search(queries, k)
+                # 4. Merge the regions back into a map: [B, h, w, k].
+                per_layer.append(merge_regions(distances, grid, f.shape[-2], f.shape[-1]))
+            # 5. Bring layer 3 onto the layer-2 grid, aligned with the 2x2 tiling convention:
+            #    coarse cell (i, j) onto fine cells (2i..2i+1, 2j..2j+1). [B, H8, W8, k] each.
+            fine = per_layer[0].shape[1]
+            aligned = [upsample_nearest(d, fine // d.shape[1]) for d in per_layer]
+            # 6. Fuse: the sum of the layers' distances, [B, H8, W8, k].
+            knn = fuse_layers(aligned)
+        # 7. Anomaly map [B, S, S]: fused 1-NN distances, bilinear to S x S, Gaussian blur
+        #    (scoring.anomaly_map); 8. image score [B] (scoring.image_score): PatchModel.postprocess.
+        return self.postprocess(knn)
 
-    def _layer_distances(self, layer: int, f: Tensor) -> Tensor:
-        """One layer's k-NN distances, on the finest grid: ``[B, C, h, w] -> [B*H8*W8, search_k]``.
+    def knn(self, maps: list[Tensor]) -> Tensor:
+        """Steps 2 to 6 of :meth:`predict` on index tables (the fast path): aggregated maps ->
+        fused k-NN distances ``[B, H8, W8, search_k]``, bit-identical to split, search, merge,
+        upsample and fuse. Per layer, one gather (:func:`region_rows`) puts the queries in the
+        memory's group order, one matrix product per bank size runs the search
+        (:meth:`LayerMemory.search_ordered`) and one gather (:func:`region_lookup`) puts the
+        distances straight onto the layer-2 grid, with :func:`upsample_nearest`'s alignment."""
+        self._require_fitted()
+        self._check_feature_sizes(maps)
+        fused = self._layer_knn_fast(0, maps[0])
+        for layer in range(1, len(self.memories)):
+            fused = fused.add_(self._layer_knn_fast(layer, maps[layer]))
+        return fused.view(maps[0].shape[0], *self.feature_sizes[0], self.search_k)
 
-        One gather puts the queries in region order (``[R, B*s*s, C]``, size groups contiguous),
-        the search runs one matrix product per size group, and one gather puts the distances
-        back on the finest grid (merged and upsampled with the aligned cells)."""
+    def _layer_knn_fast(self, layer: int, f: Tensor) -> Tensor:
+        """One layer's k-NN distances on the layer-2 grid: ``[B, C, h, w] -> [B*H8*W8, search_k]``."""
         mem, (h, w), grid, k = self.memories[layer], self.feature_sizes[layer], self.config.grid, self.search_k
-        if f.shape[-2:] != (h, w):
-            raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {(h, w)}")
         batch = f.shape[0]
         rows = region_rows(grid, h, w, batch, mem.order, f.device)
         flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])  # [B*h*w, C], a view when channels-last
-        queries = flat.index_select(0, rows).view(grid * grid, -1, f.shape[1])  # [R, B*s*s, C]
+        queries = flat.index_select(0, rows).view(grid * grid, -1, f.shape[1])  # [R, B*s*s, C], group order
         dist = mem.search_ordered(queries, k).view(-1, k)  # [R*B*s*s, k]
         lookup = region_lookup(grid, h, w, batch, mem.order, self.feature_sizes[0][0] // h, f.device)
         return dist.index_select(0, lookup)
 
-    def _fuse(self, per_layer: list[Tensor], batch: int) -> Tensor:
-        """Sum of :meth:`_layer_distances` (layer 0 first) -> ``[B, H8, W8, search_k]``."""
-        fused = per_layer[0]
-        for dist in per_layer[1:]:
-            fused = fused.add_(dist)
-        return fused.view(batch, *self.feature_sizes[0], self.search_k)
-
-    # ---- latency: search layer 0 while the backbone still runs --------------------------------
-    #: Overlap the stride-8 search with the backbone's later stages in :meth:`predict`: None
-    #: (auto) does it on a CPU when a core is left idle (``2 x torch threads <= cores``).
-    overlap_search: bool | None = None
-
-    def overlaps_search(self) -> bool:
-        """Whether :meth:`predict` runs the stride-8 search on a second thread."""
-        if self.device.type != "cpu":
-            return False  # GPU kernels are asynchronous already
-        if self.overlap_search is not None:
-            return self.overlap_search
-        return 2 * torch.get_num_threads() <= available_cores()
-
-    @torch.inference_mode()
-    def predict(self, images: Tensor) -> Prediction:
-        """``images [B, 3, S, S]`` (normalised) -> :class:`Prediction`; the same numbers as
-        ``postprocess(knn(embed(images)))``, sooner when :meth:`overlaps_search`."""
-        if not (self.is_fitted and self.overlaps_search()):
-            return super().predict(images)
-        return self.postprocess(self._knn_overlapped(images))
-
-    def _knn_overlapped(self, images: Tensor) -> Tensor:
-        """``knn(embed(images))``, with layer 0's search started on a worker thread as soon as
-        the backbone hands out its stride-8 map, while the stride-16 stages still run."""
-        pool = self.config.pool_size
-        module = self.extractor.stage_module(0)
-        if module is None:
-            return self.knn(self.embed(images))
-        started: dict[str, Any] = {}
-
-        def start_search(_module: torch.nn.Module, _inputs: Any, output: Tensor) -> None:
-            # pooled here, before later stages run: they never see (or change) this copy
-            pooled = aggregate(output.float(), pool)
-            started["raw"], pooled = output, pooled.clone() if pooled is output else pooled
-            started["search"] = _search_worker().submit(_in_inference_mode, self._layer_distances, 0, pooled)
-
-        handle = module.register_forward_hook(start_search)
-        try:
-            raw = self.extractor(images.to(self.device))
-        finally:
-            handle.remove()
-        search: Future | None = started.get("search")
-        if search is None or raw[0] is not started["raw"]:  # the hook did not see feature 0: in order
-            if search is not None:
-                wait([search])
-            return self.knn(aggregate_maps(raw, pool))
-        try:
-            rest = [self._layer_distances(layer, f)
-                    for layer, f in enumerate(aggregate_maps(raw[1 : len(self.memories)], pool), start=1)]
-        finally:
-            wait([search])  # never leave the worker running on this model
-        return self._fuse([search.result(), *rest], images.shape[0])
+    def _check_feature_sizes(self, maps: list[Tensor]) -> None:
+        """ConfigError unless ``maps`` have the feature sizes the model was fitted on."""
+        for f, size in zip(maps, self.feature_sizes):
+            if tuple(f.shape[-2:]) != tuple(size):
+                raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {tuple(size)}")
 
     # ---- info ------------------------------------------------------------------------------
     def memory_size(self) -> dict[str, float]:
@@ -255,30 +234,3 @@ def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]
         problem = "malformed radii or near/far tensors"
     if problem:
         raise ModelFileError(f"{path}: layer {layer}: {problem}")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-_worker: ThreadPoolExecutor | None = None
-_worker_lock = threading.Lock()
-
-
-def _search_worker() -> ThreadPoolExecutor:
-    """The one background thread that runs overlapped searches (started on first use)."""
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fapm-search")
-        return _worker
-
-
-def _in_inference_mode(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` under ``torch.inference_mode`` (a per-thread setting)."""
-    with torch.inference_mode():
-        return fn(*args)

@@ -45,12 +45,14 @@ def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
     return rearrange(values, "(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...", gy=grid, gx=grid, sy=sy, sx=sx)
 
 
+# ---- fast path: the same split and merge as index tables (used by FAPM.knn) ------------------
 @functools.lru_cache(maxsize=64)
 def region_rows(grid: int, height: int, width: int, batch: int, order: tuple[int, ...],
                 device: torch.device) -> Tensor:
-    """``[R*B*s*s]`` row numbers into a map flattened to ``[B*H*W, C]`` (channels last) that
-    give :func:`split_regions`' rows, with the regions taken in ``order`` (a permutation of
-    ``0..R-1``): ``flat.index_select(0, rows).view(R, B*s*s, C)`` in one gather."""
+    """Fast path of :func:`split_regions`: ``[R*B*s*s]`` row numbers into a map flattened to
+    ``[B*H*W, C]`` (channels last) that give :func:`split_regions`' rows, with the regions taken
+    in ``order`` (a permutation of ``0..R-1``): ``flat.index_select(0, rows).view(R, B*s*s, C)``
+    in one gather (cached per shape)."""
     positions = torch.arange(batch * height * width).view(batch, height, width)
     rows = rearrange(positions, "b (gy sy) (gx sx) -> (gy gx) (b sy sx)", gy=grid, gx=grid)
     return rows[torch.tensor(order)].flatten().to(device)
@@ -59,10 +61,10 @@ def region_rows(grid: int, height: int, width: int, batch: int, order: tuple[int
 @functools.lru_cache(maxsize=64)
 def region_lookup(grid: int, height: int, width: int, batch: int, order: tuple[int, ...], factor: int,
                   device: torch.device) -> Tensor:
-    """``[B*(H*f)*(W*f)]``: for each position of the ``f`` times finer grid, the row of the
-    region-ordered values (:func:`region_rows`) that covers it, with the cell alignment of
-    :func:`fapm_lib.scoring.upsample_nearest`: ``values.index_select(0, lookup)`` merges the
-    regions back and upsamples them in one gather."""
+    """Fast path of :func:`merge_regions` followed by :func:`fapm_lib.scoring.upsample_nearest`:
+    ``[B*(H*f)*(W*f)]``, for each position of the ``f`` times finer grid, the row of the
+    region-ordered values (:func:`region_rows`) that covers it (2x2 tiling for ``f = 2``):
+    ``values.index_select(0, lookup)`` merges the regions back and upsamples them in one gather."""
     rows = region_rows(grid, height, width, batch, order, torch.device("cpu"))
     inverse = torch.empty_like(rows)
     inverse[rows] = torch.arange(len(rows))  # map position -> row

@@ -6,22 +6,50 @@ import functools
 import kornia
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 
 def upsample_nearest(coarse: Tensor, factor: int) -> Tensor:
-    """``[B, h, w, ...] -> [B, h*f, w*f, ...]``: coarse cell (i, j) covers fine cells
-    (f*i .. f*i+f-1, f*j .. f*j+f-1), exactly the positions its receptive field is centred on.
-    (The official code misplaces half of the fine positions at this step.)"""
+    """Bring a coarse layer's values onto the finer grid, aligned with the 2x2 tiling convention:
+    ``[B, h, w, ...] -> [B, h*f, w*f, ...]``, coarse cell (i, j) onto the fine cells
+    (f*i .. f*i+f-1, f*j .. f*j+f-1) that tile it (``factor`` 1: ``coarse`` itself).
+
+    The receptive-field centres of the two layers still differ by half a fine cell, in a
+    direction that depends on the backbone's padding, so no nearest mapping is exact; this is
+    the one that keeps every cell on its own part of the image. :func:`upsample_official` is
+    the official code's version of this step, which misplaces half of the fine cells."""
+    if factor == 1:
+        return coarse
     return coarse.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
 
 
-def fuse_layers(distances: list[Tensor]) -> Tensor:
-    """Sum per-layer k-NN distances on the finest grid: list of ``[B, h_l, w_l, k] -> [B, H, W, k]``."""
-    fine = distances[0]
-    total = fine.clone()
-    for coarse in distances[1:]:
-        total += upsample_nearest(coarse, fine.shape[1] // coarse.shape[1])
+def upsample_official(coarse: Tensor, factor: int, grid: int) -> Tensor:
+    """The official FAPM code's version of :func:`upsample_nearest` (for comparison only):
+    ``[B, h, w, ...] -> [B, h*f, w*f, ...]``, computed per region of the ``grid x grid`` grid.
+
+    The official code flattens each region's coarse cells row by row and repeats each one
+    ``f*f`` times along the region's flattened fine cells, so fine cell (y, x) of a region with
+    fine side ``S`` receives the coarse cell with flat index ``(y*S + x) // f**2``, not the cell
+    ``(y // f, x // f)`` above it. At ``f = 2`` (coarse 2x2 cells per region, fine 4x4) fine
+    row ``y`` takes coarse cell ``(y // 2, y % 2)`` for the whole row: 8 of the 16 fine cells of
+    every region, 392 of the 784 fine cells of a 28x28 map, get a neighbouring cell's value."""
+    h, w = coarse.shape[1] // grid, coarse.shape[2] // grid  # coarse cells per region, each way
+    regions = rearrange(coarse, "b (gy sy) (gx sx) ... -> b gy gx (sy sx) ...", gy=grid, gx=grid)
+    fine = regions.repeat_interleave(factor * factor, dim=3)  # flat coarse index c -> fine (c f^2 .. c f^2 + f^2 - 1)
+    return rearrange(fine, "b gy gx (sy sx) ... -> b (gy sy) (gx sx) ...", sy=h * factor, sx=w * factor)
+
+
+def fuse_layers(aligned: list[Tensor]) -> Tensor:
+    """Fuse the layers: the sum of their k-NN distances, already on one grid (see
+    :func:`upsample_nearest`): list of ``[B, H, W, k] -> [B, H, W, k]`` (a new tensor)."""
+    shapes = {tuple(d.shape) for d in aligned}
+    if len(shapes) != 1:
+        raise ValueError(f"fuse_layers: the layers are on different grids {sorted(shapes)}; "
+                         "bring them onto one grid first (upsample_nearest)")
+    total = aligned[0].clone()
+    for distances in aligned[1:]:
+        total += distances
     return total
 
 

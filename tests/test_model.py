@@ -244,12 +244,23 @@ def test_knn_equals_brute_force_per_region_and_layer(image_score: str, k: int) -
     torch.testing.assert_close(knn, expected, atol=1e-4, rtol=1e-4)
 
 
+class FixedMaps(nn.Module):
+    """A "backbone" that returns the same raw maps for any input (to run predict on hand-made maps)."""
+
+    def __init__(self, maps: list[Tensor]) -> None:
+        super().__init__()
+        self.maps = maps
+        self.device_anchor = nn.Parameter(torch.zeros(1))  # embed reads the device from a parameter
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return [m[: images.shape[0]] for m in self.maps]
+
+
 @pytest.mark.parametrize("batch, image_score", [(1, "max"), (3, "reweighted")])
-def test_knn_is_bit_identical_to_split_search_merge_fuse(batch: int, image_score: str) -> None:
-    """The one-gather hot path equals the plain composition: split into regions, search each
-    region's bank, merge back, upsample and sum the layers."""
+def test_knn_is_bit_identical_to_split_search_merge_upsample_fuse(batch: int, image_score: str) -> None:
+    """The fast path (index tables) equals the plain composition of the library's steps."""
     from fapm_lib.regions import merge_regions, split_regions
-    from fapm_lib.scoring import fuse_layers
+    from fapm_lib.scoring import fuse_layers, upsample_nearest
 
     config = FAPMConfig(grid=7, coreset_ratio=0.3, k=2, image_score=image_score)
     model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(12, 0))
@@ -257,70 +268,40 @@ def test_knn_is_bit_identical_to_split_search_merge_fuse(batch: int, image_score
     maps = synthetic_maps(batch, seed=4)
     per_layer = [merge_regions(mem.search(split_regions(f, 7), model.search_k), 7, *f.shape[-2:])
                  for mem, f in zip(model.memories, maps)]
-    assert torch.equal(model.knn(maps), fuse_layers(per_layer))
+    assert torch.equal(model.knn(maps), fuse_layers([per_layer[0], upsample_nearest(per_layer[1], 2)]))
 
 
-# ---- overlapped predict: the stride-8 search runs while the backbone finishes ------------------
-def test_overlapped_predict_is_bit_identical_and_runs_on_the_worker(model: FAPM, test_image: Tensor,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
+@pytest.mark.parametrize("batch, image_score", [(1, "max"), (3, "reweighted")])
+def test_readable_and_fast_predict_are_bit_identical_on_hand_made_maps(batch: int, image_score: str) -> None:
+    config = FAPMConfig(grid=7, coreset_ratio=0.3, k=2, image_score=image_score)
+    model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(12, 0))
+    maps = synthetic_maps(batch, seed=5)
+    maps[1][0, :, 3, 4] += 5.0  # an anomaly, so that the score is not a tie
+    model._extractor = FeatureExtractor(FixedMaps(maps), model.backbone_info)
+    images = torch.zeros(batch, 3, 112, 112)
+    assert_same_prediction(model.predict(images, fast=False), model.predict(images, fast=True))
+    assert_same_prediction(model.predict(images, fast=True), model.predict(images))  # fast is the default
 
-    threads: list[tuple[int, str]] = []
-    real = model._layer_distances
 
-    def recording(layer: int, f: Tensor) -> Tensor:
-        threads.append((layer, threading.current_thread().name))
-        return real(layer, f)
-
-    monkeypatch.setattr(model, "_layer_distances", recording)
+@pytest.mark.parametrize("image_score", ["max", "reweighted"])
+def test_readable_and_fast_predict_are_bit_identical_with_the_backbone(model: FAPM, test_image: Tensor,
+                                                                        image_score: str) -> None:
+    model = FAPM(CONFIG.replace(image_score=image_score), extractor=model.extractor).fit_maps(
+        [m.clone() for m in model.extract(texture(10, seed=0), progress=False)])
     for batch in (paste(test_image, 48, 80), torch.cat([test_image, paste(test_image, 16, 16)])):
-        monkeypatch.setattr(model, "overlap_search", False)
-        plain = model.predict(batch)
-        monkeypatch.setattr(model, "overlap_search", True)
-        threads.clear()
-        overlapped = model.predict(batch)
-        assert_same_prediction(plain, overlapped)
-        assert threads[0][0] == 0 and threads[0][1].startswith("fapm-search")  # layer 0 on the worker
-        assert threads[1] == (1, threading.current_thread().name)  # layer 1 here, after the backbone
+        readable, fast = model.predict(batch, fast=False), model.predict(batch, fast=True)
+        assert_same_prediction(readable, fast)
+    assert not torch.equal(readable.pred_score[0], readable.pred_score[1])
 
 
-def test_overlap_falls_back_when_the_backbone_names_no_stage(model: FAPM, extractor: FeatureExtractor,
-                                                             test_image: Tensor) -> None:
-    class Wrapped(nn.Module):  # same features, but no feature_info to find the stride-8 module by
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, images: Tensor) -> list[Tensor]:
-            return self.inner(images)
-
-    hidden = FeatureExtractor(Wrapped(extractor.model), extractor.info)
-    assert hidden.stage_module(0) is None and extractor.stage_module(0) is not None
-    other = FAPM(CONFIG, extractor=hidden)
-    other.memories, other.feature_sizes, other.overlap_search = model.memories, model.feature_sizes, True
-    assert_same_prediction(other.predict(test_image), model.predict(test_image))
+def test_readable_predict_refuses_another_input_size(model: FAPM) -> None:
+    with pytest.raises(ConfigError, match="fitted on"):
+        model.predict(torch.zeros(1, 3, 2 * S, 2 * S), fast=False)
 
 
-def test_overlap_passes_worker_errors_on_and_recovers(model: FAPM, test_image: Tensor,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model, "overlap_search", True)
-    with pytest.raises(ConfigError, match="fitted on"):  # layer 0 fails on the worker thread
-        model.predict(torch.zeros(1, 3, 2 * S, 2 * S))
-    assert torch.isfinite(model.predict(test_image).pred_score).all()
-
-
-def test_overlap_is_automatic_only_with_an_idle_core(model: FAPM, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fapm_lib.model as model_module
-
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(model_module, "available_cores", lambda: 2 * threads)
-    assert model.overlaps_search()
-    monkeypatch.setattr(model_module, "available_cores", lambda: 2 * threads - 1)
-    assert not model.overlaps_search()
-    monkeypatch.setattr(model, "overlap_search", True)
-    assert model.overlaps_search()
-    monkeypatch.setattr(model, "device", torch.device("meta"))  # not a CPU: never
-    assert not model.overlaps_search()
+def test_readable_predict_before_fit(extractor: FeatureExtractor, test_image: Tensor) -> None:
+    with pytest.raises(ConfigError, match="not fitted"):
+        FAPM(CONFIG, extractor=extractor).predict(test_image, fast=False)
 
 
 # ---- PatchCore -----------------------------------------------------------------------------

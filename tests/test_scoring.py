@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fapm_lib.scoring import anomaly_map, fuse_layers, gaussian_kernel_size, image_score, upsample_nearest
+from fapm_lib.scoring import (anomaly_map, fuse_layers, gaussian_kernel_size, image_score, upsample_nearest,
+                              upsample_official)
 
 
 def test_upsample_nearest_places_each_coarse_cell_on_its_2x2_block() -> None:
@@ -21,22 +22,76 @@ def test_upsample_nearest_places_each_coarse_cell_on_its_2x2_block() -> None:
         assert torch.equal(block, coarse[:, i : i + 1, j : j + 1].expand_as(block))
 
 
-def test_upsample_is_not_the_shifted_official_layout() -> None:
-    """Fine cell (1, 1) belongs to coarse (0, 0); the official code gives it a neighbour's score."""
-    coarse = torch.zeros(1, 7, 7)
-    coarse[0, 0, 0] = 1.0
-    fine = upsample_nearest(coarse, 2)
-    assert fine[0, :2, :2].eq(1).all()
-    assert fine.sum() == 4
+def test_upsample_factor_one_is_the_identity() -> None:
+    x = torch.rand(2, 14, 14, 3)
+    assert upsample_nearest(x, 1) is x
 
 
-def test_fuse_layers_sums_on_the_fine_grid() -> None:
+def planted(cell: tuple[int, int], side: int = 14) -> torch.Tensor:
+    """``[1, side, side]`` zeros with a single 1 at ``cell`` (one anomalous coarse cell)."""
+    coarse = torch.zeros(1, side, side)
+    coarse[0, cell[0], cell[1]] = 1.0
+    return coarse
+
+
+def lit(fine: torch.Tensor) -> set[tuple[int, int]]:
+    return {tuple(p) for p in fine[0].nonzero().tolist()}
+
+
+@pytest.mark.parametrize("cell", [(0, 0), (3, 5), (6, 6), (13, 13), (9, 2)])
+def test_planted_coarse_cell_lights_its_2x2_block_ours_and_a_row_officially(cell: tuple[int, int]) -> None:
+    """Ours: exactly the four fine cells under the coarse cell. Official: four cells of one fine
+    row of the region, two of them under the coarse cell and two beside it."""
+    i, j = cell
+    ours = lit(upsample_nearest(planted(cell), 2))
+    assert ours == {(2 * i + a, 2 * j + b) for a in (0, 1) for b in (0, 1)}
+    official = lit(upsample_official(planted(cell), 2, grid=7))
+    gy, gx = i // 2, j // 2  # region of the cell (2x2 coarse cells per region)
+    row = 4 * gy + 2 * (i % 2) + (j % 2)  # fine row (y // 2, y % 2) == (i % 2, j % 2) within the region
+    assert official == {(row, 4 * gx + x) for x in range(4)}
+    assert len(official & ours) == 2
+
+
+def test_official_mapping_misplaces_392_of_784_fine_cells() -> None:
+    coarse = torch.arange(14 * 14, dtype=torch.float32).reshape(1, 14, 14, 1)  # every cell its own value
+    ours, official = upsample_nearest(coarse, 2), upsample_official(coarse, 2, grid=7)
+    assert ours.shape == official.shape == (1, 28, 28, 1)
+    wrong = ours != official
+    assert int(wrong.sum()) == 392
+    per_region = wrong[0, ..., 0].reshape(7, 4, 7, 4).sum(dim=(1, 3))
+    assert torch.equal(per_region, torch.full((7, 7), 8))  # 8 of the 16 fine cells of every region
+    assert torch.equal(torch.sort(official.flatten()).values, torch.sort(ours.flatten()).values)  # a permutation
+
+
+@pytest.mark.parametrize("grid, side, factor", [(7, 14, 2), (1, 4, 2), (2, 4, 3), (7, 7, 2)])
+def test_official_mapping_is_the_repeat_of_each_regions_flattened_cells(grid: int, side: int, factor: int) -> None:
+    """Fine cell (y, x) of a region with fine side S gets the region's coarse cell of flat index
+    (y*S + x) // factor**2 (row-major flattening, each coarse cell repeated factor**2 times)."""
+    coarse = torch.rand(2, side, side, 3)
+    official = upsample_official(coarse, factor, grid)
+    s = side // grid  # coarse cells per region side
+    fine_side = s * factor
+    expected = torch.empty_like(official)
+    for y in range(side * factor):
+        for x in range(side * factor):
+            gy, fy, gx, fx = y // fine_side, y % fine_side, x // fine_side, x % fine_side
+            c = (fy * fine_side + fx) // factor**2
+            expected[:, y, x] = coarse[:, gy * s + c // s, gx * s + c % s]
+    assert torch.equal(official, expected)
+
+
+def test_fuse_layers_sums_layers_on_one_grid() -> None:
     fine, coarse = torch.rand(2, 14, 14, 4), torch.rand(2, 7, 7, 4)
     fine_before = fine.clone()
-    fused = fuse_layers([fine, coarse])
-    torch.testing.assert_close(fused, fine + upsample_nearest(coarse, 2), rtol=0, atol=0)
+    fused = fuse_layers([fine, upsample_nearest(coarse, 2)])
+    assert torch.equal(fused, fine + upsample_nearest(coarse, 2))
     assert torch.equal(fine, fine_before)  # inputs untouched
-    assert torch.equal(fuse_layers([fine]), fine)
+    assert torch.equal(fuse_layers([fine]), fine) and fuse_layers([fine]) is not fine
+
+
+def test_fuse_layers_refuses_layers_on_different_grids() -> None:
+    with pytest.raises(ValueError, match="upsample_nearest"):
+        fuse_layers([torch.rand(1, 14, 14, 1), torch.rand(1, 7, 7, 1)])
 
 
 def test_anomaly_map_shape_and_constant() -> None:
