@@ -9,15 +9,12 @@ that a noisy (shared) machine slows both alike.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import resource
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +27,10 @@ from .base import PatchModel
 from .config import FAPMConfig
 from .data import MVTecDataset
 from .errors import ConfigError
-from .evaluate import sync_device as _sync
 from .metrics import compute_metrics
 from .model import FAPM
 from .patchcore import PatchCore
+from .timing import STAGES, predict_by_stage, timed
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_f1_max")
 #: The per-method keys of ``benchmark.json``, in order.
@@ -43,22 +40,6 @@ METHOD_KEYS = (*METRIC_KEYS, "coreset_seconds", "fit_seconds", "backbone_ms", "s
 RATIO_KEYS = {"search": "search_ms", "coreset": "coreset_seconds", "total": "total_ms"}
 THROUGHPUT_BATCH = 16
 WARMUP_RUNS = 3
-
-
-def _timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    """Run ``fn(*args)`` once; return its result and the wall time in seconds (device synchronised)."""
-    out, wall, _ = _timed_both(device, fn, *args)
-    return out, wall
-
-
-def _timed_both(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
-    """Run ``fn(*args)`` once; return its result, the wall time and the process CPU time (all
-    threads), in seconds."""
-    _sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn(*args)
-    _sync(device)
-    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _sig(x: float, digits: int = 6) -> float:
@@ -96,20 +77,20 @@ def _single_image_times(models: dict[str, PatchModel], images: Tensor, repeats: 
     for model in models.values():
         for i in range(WARMUP_RUNS):
             model.predict(images[i % len(images)][None].to(device))
-    parts = ("backbone", "search", "post", "total")
+    parts = (*STAGES, "total")
     samples = {n: {clock: {p: [] for p in parts} for clock in ("wall", "cpu")} for n in models}
     names = list(models)
     for rep in range(repeats):
         image = images[rep % len(images)][None].to(device)
         for name in names if rep % 2 == 0 else names[::-1]:
             model = models[name]
-            maps, *backbone = _timed_both(device, model.embed, image)
-            knn, *search = _timed_both(device, model.knn, maps)
-            _, *post = _timed_both(device, model.postprocess, knn)
-            _, *total = _timed_both(device, model.predict, image)
-            for part, (wall, cpu) in zip(parts, (backbone, search, post, total)):
-                samples[name]["wall"][part].append(wall)
-                samples[name]["cpu"][part].append(cpu)
+            _, stages = predict_by_stage(model, image)
+            _, *total = timed(device, model.predict, image)
+            for part in STAGES:
+                samples[name]["wall"][part].append(stages.wall[part])
+                samples[name]["cpu"][part].append(stages.cpu[part])
+            samples[name]["wall"]["total"].append(total[0])
+            samples[name]["cpu"]["total"].append(total[1])
     return {n: {clock: {p: 1000.0 * statistics.median(v) for p, v in by_part.items()} for clock, by_part in clocks.items()}
             for n, clocks in samples.items()}
 
@@ -120,7 +101,7 @@ def _throughput(model: PatchModel, images: Tensor, runs: int) -> float:
     index = torch.arange(THROUGHPUT_BATCH) % len(images)
     batch = images[index].to(model.device)
     model.predict(batch)
-    seconds = statistics.median(_timed(model.device, model.predict, batch)[1] for _ in range(runs))
+    seconds = statistics.median(timed(model.device, model.predict, batch)[1] for _ in range(runs))
     return THROUGHPUT_BATCH / seconds
 
 
@@ -137,15 +118,14 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(config: FAPMConfig, device: torch.device, overlaps_search: bool = False) -> dict[str, Any]:
-    """Where and with what the numbers were measured (``overlaps_search``: FAPM's end to end
-    ran its stride-8 search on a second thread, :meth:`FAPM.overlaps_search`)."""
+def environment(config: FAPMConfig, device: torch.device) -> dict[str, Any]:
+    """Where and with what the numbers were measured."""
     import timm
 
     from .allocator import tune_allocator
 
     return {"device": device_name(device), "device_type": device.type, "cpu_count": os.cpu_count(),
-            "fapm_overlaps_search": overlaps_search, "malloc_tuned": tune_allocator(),
+            "malloc_tuned": tune_allocator(),
             "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
             "timm_version": timm.__version__, "python_version": platform.python_version(),
             "backbone": config.backbone, "random_weights": not config.pretrained,
@@ -158,11 +138,11 @@ def _fit_all(models: dict[str, PatchModel], train: MVTecDataset, progress: bool)
     seconds of ``"features"`` and of each model's coreset (``fit_maps``)."""
     first = next(iter(models.values()))
     _log(f"features of {len(train)} training images (shared)")
-    maps, *seconds = _timed_both(first.device, first.extract, train, progress)
+    maps, *seconds = timed(first.device, first.extract, train, progress)
     out = {"features": tuple(seconds)}
     for name, model in models.items():
         _log(f"coreset {name}")
-        out[name] = tuple(_timed_both(model.device, model.fit_maps, maps, progress)[1:])
+        out[name] = tuple(timed(model.device, model.fit_maps, maps, progress)[1:])
     return out
 
 
@@ -187,7 +167,7 @@ def run_benchmark(config: FAPMConfig, data_root: str | Path, category: str, outp
 
     _log(f"accuracy on {len(test_set)} test images")
     test = _test_tensors(test_set)
-    test_maps, test_feature_seconds = _timed(dev, models["fapm"].extract, test["images"], False)
+    test_maps, test_feature_seconds, _ = timed(dev, models["fapm"].extract, test["images"], False)
     metrics = {name: _accuracy(model, test_maps, test, config.batch_size) for name, model in models.items()}
     del test_maps
 
@@ -205,7 +185,7 @@ def run_benchmark(config: FAPMConfig, data_root: str | Path, category: str, outp
         "cpu_seconds": {key: _sig(fit[key][1]) for key in fit},
         "peak_rss_mb": _sig(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
     }
-    report["environment"] = environment(config, dev, models["fapm"].overlaps_search())  # type: ignore[attr-defined]
+    report["environment"] = environment(config, dev)
     if output is not None:
         write_report(report, Path(output))
     return report
@@ -259,10 +239,7 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
           f"{_pct(det[f'{key}_pixel_aupro'])} |" for key, label, m in (("fapm", "FAPM", f), ("patchcore", "PatchCore", p))),
         "", "## Speed", "",
         (f"Per image: medians of {det['repeats']} single-image runs (batch 1) after warm-up; "
-         f"throughput: end to end at batch {env['batch_size_throughput']}."
-         + (" FAPM end to end ran its stride-8 search on a second thread while the backbone computed its "
-            "stride-16 stages (a core was idle); the search row times it alone."
-            if env.get("fapm_overlaps_search") else "")), "",
+         f"throughput: end to end at batch {env['batch_size_throughput']}."), "",
         "| | FAPM | PatchCore | PatchCore / FAPM |", "|---|---|---|---|",
         f"| fit: feature extraction (shared), s | {det['feature_seconds']:.2f} | {det['feature_seconds']:.2f} | |",
         f"| fit: coreset, s | {f['coreset_seconds']:.2f} | {p['coreset_seconds']:.2f} | {r['coreset']:.1f}x |",
@@ -291,16 +268,3 @@ def write_report(report: dict[str, Any], output: Path) -> tuple[Path, Path]:
     json_path = write_text_atomic(output / "benchmark.json", json.dumps(report, indent=2))
     md_path = write_text_atomic(output / "benchmark.md", benchmark_markdown(report))
     return json_path, md_path
-
-
-def run_benchmark_cli(args: argparse.Namespace) -> int:
-    """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
-    from .cli import _device, build_config
-
-    config = build_config(args)
-    if not args.data_root or not args.category:
-        raise ConfigError("--data-root and --category are required (or set them in --config)")
-    report = run_benchmark(config, args.data_root, args.category, args.output, _device(args.device), args.repeats,
-                           progress=not args.no_progress, skip_bad=args.skip_bad)
-    print(benchmark_markdown(report))
-    return 0

@@ -15,12 +15,11 @@ from typing import Any, Callable
 
 from .allocator import tune_allocator
 from .errors import ConfigError, DataError, FAPMError
+from .options import TUNING_FLAGS, build_config
+from .options import check_device as _device
 
 DEFAULT_BUILTIN_ROOT = Path("data/builtin")
 MODEL_FILE = "model.safetensors"
-#: CLI flag -> FAPMConfig field, for the optional tuning flags.
-TUNING_FLAGS = {"coreset_ratio": float, "adaptive_multiplier": float, "grid": int, "k": int,
-                "sampling": str, "image_score": str, "batch_size": int}
 
 
 # ---- shared options -------------------------------------------------------------------------
@@ -42,32 +41,6 @@ def _model_options(p: argparse.ArgumentParser, data_required: bool = True) -> No
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them instead of stopping")
     for name, kind in TUNING_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
-
-
-def build_config(args: argparse.Namespace):
-    """FAPMConfig from defaults, then ``--config``, then flags; fills ``args.category`` from the config."""
-    from .config import FAPMConfig, load_yaml_config
-
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values, run = load_yaml_config(args.config)
-        for key in ("category", "data_root"):
-            if getattr(args, key, None) is None and key in run:
-                setattr(args, key, run[key])
-    for key in ("backbone", "seed", *TUNING_FLAGS):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    if getattr(args, "random_weights", False):
-        values["pretrained"] = False
-    return FAPMConfig.from_dict(values, source="options")
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here")
-    return name
 
 
 def _datasets(model, args: argparse.Namespace, splits: tuple[str, ...]):
@@ -231,15 +204,33 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import run_benchmark_cli
+    """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
+    from .benchmark import benchmark_markdown, run_benchmark
 
-    return run_benchmark_cli(args)
+    config = build_config(args)
+    if not args.data_root or not args.category:
+        raise ConfigError("--data-root and --category are required (or set them in --config)")
+    report = run_benchmark(config, args.data_root, args.category, args.output, _device(args.device), args.repeats,
+                           progress=not args.no_progress, skip_bad=args.skip_bad)
+    print(benchmark_markdown(report))
+    return 0
 
 
 def cmd_gif(args: argparse.Namespace) -> int:
-    from .gif import run_gif_cli
+    """``fapm gif``: load a fitted FAPM model, animate the category's test split."""
+    from .data import MVTecDataset
+    from .gif import make_gif, pick_frames
+    from .model import FAPM
 
-    return run_gif_cli(args)
+    if Path(args.output).suffix.lower() != ".gif":
+        raise ConfigError(f"--output {args.output}: expected a file name ending in .gif")
+    pick_frames(1, args.max_frames)  # validate before the slow part
+    model = FAPM.load(args.model, device=_device(args.device))
+    dataset = MVTecDataset(args.data_root, args.category, "test", model.transform)
+    path = make_gif(model, dataset, args.output, args.max_frames)
+    n = min(len(dataset), args.max_frames)
+    print(f"wrote {path} ({n} frames, {path.stat().st_size / 1024:.0f} KB)")
+    return 0
 
 
 # ---- parser ---------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Run a fitted model over a test split: maps, scores, metrics, timings, heatmap overlays."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,9 +8,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .base import PatchModel, Prediction
+from .base import PatchModel
 from .data import MVTecDataset, make_loader
 from .metrics import compute_metrics
+from .timing import STAGES, predict_by_stage
 
 
 @dataclass
@@ -31,12 +31,6 @@ class EvalResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
-def sync_device(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings are real (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_test_set(model: PatchModel, dataset: MVTecDataset, progress: bool = True) -> EvalResult:
     """Predict every test image (batched) and compute the four metrics.
 
@@ -48,7 +42,9 @@ def run_test_set(model: PatchModel, dataset: MVTecDataset, progress: bool = True
     loader = make_loader(dataset, batch_size=model.config.batch_size)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         images = batch["image"].to(model.device)
-        pred = _timed_predict(model, images, seconds)
+        pred, timer = predict_by_stage(model, images)
+        for stage, wall in timer.wall.items():
+            seconds[stage] += wall
         scores.append(pred.pred_score.cpu())
         maps.append(pred.anomaly_map.cpu())
         labels.append(batch["label"])
@@ -62,28 +58,6 @@ def run_test_set(model: PatchModel, dataset: MVTecDataset, progress: bool = True
     result.stage_ms = {stage: 1000.0 * s / n for stage, s in seconds.items()}
     result.ms_per_image = sum(result.stage_ms.values())
     return result
-
-
-STAGES = ("backbone", "search", "post")
-
-
-@torch.inference_mode()
-def _timed_predict(model: PatchModel, images: Tensor, seconds: dict[str, float]) -> Prediction:
-    """``model.predict(images)`` stage by stage, adding each stage's wall time to ``seconds``."""
-    sync_device(model.device)
-    start = time.perf_counter()
-    maps = model.embed(images)
-    sync_device(model.device)
-    after_backbone = time.perf_counter()
-    knn = model.knn(maps)
-    sync_device(model.device)
-    after_search = time.perf_counter()
-    pred = model.postprocess(knn)
-    sync_device(model.device)
-    end = time.perf_counter()
-    for stage, elapsed in zip(STAGES, (after_backbone - start, after_search - after_backbone, end - after_search)):
-        seconds[stage] += elapsed
-    return pred
 
 
 def pick_examples(result: EvalResult, n: int = 6) -> list[int]:

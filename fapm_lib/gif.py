@@ -7,7 +7,6 @@ share one palette; if the GIF still exceeds ``max_bytes``, smaller tiles are tri
 """
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,19 +83,3 @@ def make_gif(model: PatchModel, dataset: MVTecDataset, output: str | Path, max_f
         if path.stat().st_size <= max_bytes:
             break
     return path
-
-
-def run_gif_cli(args: argparse.Namespace) -> int:
-    """``fapm gif``: load a fitted FAPM model, animate the category's test split."""
-    from .cli import _device
-    from .model import FAPM
-
-    if Path(args.output).suffix.lower() != ".gif":
-        raise ConfigError(f"--output {args.output}: expected a file name ending in .gif")
-    pick_frames(1, args.max_frames)  # validate before the slow part
-    model = FAPM.load(args.model, device=_device(args.device))
-    dataset = MVTecDataset(args.data_root, args.category, "test", model.transform)
-    path = make_gif(model, dataset, args.output, args.max_frames)
-    n = min(len(dataset), args.max_frames)
-    print(f"wrote {path} ({n} frames, {path.stat().st_size / 1024:.0f} KB)")
-    return 0

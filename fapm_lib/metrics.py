@@ -18,13 +18,13 @@ from torchmetrics.functional.classification import binary_auroc, binary_precisio
 
 from fapm_lib.errors import FAPMError
 
-__all__ = ["image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_aupro", "compute_metrics"]
+__all__ = ["image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_aupro", "compute_metrics", "scores_to_unit"]
 
 # 8-connectivity, as in the MVTec AD evaluation code (scipy.ndimage.label, 3x3 ones).
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
 
 
-def _scores_to_unit(scores: Tensor) -> Tensor:
+def scores_to_unit(scores: Tensor) -> Tensor:
     """Finite scores of any shape -> flat float64 CPU tensor in [0, 1], order preserved."""
     flat = scores.detach().to("cpu", torch.float64).reshape(-1)
     if not torch.isfinite(flat).all():
@@ -68,7 +68,7 @@ def _auroc(scores: Tensor, target: Tensor, what: str) -> float:
     """Exact AUROC of flat ``scores`` against flat {0,1} ``target``."""
     if not _has_both_classes(target):
         raise FAPMError(f"{what} needs both normal and anomalous samples")
-    return float(binary_auroc(_scores_to_unit(scores), target, validate_args=False))
+    return float(binary_auroc(scores_to_unit(scores), target, validate_args=False))
 
 
 def image_auroc(scores: Tensor, labels: Tensor) -> float:
@@ -90,7 +90,7 @@ def pixel_f1_max(maps: Tensor, masks: Tensor) -> float:
     if not _has_both_classes(target):
         raise FAPMError("pixel F1-max needs both normal and anomalous pixels")
     precision, recall, _ = binary_precision_recall_curve(
-        _scores_to_unit(maps), target, validate_args=False
+        scores_to_unit(maps), target, validate_args=False
     )
     f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
     return float(f1.max())
@@ -139,7 +139,7 @@ def pixel_aupro(maps: Tensor, masks: Tensor, fpr_limit: float = 0.3) -> float:
     if not _has_both_classes(target):
         raise FAPMError("pixel AUPRO needs both normal and anomalous pixels")
     mask_np = target.numpy().astype(bool).reshape(masks.shape)
-    score_np = _scores_to_unit(maps).numpy().reshape(masks.shape)
+    score_np = scores_to_unit(maps).numpy().reshape(masks.shape)
 
     normal_sorted = np.sort(score_np[~mask_np])
     thresholds = _distinct_thresholds(normal_sorted, fpr_limit)

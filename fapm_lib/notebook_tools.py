@@ -3,7 +3,6 @@ per-stage timing."""
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from .allocator import tune_allocator
 from .base import PatchModel
 from .data import MVTecDataset
 from .errors import DataError
+from .metrics import scores_to_unit
+from .timing import predict_by_stage
 
 
 def prepare_data(data_root: str | Path, category: str) -> Path:
@@ -82,32 +83,22 @@ def roc_points(scores: Tensor, targets: Tensor, max_points: int = 2000) -> tuple
     thinned to at most ``max_points`` points for plotting."""
     from torchmetrics.functional.classification import binary_roc
 
-    flat = scores.detach().to("cpu", torch.float64).flatten()
-    unit = (flat - flat.min()) / (flat.max() - flat.min()).clamp_min(1e-12)  # keeps the order; no sigmoid
+    unit = scores_to_unit(scores)  # min-max rescaled, the order kept (binary_roc would apply a sigmoid)
     fpr, tpr, _ = binary_roc(unit, targets.flatten().long().cpu())
     step = max(1, len(fpr) // max_points)
     keep = torch.cat([torch.arange(0, len(fpr), step), torch.tensor([len(fpr) - 1])])
     return fpr[keep].numpy(), tpr[keep].numpy()
 
 
-@torch.inference_mode()
 def time_stages(model: PatchModel, images: Tensor, repeats: int = 10) -> dict[str, float]:
     """Milliseconds per image of backbone (features + pooling), search (k-NN) and
-    post-processing (map + score) for ``images [B, 3, S, S]``, after one warm-up run;
-    medians over ``repeats``. CPU timings (a GPU would need synchronising)."""
+    post-processing (map + score) for ``images [B, 3, S, S]``, after one warm-up run; medians
+    over ``repeats`` (:func:`fapm_lib.timing.predict_by_stage`, device synchronised), and their sum."""
     images = images.to(model.device)
-    model.predict(images)  # warm-up: first-call allocations, lazy initialisation
-    stages: dict[str, list[float]] = {"backbone": [], "search": [], "post-processing": []}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        maps = model.embed(images)
-        t1 = time.perf_counter()
-        knn = model.knn(maps)
-        t2 = time.perf_counter()
-        model.postprocess(knn)
-        t3 = time.perf_counter()
-        for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
-            stages[name].append(seconds)
-    per_image = {name: 1000 * float(np.median(v)) / images.shape[0] for name, v in stages.items()}
+    predict_by_stage(model, images)  # warm-up: first-call allocations, lazy initialisation
+    runs = [predict_by_stage(model, images)[1].wall for _ in range(repeats)]
+    names = {"backbone": "backbone", "search": "search", "post": "post-processing"}
+    per_image = {label: 1000 * float(np.median([run[stage] for run in runs])) / images.shape[0]
+                 for stage, label in names.items()}
     per_image["total"] = sum(per_image.values())
     return per_image
