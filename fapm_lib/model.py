@@ -91,8 +91,9 @@ class FAPM(PatchModel):
         """FAPM's inference, step by step: ``images [B, 3, S, S]`` (normalised) -> :class:`Prediction`.
 
         ``fast`` (default True) runs steps 2 to 6 as :meth:`knn`, the same arithmetic on index
-        tables: bit-identical maps and scores (``tests/test_model.py``), 2 to 3x less search time
-        at batch 1 on a CPU. ``fast=False`` runs the steps as written here.
+        tables: bit-identical maps and scores (``tests/test_model.py``), less search time at
+        batch 1 on a CPU, the same at batch 16 (docs/benchmark.md, round 3). ``fast=False``
+        runs the steps as written here.
         """
         self._require_fitted()
         # 1. Features: the frozen backbone's stride-8 ("layer 2") and stride-16 ("layer 3") maps,
