@@ -10,8 +10,8 @@ from .shading import F32, Scene
 
 
 def surface_scratch(scene: Scene, rng: np.random.Generator, sev: float, where: np.ndarray,
-                     length: tuple[float, float], width: tuple[float, float],
-                     pale: Sequence[float]) -> np.ndarray:
+                    length: tuple[float, float], width: tuple[float, float],
+                    pale: Sequence[float]) -> np.ndarray:
     """Thin, nearly straight groove that catches light (or shadows); returns its footprint [H, W] bool."""
     size = scene.size
     start = pick(rng, where, margin=size * 0.1)
@@ -26,8 +26,8 @@ def surface_scratch(scene: Scene, rng: np.random.Generator, sev: float, where: n
 
 
 def paint_crack(scene: Scene, rng: np.random.Generator, sev: float, start: tuple[float, float],
-           heading: float, length: tuple[float, float], width: tuple[float, float],
-           where: np.ndarray, dark: float = 0.25, jag: float = 0.35) -> np.ndarray:
+                heading: float, length: tuple[float, float], width: tuple[float, float],
+                where: np.ndarray, dark: float = 0.25, jag: float = 0.35) -> np.ndarray:
     """Jagged dark groove, optionally branching; returns its footprint [H, W] bool."""
     size = scene.size
     pts = walk(rng, start, heading, lerp(*length, sev) * size, step=2.0, turn=0.08, jag=jag)
@@ -36,7 +36,7 @@ def paint_crack(scene: Scene, rng: np.random.Generator, sev: float, start: tuple
     if sev > 0.5 and len(pts) > 6:
         k = int(rng.integers(2, len(pts) - 3))
         branch = walk(rng, tuple(pts[k]), heading + rng.choice([-1, 1]) * rng.uniform(0.4, 1.0),
-                       0.4 * lerp(*length, sev) * size, step=2.0, turn=0.08, jag=jag)
+                      0.4 * lerp(*length, sev) * size, step=2.0, turn=0.08, jag=jag)
         a2, tube2 = stroke(size, branch, 0.7 * w * taper(len(branch) - 1, 0.2))
         a, tube = np.maximum(a, a2), np.maximum(tube, tube2)
     a *= where
@@ -46,8 +46,8 @@ def paint_crack(scene: Scene, rng: np.random.Generator, sev: float, start: tuple
 
 
 def paint_stain(scene: Scene, rng: np.random.Generator, sev: float, where: np.ndarray,
-           radius: tuple[float, float], colours: Sequence[Sequence[float]],
-           strength: tuple[float, float]) -> np.ndarray:
+                radius: tuple[float, float], colours: Sequence[Sequence[float]],
+                strength: tuple[float, float]) -> np.ndarray:
     """Soft-edged liquid mark with a darker tide line; returns its footprint [H, W] bool."""
     size = scene.size
     r = lerp(*radius, sev) * size

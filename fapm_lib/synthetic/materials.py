@@ -53,7 +53,7 @@ def _upsampler(size: int, cell: float) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def value_noise(rng: np.random.Generator, size: int, cell: float,
-           cell_x: float | None = None) -> np.ndarray:
+                cell_x: float | None = None) -> np.ndarray:
     """Smooth value noise with features of about ``cell`` px (``cell_x`` along x if given),
     [size, size] float32, zero mean and unit std."""
     cy, cx = max(float(cell), 1.0), max(float(cell if cell_x is None else cell_x), 1.0)
@@ -95,7 +95,7 @@ def _bbox(size: int, cy: float, cx: float, reach: float) -> tuple[slice, slice] 
 
 
 def blob(rng: np.random.Generator, size: int, center: tuple[float, float], radius: float,
-          rough: float = 0.25, soft: float = 1.0) -> np.ndarray:
+         rough: float = 0.25, soft: float = 1.0) -> np.ndarray:
     """Irregular round footprint with a soft rim, coverage [H, W] float32 in [0, 1]."""
     k = np.arange(2, 8)
     amp = rng.normal(0.0, rough, k.size) / k
@@ -113,7 +113,7 @@ def blob(rng: np.random.Generator, size: int, center: tuple[float, float], radiu
 
 
 def walk(rng: np.random.Generator, start: tuple[float, float], heading: float, length: float,
-          step: float = 2.0, turn: float = 0.05, jag: float = 0.0) -> np.ndarray:
+         step: float = 2.0, turn: float = 0.05, jag: float = 0.0) -> np.ndarray:
     """Random-walk polyline from ``start`` (y, x): [N, 2] float points; ``turn`` bends it
     smoothly, ``jag`` makes it zig-zag."""
     n = max(2, int(length / step) + 1)
@@ -123,7 +123,7 @@ def walk(rng: np.random.Generator, start: tuple[float, float], heading: float, l
 
 
 def stroke(size: int, pts: np.ndarray, widths: np.ndarray | float,
-            soft: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+           soft: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
     """Anti-aliased polyline of per-segment ``widths`` (px): coverage and a tube profile
     (1 on the axis, 0 at the rim), each [H, W] float32."""
     widths = np.broadcast_to(np.asarray(widths, float), (len(pts) - 1,))
@@ -164,7 +164,7 @@ def pick(rng: np.random.Generator, where: np.ndarray, margin: float = 0.0) -> tu
 
 
 def object_scene(obj: tuple[np.ndarray, np.ndarray, np.ndarray], bg: tuple[np.ndarray, np.ndarray, np.ndarray],
-                  alpha: np.ndarray, light: Light, region: np.ndarray, aux: dict[str, Any]) -> Scene:
+                 alpha: np.ndarray, light: Light, region: np.ndarray, aux: dict[str, Any]) -> Scene:
     """Object maps (albedo, height, gloss) laid over background maps by coverage ``alpha`` [H, W]."""
     aux = dict(aux, obj=obj, bg=bg, alpha=alpha)
     layers = [blend(b, o, alpha) for o, b in zip(obj, bg)]

@@ -65,10 +65,10 @@ def _vial_contamination(scene: Scene, rng: np.random.Generator, sev: float) -> n
     a = np.zeros((size, size), F32)
     for _ in range(1 + int(rng.integers(0, 1 + int(4 * sev)))):
         a = np.maximum(a, blob(rng, size, pick(rng, where), lerp(0.006, 0.022, sev) * size,
-                                rough=0.4, soft=0.8))
+                               rough=0.4, soft=0.8))
     if rng.uniform() < 0.4:
         pts = walk(rng, pick(rng, where), rng.uniform(0, 2 * np.pi), lerp(0.05, 0.18, sev) * size,
-                    step=1.5, turn=0.25)
+                   step=1.5, turn=0.25)
         a = np.maximum(a, stroke(size, pts, lerp(0.8, 1.3, sev))[0])
     a *= where
     colour = (0.03, 0.03, 0.03) if rng.uniform() < 0.5 else (0.75, 0.72, 0.65)
@@ -128,7 +128,7 @@ def _washer_scratch(scene: Scene, rng: np.random.Generator, sev: float) -> np.nd
     """Straight scratch across the metal face, bright or dark."""
     where = scene.aux["sd"] > 1.0
     return surface_scratch(scene, rng, sev, where, length=(0.08, 0.4), width=(0.6, 1.5),
-                            pale=(0.95, 0.95, 0.97))
+                           pale=(0.95, 0.95, 0.97))
 
 
 def _washer_bent(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
@@ -220,7 +220,7 @@ def _tablet_crack(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndar
     cy, cx = scene.aux["center"]
     inward = np.arctan2(cy - start[0], cx - start[1]) + rng.normal(0, 0.5)
     return paint_crack(scene, rng, sev, start, inward, length=(0.1, 0.4), width=(1.0, 2.2),
-                  where=scene.aux["alpha"], dark=0.45, jag=0.3)
+                       where=scene.aux["alpha"], dark=0.45, jag=0.3)
 
 
 def _tablet_chip(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
@@ -247,7 +247,7 @@ def _tablet_print(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndar
         new = np.maximum(printed, ghost * lerp(0.3, 0.8, sev))
     else:
         blot = blob(rng, size, pick(rng, (printed > 0.5) | (scene.aux["sd"] < -0.15 * size)),
-                     lerp(0.008, 0.03, sev) * size, rough=0.4, soft=0.8)
+                    lerp(0.008, 0.03, sev) * size, rough=0.4, soft=0.8)
         new = np.maximum(printed, 0.9 * blot)
     change = (np.abs(new - printed) * scene.aux["alpha"]).astype(F32)
     target = blend(scene.aux["unprinted"], scene.aux["ink"], new.astype(F32))

@@ -52,7 +52,7 @@ class Scene:
     def copy(self) -> Scene:
         """Copy of the editable maps; region and aux are shared (read only)."""
         return Scene(self.albedo.copy(), self.height.copy(), self.gloss.copy(),
-                      self.light, self.region, self.aux)
+                     self.light, self.region, self.aux)
 
 
 GoodFn = Callable[[np.random.Generator, int], Scene]
@@ -60,8 +60,8 @@ DefectFn = Callable[[Scene, np.random.Generator, float], np.ndarray]
 
 
 def draw_light(rng: np.random.Generator, elevation: tuple[float, float] = (35, 55),
-                azimuth: tuple[float, float] = (200, 250), specular: float = 1.0,
-                shininess: tuple[float, float] = (20, 40)) -> Light:
+               azimuth: tuple[float, float] = (200, 250), specular: float = 1.0,
+               shininess: tuple[float, float] = (20, 40)) -> Light:
     """Random light from the given ranges (degrees), plus camera and sensor jitter."""
     el = np.deg2rad(rng.uniform(*elevation))
     az = np.deg2rad(rng.uniform(*azimuth))

@@ -41,7 +41,7 @@ def _fabric_good(rng: np.random.Generator, size: int) -> Scene:
     height = 1.4 * np.where(warp_top, h_warp, h_weft)
     gloss = np.full((size, size), 0.05, F32)
     return Scene(albedo.astype(F32), height.astype(F32), gloss, light,
-                  np.ones((size, size), bool), {"pitch": pitch, "warp": warp_col, "weft": weft_col})
+                 np.ones((size, size), bool), {"pitch": pitch, "warp": warp_col, "weft": weft_col})
 
 
 def _fabric_hole(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
@@ -60,8 +60,8 @@ def _fabric_hole(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarr
 def _fabric_stain(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
     """Oil, tea or rust-coloured liquid stain soaked into the weave."""
     return paint_stain(scene, rng, sev, scene.region, radius=(0.04, 0.12),
-                  colours=((0.55, 0.42, 0.25), (0.35, 0.35, 0.33), (0.75, 0.55, 0.25)),
-                  strength=(0.12, 0.6))
+                       colours=((0.55, 0.42, 0.25), (0.35, 0.35, 0.33), (0.75, 0.55, 0.25)),
+                       strength=(0.12, 0.6))
 
 
 def _fabric_thread(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
@@ -74,7 +74,7 @@ def _fabric_thread(scene: Scene, rng: np.random.Generator, sev: float) -> np.nda
         colour = scene.aux["warp"] * 1.35 if rng.uniform() < 0.5 else scene.aux["weft"] * 0.92
     else:
         colour = rgb(((0.80, 0.15, 0.10), (0.95, 0.95, 0.90), (0.08, 0.08, 0.08),
-                       (0.85, 0.70, 0.20))[int(rng.integers(4))])
+                      (0.85, 0.70, 0.20))[int(rng.integers(4))])
     scene.albedo = blend(scene.albedo, colour * (0.75 + 0.25 * tube)[..., None], a)
     scene.height = blend(scene.height, 1.6 + 1.2 * tube, a)
     return a > 0
@@ -121,7 +121,7 @@ def _woodgrain_good(rng: np.random.Generator, size: int) -> Scene:
 def _woodgrain_scratch(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
     """Pale scratch through the varnish, straight-ish, any direction."""
     return surface_scratch(scene, rng, sev, scene.region, length=(0.15, 0.6), width=(0.7, 1.8),
-                            pale=(0.93, 0.84, 0.68))
+                           pale=(0.93, 0.84, 0.68))
 
 
 def _woodgrain_crack(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
@@ -130,14 +130,14 @@ def _woodgrain_crack(scene: Scene, rng: np.random.Generator, sev: float) -> np.n
     heading = np.pi / 2 - np.deg2rad(scene.aux["angle"]) + rng.choice([0.0, np.pi]) + rng.normal(0, 0.15)
     start = pick(rng, scene.region, margin=size * 0.2)
     return paint_crack(scene, rng, sev, start, heading, length=(0.12, 0.55), width=(1.0, 3.2),
-                  where=scene.region.astype(F32), dark=0.2, jag=0.2)
+                       where=scene.region.astype(F32), dark=0.2, jag=0.2)
 
 
 def _woodgrain_stain(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
     """Water or coffee mark: a darker patch with a tide line."""
     return paint_stain(scene, rng, sev, scene.region, radius=(0.05, 0.13),
-                  colours=((0.55, 0.45, 0.38), (0.45, 0.30, 0.18), (0.70, 0.68, 0.66)),
-                  strength=(0.15, 0.7))
+                       colours=((0.55, 0.45, 0.38), (0.45, 0.30, 0.18), (0.70, 0.68, 0.66)),
+                       strength=(0.15, 0.7))
 
 
 def _woodgrain_patch(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
@@ -190,7 +190,7 @@ def _ceramic_crack(scene: Scene, rng: np.random.Generator, sev: float) -> np.nda
     """Hairline to open crack in the glaze, sometimes branching."""
     start = pick(rng, scene.region, margin=scene.size * 0.1)
     return paint_crack(scene, rng, sev, start, rng.uniform(0, 2 * np.pi), length=(0.08, 0.35),
-                  width=(0.6, 1.6), where=scene.aux["tile"], dark=0.35)
+                       width=(0.6, 1.6), where=scene.aux["tile"], dark=0.35)
 
 
 def _ceramic_chip(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndarray:
@@ -226,7 +226,7 @@ def _ceramic_dirt(scene: Scene, rng: np.random.Generator, sev: float) -> np.ndar
     size = scene.size
     r = lerp(0.03, 0.09, sev) * size
     a = blob(rng, size, pick(rng, np.ones_like(scene.region), margin=r), r, rough=0.4,
-              soft=max(1.0, 0.35 * r))
+             soft=max(1.0, 0.35 * r))
     a *= 0.35 + 0.65 * smoothstep(-0.3, 0.8, value_noise(rng, size, 1.5))
     k = a * lerp(0.25, 0.85, sev)
     scene.albedo = blend(scene.albedo, rgb((0.22, 0.20, 0.17)), k)
