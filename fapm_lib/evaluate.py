@@ -103,7 +103,8 @@ def pick_examples(result: EvalResult, n: int = 6) -> list[int]:
 def decision_metrics(result: EvalResult, calibration: Calibration | None) -> dict[str, float | str | None]:
     """The test set measured at the calibrated thresholds (it never sets them): ``threshold``
     (raw units), ``false_alarm_rate`` (fraction of good test images flagged NG), ``miss_rate``
-    (fraction of defective ones passed OK), and the same per pixel when masks exist."""
+    (fraction of defective ones passed OK); per pixel, ``pixel_false_alarm_rate`` over all
+    pixels of the good test images and ``pixel_miss_rate`` over the defect pixels (masks)."""
     if calibration is None:
         return {"threshold": None, "threshold_method": "uncalibrated", "false_alarm_rate": None, "miss_rate": None}
     flagged, good = result.scores >= calibration.image_threshold, result.labels == 0
@@ -114,10 +115,11 @@ def decision_metrics(result: EvalResult, calibration: Calibration | None) -> dic
         "miss_rate": float((~flagged[~good]).float().mean()) if (~good).any() else None,
         "pixel_threshold": calibration.pixel_threshold,
     }
-    if result.masks is not None:
-        pixels = result.maps >= calibration.pixel_threshold
-        out["pixel_false_alarm_rate"] = float(pixels[~result.masks].float().mean())
-        out["pixel_miss_rate"] = float((~pixels[result.masks]).float().mean()) if result.masks.any() else None
+    pixels = result.maps >= calibration.pixel_threshold
+    # per pixel as calibrated: all pixels of the good images; defect pixels where masks exist
+    out["pixel_false_alarm_rate"] = float(pixels[good].float().mean()) if good.any() else None
+    if result.masks is not None and result.masks.any():
+        out["pixel_miss_rate"] = float((~pixels[result.masks]).float().mean())
     return out
 
 
