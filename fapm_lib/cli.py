@@ -76,8 +76,7 @@ def build_config(args: argparse.Namespace):
     if getattr(args, "random_weights", False):
         values["pretrained"] = False
     config = FAPMConfig.from_dict(values, source="options")
-    if "k" in flags:
-        check_k_acts(values, "options", "--k")
+    check_k_acts(values, "options", "--k" if "k" in flags else "k")  # a k from the YAML too
     return config
 
 
@@ -172,10 +171,13 @@ def apply_scoring_flags(model, args: argparse.Namespace) -> None:
         return
     old = model.config
     model.config = old.replace(**changes)
-    if model.config.k > old.k and hasattr(model, "memories"):
+    if model.config.k > old.k:
         from .memory import check_k
 
-        check_k(model.memories, model.config.k)
+        if hasattr(model, "memories"):
+            check_k(model.memories, model.config.k)
+        elif model.config.k > model.memory_size()["vectors"]:
+            raise ConfigError(f"k={model.config.k} exceeds the memory bank ({model.memory_size()['vectors']} vectors)")
     scoring = ("image_score", "k", "false_alarm_rate")
     if model.calibration is not None and any(getattr(old, f) != getattr(model.config, f) for f in scoring):
         model.calibration = rescore(model.calibration, model.config.image_score, model.search_k,
