@@ -5,8 +5,6 @@ Errors the user can fix are one line on stderr with exit code 2; ``--debug`` sho
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
