@@ -18,7 +18,8 @@ from .errors import BackboneError, ConfigError, DataError, FAPMError, ModelFileE
 
 __version__ = "0.1.0"
 _LAZY = {"FAPM": "model", "FAPMConfig": "config", "PatchCore": "patchcore", "Prediction": "base",
-         "MVTecDataset": "data", "Transform": "data", "tune_allocator": "allocator"}
+         "MVTecDataset": "data", "Transform": "data", "tune_allocator": "allocator",
+         "Calibration": "calibration", "Result": "inference"}
 __all__ = [*_LAZY, "FAPMError", "DataError", "ConfigError", "ModelFileError", "BackboneError"]
 
 

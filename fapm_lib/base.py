@@ -10,6 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .backbone import BackboneInfo, FeatureExtractor, create_feature_extractor
+from .calibration import Calibration
 from .config import FAPMConfig
 from .errors import ConfigError, DataError
 from .features import embed
@@ -55,11 +56,15 @@ class PatchModel:
         self.feature_sizes: list[tuple[int, int]] = []
         self.fit_stats: dict[str, float] = {}
         self._backbone_info: BackboneInfo | None = extractor.info if extractor else None
+        #: thresholds from normal images (see :mod:`fapm_lib.calibration`); None: uncalibrated
+        self.calibration: Calibration | None = None
 
     @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
-            self._extractor = create_feature_extractor(self.config.backbone, self.config.pretrained, self.device)
+            with torch.random.fork_rng(devices=[]):  # random weights: drawn from the config's seed, so a
+                torch.manual_seed(self.config.seed)  # reloaded model gets the weights it was fitted with
+                self._extractor = create_feature_extractor(self.config.backbone, self.config.pretrained, self.device)
             self._backbone_info = self._extractor.info
         return self._extractor
 
@@ -121,6 +126,20 @@ class PatchModel:
     def predict_maps(self, maps: list[Tensor]) -> Prediction:
         """Prediction from cached aggregated maps (no backbone)."""
         return self.postprocess(self.knn([m.to(self.device) for m in maps]))
+
+    def predict_image(self, image, threshold: float | None = None):
+        """One image (path, PIL image or numpy array; any size, gray or RGB) ->
+        :class:`fapm_lib.inference.Result` (raw and normalised score, OK/NG, map and mask at
+        the image's own size). See :func:`fapm_lib.inference.predict_images`."""
+        from .inference import predict_images
+
+        return predict_images(self, [image], threshold)[0]
+
+    def predict_folder(self, folder, threshold: float | None = None):
+        """Every image under ``folder`` (recursive, sorted) -> list of :class:`fapm_lib.inference.Result`."""
+        from .inference import predict_folder
+
+        return predict_folder(self, folder, threshold)
 
     def _backbone_header(self) -> dict:
         info = self.backbone_info

@@ -5,8 +5,6 @@ Errors the user can fix are one line on stderr with exit code 2; ``--debug`` sho
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
@@ -15,7 +13,7 @@ from typing import Any, Callable
 
 from .allocator import tune_allocator
 from .errors import ConfigError, DataError, FAPMError
-from .options import TUNING_FLAGS, build_config
+from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config
 from .options import check_device as _device
 
 DEFAULT_BUILTIN_ROOT = Path("data/builtin")
@@ -43,6 +41,19 @@ def _model_options(p: argparse.ArgumentParser, data_required: bool = True) -> No
         p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
 
 
+def _decision_options(p: argparse.ArgumentParser, fitting: bool = True) -> None:
+    """Flags that set how scores become decisions (see fapm_lib/calibration.py)."""
+    if fitting:
+        p.add_argument("--calibration-folds", type=int, dest="calibration_folds",
+                       help="k-fold calibration on train/good (default 5; 0: uncalibrated, raw scores only)")
+        p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate",
+                       help="target fraction of normal images (and pixels) flagged NG (default 0.01)")
+        p.add_argument("--validation-root", help="MVTec-layout root with labelled defects (<category>/test, "
+                       "ground_truth): F1-optimal thresholds on it instead (never pass the test set)")
+    p.add_argument("--threshold", type=float, help="manual image threshold in raw-score units (overrides, recorded)")
+    p.add_argument("--pixel-threshold", type=float, help="manual pixel threshold in raw-score units")
+
+
 def _datasets(model, args: argparse.Namespace, splits: tuple[str, ...]):
     from .data import MVTecDataset
 
@@ -65,7 +76,78 @@ def _fit(args: argparse.Namespace, model_cls: type | None = None):
     start = time.perf_counter()
     model.fit(train, progress=not args.no_progress)
     model.fit_stats.update(fit_seconds=time.perf_counter() - start, n_train=len(train))
+    apply_decision_flags(model, args)
     return model
+
+
+def apply_decision_flags(model, args: argparse.Namespace) -> None:
+    """``--validation-root`` (F1-optimal thresholds on labelled validation images), then
+    ``--threshold`` / ``--pixel-threshold`` (manual, recorded): set ``model.calibration``."""
+    from .calibration import from_validation, manual
+
+    if getattr(args, "validation_root", None):
+        from .evaluate import run_test_set
+        from .data import MVTecDataset
+
+        val = MVTecDataset(args.validation_root, args.category, "test", model.transform, skip_bad=args.skip_bad)
+        result = run_test_set(model, val, progress=not args.no_progress, metrics=False)
+        model.calibration = from_validation(model.calibration, result.scores, result.labels, result.maps,
+                                            result.masks, model.config.image_score, model.search_k)
+    if getattr(args, "threshold", None) is not None or getattr(args, "pixel_threshold", None) is not None:
+        model.calibration = manual(model.calibration, args.threshold, args.pixel_threshold,
+                                   model.config.image_score, model.search_k)
+
+
+#: Flags that shape a model's memories: refused with --model (the file fixes them).
+FIT_TIME_FLAGS = {"coreset_ratio": "--coreset-ratio", "adaptive_multiplier": "--adaptive-multiplier",
+                  "grid": "--grid", "sampling": "--sampling", "seed": "--seed",
+                  "calibration_folds": "--calibration-folds", "random_weights": "--random-weights"}
+
+
+def apply_scoring_flags(model, args: argparse.Namespace) -> None:
+    """With ``--model``: honour the scoring-time settings (``--k``, ``--image-score``,
+    ``--batch-size``, ``--false-alarm-rate``, scoring keys of ``--config``), refuse the fit-time
+    ones with a line naming the flag; re-derive the thresholds from the stored held-out scores."""
+    from .calibration import rescore
+    from .config import FIT_KEYS, check_k_acts, load_yaml_config
+
+    for key, flag in FIT_TIME_FLAGS.items():
+        if getattr(args, key, None) not in (None, False):
+            raise ConfigError(f"{flag} is a fit-time setting and {args.model} is already fitted "
+                              f"(with {key}={getattr(model.config, key, None) if key != 'random_weights' else not model.config.pretrained}); "
+                              "refit without --model to change it")
+    changes: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values, run = load_yaml_config(args.config)
+        for key in ("category", "data_root"):
+            if getattr(args, key, None) is None and key in run:
+                setattr(args, key, run[key])
+        for key, value in values.items():
+            if key in FIT_KEYS and value != getattr(model.config, key):
+                raise ConfigError(f"{args.config}: {key}={value!r} is a fit-time setting, but {args.model} was "
+                                  f"fitted with {key}={getattr(model.config, key)!r}; refit without --model")
+            if key not in FIT_KEYS:
+                changes[key] = value
+    for key in (*TUNING_FLAGS, *CALIBRATION_FLAGS):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
+    if "k" in changes:
+        check_k_acts({"image_score": model.config.image_score, **changes}, "options", "--k")
+    if not changes:
+        return
+    old = model.config
+    model.config = old.replace(**changes)
+    if model.config.k > old.k:
+        from .memory import check_k
+
+        if hasattr(model, "memories"):
+            check_k(model.memories, model.config.k)
+        elif model.config.k > model.memory_size()["vectors"]:
+            raise ConfigError(f"k={model.config.k} exceeds the memory bank ({model.memory_size()['vectors']} vectors)")
+    scoring = ("image_score", "k", "false_alarm_rate")
+    if model.calibration is not None and any(getattr(old, f) != getattr(model.config, f) for f in scoring):
+        model.calibration = rescore(model.calibration, model.config.image_score, model.search_k,
+                                    model.config.false_alarm_rate)
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -86,24 +168,33 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
     from .evaluate import run_test_set, save_heatmaps
     from .model import FAPM
 
+    from .evaluate import decision_metrics
+
     model_cls = model_cls or FAPM
     if getattr(args, "model", None):
         model = model_cls.load(args.model, device=_device(args.device))
         if args.backbone and args.backbone != model.config.backbone:
             raise ConfigError(f"--backbone {args.backbone} differs from the model's backbone {model.config.backbone}")
+        apply_scoring_flags(model, args)
+        apply_decision_flags(model, args)
+        model_file = str(args.model)
     else:
         model = _fit(args, model_cls)
-        model.save(output / MODEL_FILE)
+        model_file = str(model.save(output / MODEL_FILE))
     (test,) = _datasets(model, args, ("test",))
     result = run_test_set(model, test, progress=not args.no_progress)
     if result.masks is None:
         print(f"pixel metrics skipped: {args.category} has no ground_truth masks", file=sys.stderr)
-    metrics = {**result.metrics, "n_train": model.fit_stats.get("n_train"), "n_test": len(test),
+    metrics = {**result.metrics, **decision_metrics(result, model.calibration),
+               "n_train": model.fit_stats.get("n_train"), "n_test": len(test),
                "backbone": model.config.backbone, "fit_seconds": model.fit_stats.get("fit_seconds"),
                "ms_per_image": result.ms_per_image,
-               **{f"{stage}_ms_per_image": ms for stage, ms in result.stage_ms.items()}}
+               **{f"{stage}_ms_per_image": ms for stage, ms in result.stage_ms.items()},
+               "settings": {"config": json.loads(model.config.to_json()), "model_file": model_file,
+                            "data_root": str(args.data_root), "category": args.category,
+                            "calibration": None if model.calibration is None else model.calibration.brief()}}
     write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=2))
-    save_heatmaps(result, test, output / "heatmaps")
+    save_heatmaps(result, test, output / "heatmaps", calibration=model.calibration)
     return metrics
 
 
@@ -115,40 +206,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
+    from .predict_cli import run_predict
 
-    from .atomic import write_text_atomic
-    from .data import IMAGE_EXTENSIONS, load_image
-    from .model import FAPM
-    from .viz import denormalize, overlay, save_png
-
-    model = FAPM.load(args.model, device=_device(args.device))
-    paths: list[Path] = []
-    for item in map(Path, args.inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    if not paths:
-        raise DataError("no images found in " + ", ".join(args.inputs))
-    out = Path(args.output)
-    transform, rows = model.transform, []
-    for start in range(0, len(paths), model.config.batch_size):
-        chunk = paths[start : start + model.config.batch_size]
-        images = torch.stack([transform.image(load_image(p, transform.resize)) for p in chunk])
-        pred = model.predict(images.to(model.device))
-        for j, path in enumerate(chunk):
-            rgb = denormalize(images[j], transform.mean, transform.std)
-            name = f"{start + j:05d}_{path.stem}.png"
-            save_png(out / name, overlay(rgb, pred.anomaly_map[j].cpu().numpy(), vmin=0.0))
-            rows.append((str(path), f"{float(pred.pred_score[j]):.6f}", name))
-    buf = io.StringIO()
-    csv.writer(buf).writerows([("path", "score", "overlay"), *rows])
-    write_text_atomic(out / "scores.csv", buf.getvalue())
-    print(f"scored {len(rows)} images; wrote {out / 'scores.csv'}")
-    return 0
+    return run_predict(args)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -241,21 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a model on <data-root>/<category>/train/good")
     _model_options(p, data_required=False)
     p.add_argument("--output", required=True, help="folder for model.safetensors")
+    _decision_options(p)
     _common(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="fit (or load --model) and evaluate on the test split")
     _model_options(p, data_required=False)
-    p.add_argument("--model", help="a fitted model file instead of fitting")
+    p.add_argument("--model", help="a fitted model file instead of fitting (then only scoring-time flags act)")
     p.add_argument("--output", required=True, help="folder for metrics.json and heatmaps/")
+    _decision_options(p)
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score images with a fitted model")
     p.add_argument("--model", required=True)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--output", required=True, help="folder for overlays and scores.csv")
+    p.add_argument("--output", required=True, help="folder for scores.csv, overlays/ and masks/")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _decision_options(p, fitting=False)
     _common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -272,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(data_root=str(DEFAULT_BUILTIN_ROOT))
     p.add_argument("--categories", help="comma-separated subset (default: all built-in)")
     p.add_argument("--with-patchcore", action="store_true", help="also fit and evaluate PatchCore (slower)")
+    p.add_argument("--calibration-folds", type=int, dest="calibration_folds", help="k-fold calibration (default 5)")
+    p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate", help="target false-alarm rate (default 0.01)")
     p.add_argument("--output", default="results")
     _common(p)
     p.set_defaults(func=cmd_demo)

@@ -33,11 +33,13 @@ class FAPMConfig:
     coreset_ratio: float = 0.1       # base ratio r
     adaptive_multiplier: float = 2.0  # far regions keep a * r
     coreset_projection: int | None = None  # random-projection dim for greedy selection; None: raw features
-    k: int = 4                       # nearest neighbours per query
+    k: int = 4                       # neighbours the reweighted image score reads (>= 2); max reads only the nearest
     image_score: str = "max"         # "max" or "reweighted" (the official code's)
     blur_sigma: float = 4.0          # Gaussian blur of the upsampled map
     batch_size: int = 16
     seed: int = 0
+    calibration_folds: int = 5       # k-fold calibration of the thresholds on train/good; 0: uncalibrated
+    false_alarm_rate: float = 0.01   # target fraction of normal images (and pixels) flagged
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,8 +59,13 @@ class FAPMConfig:
             ("blur_sigma", self.blur_sigma >= 0, "must be >= 0"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("coreset_projection", self.coreset_projection is None or self.coreset_projection >= 1, "must be >= 1"),
+            ("k", self.image_score != "reweighted" or self.k >= 2,
+             "must be >= 2 with image_score reweighted (with one neighbour its weight is 0 for every image)"),
+            ("calibration_folds", self.calibration_folds == 0 or self.calibration_folds >= 2,
+             "must be 0 (no calibration) or >= 2"),
+            ("false_alarm_rate", 0.0 < self.false_alarm_rate < 1.0, "must be in (0, 1)"),
         ]
-        for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma"):
+        for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a finite number")
         checks.append(("seed", -(2**63) <= self.seed < 2**64, "must be in [-2**63, 2**64) (torch.manual_seed)"))
@@ -94,6 +101,20 @@ class FAPMConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
 
+def check_k_acts(values: dict[str, Any], source: str = "options", flag: str = "k") -> None:
+    """Refuse an explicitly given ``k`` when the image score is ``max``: the map and the max score
+    read only the nearest distance, so k would change nothing (ConfigError naming ``flag``)."""
+    if "k" in values and values.get("image_score", FAPMConfig.image_score) == "max":
+        raise ConfigError(f"{source}: {flag}={values['k']!r} acts only with image_score reweighted "
+                          "(the max score and the maps read the nearest distance only); drop it or set "
+                          "image_score reweighted")
+
+
+#: Settings that shape the memories (fixed once fitted) and those read when scoring.
+FIT_KEYS = ("backbone", "pretrained", "resize", "crop_size", "pool_size", "grid", "sampling", "coreset_ratio",
+            "adaptive_multiplier", "coreset_projection", "seed", "calibration_folds", "blur_sigma")
+SCORING_KEYS = ("k", "image_score", "batch_size", "false_alarm_rate")
+
 #: Keys a YAML config may carry besides the model's own settings.
 RUN_KEYS = ("category", "data_root")
 
@@ -116,6 +137,7 @@ def load_yaml_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: key '{key}' expects str, got {type(value).__name__} {value!r}")
     FAPMConfig.from_dict(raw, source=str(path))  # validate now, with the file's name in errors
+    check_k_acts(raw, str(path))
     return raw, run
 
 

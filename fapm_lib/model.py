@@ -56,7 +56,19 @@ class FAPM(PatchModel):
         if not buffers:
             raise DataError("no training images to fit on")
         self.fit_stats["feature_seconds"] = time.perf_counter() - start
-        return self.fit_regions([b.result() for b in buffers], progress)
+        regions = [b.result() for b in buffers]
+        self.fit_regions(regions, progress)
+        return self.calibrate_regions(regions, progress)
+
+    def calibrate_regions(self, regions: list[Tensor], progress: bool = False) -> "FAPM":
+        """k-fold thresholds from the training region features (per layer ``[R, N*s*s, C]``),
+        see :mod:`fapm_lib.calibration`; ``calibration`` stays None with ``calibration_folds 0``."""
+        from .calibration import calibrate_regions
+
+        start = time.perf_counter()
+        self.calibration = calibrate_regions(regions, self.feature_sizes, self.config, progress)
+        self.fit_stats["calibration_seconds"] = time.perf_counter() - start
+        return self
 
     def fit_maps(self, maps: list[Tensor], progress: bool = False) -> "FAPM":
         """Build the memories from cached aggregated maps (per layer ``[N, C, h, w]``): used to
@@ -74,7 +86,7 @@ class FAPM(PatchModel):
             for i, r in enumerate(regions)
         ]
         check_k(memories, cfg.k)  # before assigning: a refused fit leaves the old memories
-        self.memories = memories
+        self.memories, self.calibration = memories, None  # new memories: the old thresholds no longer hold
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         return self
 
@@ -185,6 +197,7 @@ class FAPM(PatchModel):
             "n_layers": len(self.memories),
             "n_groups": [len(m.groups) for m in self.memories],
             "fit_stats": self.fit_stats,
+            "calibration": None if self.calibration is None else self.calibration.to_header(),
         }
         return save_tensors(path, tensors, self.kind, header)
 
@@ -192,12 +205,15 @@ class FAPM(PatchModel):
     def load(cls, path: str | Path, device: str | torch.device = "cpu",
              extractor: FeatureExtractor | None = None) -> "FAPM":
         """Load a model saved by :meth:`save`; refuses damaged or mismatched files."""
+        from .calibration import Calibration
+
         tensors, header = load_tensors(path, cls.kind)
         try:
             config = FAPMConfig.from_dict(header["config"], source=f"{path} (config)")
             model = cls(config, device, extractor)
             model.feature_sizes = [tuple(s) for s in header["feature_sizes"]]
             model.fit_stats = dict(header.get("fit_stats", {}))
+            model.calibration = Calibration.from_header(header.get("calibration"), f"{path}")
             channels = header["backbone"]["channels"]
             for l in range(header["n_layers"]):
                 n_groups = header["n_groups"][l]

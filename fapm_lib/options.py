@@ -9,13 +9,15 @@ from .errors import ConfigError
 #: Option name -> FAPMConfig field type, for the optional tuning flags (``--coreset-ratio`` ...).
 TUNING_FLAGS = {"coreset_ratio": float, "adaptive_multiplier": float, "grid": int, "k": int,
                 "sampling": str, "image_score": str, "batch_size": int}
+#: Calibration flags of fit / evaluate / demo -> FAPMConfig field.
+CALIBRATION_FLAGS = {"calibration_folds": int, "false_alarm_rate": float}
 
 
 def build_config(args: Any):
     """FAPMConfig from the defaults, then ``args.config`` (a YAML file), then the flags set on
     ``args`` (an ``argparse.Namespace``); fills ``args.category`` / ``args.data_root`` from the
     YAML file's run section when they are not given."""
-    from .config import FAPMConfig, load_yaml_config
+    from .config import FAPMConfig, check_k_acts, load_yaml_config
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -23,12 +25,15 @@ def build_config(args: Any):
         for key in ("category", "data_root"):
             if getattr(args, key, None) is None and key in run:
                 setattr(args, key, run[key])
-    for key in ("backbone", "seed", *TUNING_FLAGS):
+    flags = {}
+    for key in ("backbone", "seed", *TUNING_FLAGS, *CALIBRATION_FLAGS):
         if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
+            values[key] = flags[key] = getattr(args, key)
     if getattr(args, "random_weights", False):
         values["pretrained"] = False
-    return FAPMConfig.from_dict(values, source="options")
+    config = FAPMConfig.from_dict(values, source="options")
+    check_k_acts(values, "options", "--k" if "k" in flags else "k")  # a k from the YAML too
+    return config
 
 
 def check_device(name: str) -> str:

@@ -72,7 +72,7 @@ class PatchCore(PatchModel):
         projected = random_projection(rows, self.projection, self.config.seed)
         greedy = GreedyKCenter(projected.unsqueeze(0))
         greedy.extend(coreset_size(rows.shape[0], self.config.coreset_ratio), progress, desc="coreset patchcore")
-        self.bank = rows[greedy.indices[0]].contiguous()
+        self.bank, self.calibration = rows[greedy.indices[0]].contiguous(), None  # no k-fold calibration here
         if self.config.k > self.bank.shape[0]:
             raise ConfigError(f"k={self.config.k} exceeds the memory bank ({self.bank.shape[0]} vectors)")
         self._bank_sq = self.bank.pow(2).sum(-1)
@@ -109,7 +109,8 @@ class PatchCore(PatchModel):
         self._require_fitted()
         assert self.bank is not None
         header = {"config": json.loads(self.config.to_json()), "backbone": self._backbone_header(),
-                  "fit_stats": self.fit_stats}
+                  "fit_stats": self.fit_stats,
+                  "calibration": None if self.calibration is None else self.calibration.to_header()}
         return save_tensors(path, {"bank": self.bank}, self.kind, header)
 
     @classmethod
@@ -130,4 +131,7 @@ class PatchCore(PatchModel):
         model._check_extractor(path, header["backbone"])
         model.bank, model._bank_sq = bank, bank.pow(2).sum(-1)
         model.fit_stats = dict(header.get("fit_stats", {}))
+        from .calibration import Calibration
+
+        model.calibration = Calibration.from_header(header.get("calibration"), f"{path}")
         return model.to(device)

@@ -34,6 +34,7 @@ __all__ = [
     "result_panel",
     "save_gif",
     "plot_gallery",
+    "calibrated_overlay",
 ]
 
 OUTLINE_RGB = (255, 255, 255)  # ground-truth outline; white does not occur in the jet colormap
@@ -259,3 +260,49 @@ def plot_gallery(
             )
             axes.set_title(item.get("title", ""), fontsize=9)
     return figure
+
+
+#: Calibrated overlays: the normalised pixel score (0.5 = the pixel threshold) on one fixed
+#: 0..1 colour scale; the colour fades in from ``FADE_FROM`` and is fully on (``alpha``) at the threshold.
+FADE_FROM = 0.2
+_BAR_WIDTH, _BAR_LABELS = 14, 62
+
+
+def calibrated_overlay(
+    image_rgb: np.ndarray,
+    score_map: np.ndarray | torch.Tensor,
+    mask: np.ndarray | None = None,
+    caption: str = "",
+    alpha: float = 0.6,
+    cmap: str = "jet",
+) -> np.ndarray:
+    """Overlay of normalised scores ``score_map`` [H,W] in [0, 1] (0.5 at the threshold) on a
+    fixed scale, the predicted ``mask`` outlined, a colour bar on the right and ``caption`` above:
+    uint8 [caption + H, W + bar, 3]. Below ``FADE_FROM`` the image shows through untouched, so
+    a normal part looks clean whatever its own maximum."""
+    _check_rgb(image_rgb)
+    scores = np.clip(_as_float_map(score_map), 0.0, 1.0)
+    _check_same_size(image_rgb, scores, "score map")
+    heat = heatmap_rgb(scores, 0.0, 1.0, cmap).astype(np.float32)
+    weight = (alpha * np.clip((scores - FADE_FROM) / (0.5 - FADE_FROM), 0.0, 1.0))[..., None]
+    result = np.clip((1 - weight) * image_rgb + weight * heat, 0, 255).round().astype(np.uint8)
+    if mask is not None:
+        _check_same_size(image_rgb, np.asarray(mask), "mask")
+        result[_outline(mask)] = OUTLINE_RGB
+    return _with_caption(np.concatenate([result, _colour_bar(result.shape[0], cmap)], axis=1), caption)
+
+
+def _colour_bar(height: int, cmap: str) -> np.ndarray:
+    """[height, bar + labels, 3]: the 0..1 scale (1 at the top), labelled 0, 0.5 (threshold), 1."""
+    from matplotlib import colormaps
+
+    values = np.linspace(1.0, 0.0, height)
+    bar = (colormaps[cmap](values)[:, :3] * 255).round().astype(np.uint8)
+    strip = Image.new("RGB", (_BAR_WIDTH + _BAR_LABELS, height), (0, 0, 0))
+    strip.paste(Image.fromarray(np.repeat(bar[:, None], _BAR_WIDTH, axis=1)), (0, 0))
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
+    for value, label in ((1.0, "1"), (0.5, "0.5 thr"), (0.0, "0")):
+        y = int(round((1 - value) * (height - 1)))
+        draw.line([(0, y), (_BAR_WIDTH + 2, y)], fill=(255, 255, 255))
+        draw.text((_BAR_WIDTH + 4, min(max(0, y - 5), height - 11)), label, fill=(255, 255, 255), font=font)
+    return np.asarray(strip)

@@ -13,7 +13,7 @@ from fapm_lib.cli import main
 from fapm_lib.config import FAPMConfig
 from fapm_lib.errors import ConfigError
 
-TINY_CONFIG = "resize: 64\ncrop_size: 64\ngrid: 2\ncoreset_ratio: 0.5\nk: 2\nbatch_size: 4\n"
+TINY_CONFIG = "resize: 64\ncrop_size: 64\ngrid: 2\ncoreset_ratio: 0.5\nbatch_size: 4\n"
 TIME_KEYS = ("coreset_seconds", "fit_seconds", "backbone_ms", "search_ms", "post_ms", "total_ms")
 
 

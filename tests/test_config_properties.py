@@ -20,8 +20,8 @@ from fapm_lib.config import IMAGE_SCORES, SAMPLING_MODES, FAPMConfig, load_yaml_
 from fapm_lib.errors import ConfigError
 
 FIELDS = tuple(f.name for f in dataclasses.fields(FAPMConfig))
-INT_FIELDS = ("resize", "pool_size", "grid", "k", "batch_size", "seed")
-FLOAT_FIELDS = ("coreset_ratio", "adaptive_multiplier", "blur_sigma")
+INT_FIELDS = ("resize", "pool_size", "grid", "k", "batch_size", "seed", "calibration_folds")
+FLOAT_FIELDS = ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate")
 OPTIONAL_INT_FIELDS = ("crop_size", "coreset_projection")
 STR_FIELDS = ("backbone", "sampling", "image_score")
 TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
@@ -44,7 +44,7 @@ def valid_settings(draw) -> dict[str, Any]:
         "coreset_ratio": draw(st.floats(0.0, 1.0, exclude_min=True) | st.just(1)),
         "adaptive_multiplier": draw(st.floats(1.0, 1e6, **finite) | st.integers(1, 100)),
         "coreset_projection": draw(st.none() | st.integers(1, 4096)),
-        "k": draw(st.integers(1, 1000)),
+        "k": draw(st.integers(2, 1000)),
         "image_score": draw(st.sampled_from(IMAGE_SCORES)),
         "blur_sigma": draw(st.floats(0.0, 1e3, **finite) | st.integers(0, 10)),
         "batch_size": draw(st.integers(1, 4096)),
@@ -53,6 +53,8 @@ def valid_settings(draw) -> dict[str, Any]:
     keep = draw(st.sets(st.sampled_from(FIELDS)))
     if keep & {"resize", "crop_size"}:
         keep |= {"resize", "crop_size"}  # either alone may clash with the other's default
+    if "k" in keep:  # k acts only with the reweighted score (a YAML k with max is refused)
+        keep = keep | {"image_score"} if values["image_score"] == "reweighted" else keep - {"k"}
     return {k: v for k, v in values.items() if k in keep}
 
 

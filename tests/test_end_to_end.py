@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 SHARED = default_shared_root()
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_aupro", "n_train", "n_test", "backbone",
-               "fit_seconds", "ms_per_image", "backbone_ms_per_image", "search_ms_per_image", "post_ms_per_image"}
+               "fit_seconds", "ms_per_image", "backbone_ms_per_image", "search_ms_per_image", "post_ms_per_image",
+               "threshold", "threshold_method", "target_false_alarm_rate", "false_alarm_rate", "miss_rate",
+               "pixel_threshold", "pixel_false_alarm_rate", "pixel_miss_rate", "settings"}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,7 @@ def test_evaluate_bottle(evaluated: Path) -> None:
     assert metrics["n_train"] == 209 and metrics["n_test"] == 83
     assert metrics["backbone"] == "tf_efficientnet_lite0"
     assert metrics["image_auroc"] >= 0.99
+    assert metrics["threshold_method"] == "false_alarm_rate" and 0 <= metrics["false_alarm_rate"] <= 1
     assert metrics["pixel_auroc"] >= 0.97
     assert 0 < metrics["pixel_f1_max"] <= 1 and 0 < metrics["pixel_aupro"] <= 1
     assert metrics["fit_seconds"] > 0 and metrics["ms_per_image"] > 0

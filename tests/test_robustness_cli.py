@@ -18,7 +18,7 @@ from fapm_lib.backbone import create_feature_extractor
 from fapm_lib.coreset import GreedyKCenter
 
 CATEGORY = "widget"
-TINY_YAML = "resize: 64\ncrop_size: 64\ngrid: 2\nbatch_size: 4\ncoreset_ratio: 0.5\nk: 2\n"
+TINY_YAML = "resize: 64\ncrop_size: 64\ngrid: 2\nbatch_size: 4\ncoreset_ratio: 0.5\nimage_score: reweighted\nk: 2\n"
 TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, k=2)
 _EXTRACTORS: dict[tuple, object] = {}
 
@@ -336,4 +336,4 @@ def test_valid_predict_writes_scores(capsys, tmp_path: Path, tiny_root: Path, mo
                               "--output", str(tmp_path / "out"))
     assert code == 0 and err == "" and out.startswith("scored 4 images")
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
-    assert len(rows) == 5 and rows[0] == "path,score,overlay"
+    assert len(rows) == 5 and rows[0] == "path,raw_score,score,decision,mask,overlay"
