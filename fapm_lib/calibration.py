@@ -162,7 +162,7 @@ def heldout_knn(regions: list[Tensor], feature_sizes: list[tuple[int, int]], con
     ``k' = min(k, smallest bank)``, ascending, each query searched in its own region."""
     from .memory import build_layer_memory
     from .regions import merge_regions
-    from .scoring import fuse_layers
+    from .scoring import fuse_layers, upsample_nearest
 
     grid, memories, queries = config.grid, [], []
     for layer, (features, (h, w)) in enumerate(zip(regions, feature_sizes)):
@@ -173,7 +173,9 @@ def heldout_knn(regions: list[Tensor], feature_sizes: list[tuple[int, int]], con
                                            config.seed, progress, name=f"calibration layer {layer}"))
         queries.append(features.index_select(1, image_rows(heldout, per).to(features.device)))
     k = min(k, *(int(m.bank_sizes().min()) for m in memories))
-    per_layer = [merge_regions(m.search(q, k), grid, h, w) for m, q, (h, w) in zip(memories, queries, feature_sizes)]
+    fine = feature_sizes[0][0]
+    per_layer = [upsample_nearest(merge_regions(m.search(q, k), grid, h, w), fine // h)  # onto the layer-2 grid
+                 for m, q, (h, w) in zip(memories, queries, feature_sizes)]
     return fuse_layers(per_layer)
 
 

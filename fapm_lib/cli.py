@@ -206,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict_cli import run_predict
+    from .predict_outputs import run_predict
 
     return run_predict(args)
 

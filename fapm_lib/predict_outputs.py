@@ -1,5 +1,5 @@
-"""``fapm predict``: ``scores.csv`` (path, raw_score, score, decision, mask, overlay), a mask PNG
-and a calibrated overlay per image, named after the source folder (``good/000.png``)."""
+"""`fapm predict`'s work: score images; write scores.csv, a mask and a calibrated overlay per image,
+named after the source folder (``good/000.png``), all atomically."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ COLUMNS = ("path", "raw_score", "score", "decision", "mask", "overlay")
 
 def run_predict(args: argparse.Namespace, model=None) -> int:
     """Score every image given (files or folders, recursive); ``model``: an already loaded one."""
-    from .cli import _device
+    from .options import check_device as _device
     from .data import load_image
     from .errors import DataError
     from .model import FAPM
