@@ -1,0 +1,100 @@
+"""Ablations: the official layer alignment, the readable search path, and the ablation table
+on a small generated category (features extracted once, every variant refitted from them)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fapm_lib.ablations import (
+    Variant,
+    default_variants,
+    extract_category,
+    fuse,
+    layer_distances,
+    run_ablation,
+    summary_table,
+    upsample_official,
+)
+from fapm_lib.config import FAPMConfig
+from fapm_lib.model import FAPM
+from fapm_lib.scoring import upsample_nearest
+from fapm_lib.synthetic import generate_category
+
+
+def test_official_mapping_misplaces_392_of_784_fine_cells() -> None:
+    coarse = torch.arange(14 * 14, dtype=torch.float32).reshape(1, 14, 14)
+    official, ours = upsample_official(coarse, grid=7), upsample_nearest(coarse, 2)
+    assert official.shape == ours.shape == (1, 28, 28)
+    assert int((official != ours).sum()) == 392
+    # every coarse value still lands on exactly four fine cells, inside its own region
+    assert torch.equal(official.flatten().sort().values, ours.flatten().sort().values)
+    regions = torch.arange(28) // 4
+    for value in (0, 15, 100, 195):
+        ys, xs = (official[0] == value).nonzero(as_tuple=True)
+        cy, cx = divmod(value, 14)
+        assert set((regions[ys] * 7 + regions[xs]).tolist()) == {(cy // 2) * 7 + cx // 2}
+
+
+def test_official_mapping_of_one_planted_cell() -> None:
+    """Coarse cell (0, 1) (top-right of region 0): the tiling lights fine (0..1, 2..3); the
+    official code lights the second fine row of the region instead."""
+    coarse = torch.zeros(1, 14, 14)
+    coarse[0, 0, 1] = 1.0
+    ours = upsample_nearest(coarse, 2)[0].nonzero().tolist()
+    official = upsample_official(coarse, grid=7)[0].nonzero().tolist()
+    assert ours == [[0, 2], [0, 3], [1, 2], [1, 3]]
+    assert official == [[1, 0], [1, 1], [1, 2], [1, 3]]
+
+
+def test_official_equals_tiling_when_a_region_is_one_coarse_cell() -> None:
+    coarse = torch.rand(2, 14, 14, 3)
+    assert torch.equal(upsample_official(coarse, grid=14), upsample_nearest(coarse, 2))
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("ablation")
+    generate_category(root, "vial", size=128, n_train=8, n_test_good=3, n_per_defect=2)
+    model = FAPM(FAPMConfig(coreset_ratio=0.5, k=2))
+    return model, extract_category(model, root, "vial")
+
+
+def test_readable_path_equals_the_library_search(features) -> None:
+    model, feats = features
+    model.fit_maps(feats.train_maps)
+    maps = [m[:3] for m in feats.test_maps]
+    readable = fuse(layer_distances(model, maps, model.search_k), model.config.grid)
+    torch.testing.assert_close(readable, model.knn(maps), rtol=1e-5, atol=1e-5)
+    official = fuse(layer_distances(model, maps, 1), model.config.grid, "official")
+    assert official.shape == readable.shape and not torch.equal(official, readable)
+    with pytest.raises(ValueError, match="fusion"):
+        fuse(layer_distances(model, maps, 1), model.config.grid, "shifted")
+
+
+def test_ablation_rows(features) -> None:
+    model, feats = features
+    base = FAPMConfig(coreset_ratio=0.5, k=2)
+    rows = run_ablation(feats, model.extractor, base, default_variants(projection=8), repeats=1)
+    names = [r["variant"] for r in rows]
+    assert names == [v.name for v in default_variants(projection=8)]
+    by = {r["variant"]: r for r in rows}
+    for row in rows:
+        assert 0.0 <= row["image AUROC"] <= 1.0 and 0.0 <= row["pixel AUROC"] <= 1.0
+        assert row["search ms/image"] > 0 and row["memory MB"] > 0
+    # scoring-time variants share the default memory; memory variants change it
+    assert by["official fusion"]["memory MB"] == by["FAPM defaults"]["memory MB"]
+    assert by["reweighted score"]["memory MB"] == by["FAPM defaults"]["memory MB"]
+    assert by["fixed sampling"]["memory MB"] < by["FAPM defaults"]["memory MB"]
+    assert by["official fusion"]["pixel AUROC"] != by["FAPM defaults"]["pixel AUROC"]
+    summary = summary_table(rows + [{**rows[0], "category": "other", "image AUROC": 0.0}])
+    assert summary[0]["categories"] == 2
+    assert summary[0]["image AUROC"] == pytest.approx(rows[0]["image AUROC"] / 2)
+
+
+def test_unknown_fusion_is_refused(features) -> None:
+    model, feats = features
+    with pytest.raises(ValueError, match="sideways"):
+        run_ablation(feats, model.extractor, FAPMConfig(coreset_ratio=0.5, k=2),
+                     [Variant("bad", fusion="sideways")], repeats=1)
