@@ -27,6 +27,7 @@ from torch import Tensor
 from .backbone import FeatureExtractor
 from .config import FAPMConfig
 from .data import MVTecDataset
+from .errors import ConfigError
 from .metrics import image_auroc, pixel_auroc
 from .model import FAPM
 from .regions import merge_regions, split_regions
@@ -146,6 +147,9 @@ def default_variants(projection: int = 16) -> list[Variant]:
     ]
 
 
+#: the measured columns of a row
+COLUMNS = ("image AUROC", "pixel AUROC", "search ms/image", "memory MB", "coreset s")
+
 #: settings that change the memory itself (the others act at scoring time only)
 MEMORY_KEYS = ("grid", "sampling", "coreset_ratio", "adaptive_multiplier", "coreset_projection", "seed")
 
@@ -174,7 +178,9 @@ def run_ablation(features: CategoryFeatures, extractor: FeatureExtractor, base: 
                  variants: list[Variant] | None = None, repeats: int = 3, batch_size: int = 8) -> list[dict[str, Any]]:
     """One row per variant: image AUROC, pixel AUROC (None without masks), search ms per test
     image (median of ``repeats`` timed passes), memory MB and coreset seconds. Variants that
-    differ only at scoring time share one fit."""
+    differ only at scoring time share one fit. A variant whose settings cannot be fitted on this
+    data (a ConfigError, e.g. ``k`` above the smallest bank) gets empty values and the reason in
+    ``refused``; the other rows have ``refused == ""``."""
     base = base or FAPMConfig(backbone=extractor.info.name)
     variants = variants if variants is not None else default_variants()
     fitted: dict[tuple, FAPM] = {}
@@ -186,8 +192,13 @@ def run_ablation(features: CategoryFeatures, extractor: FeatureExtractor, base: 
         config = base.replace(**variant.changes)
         key = tuple(getattr(config, name) for name in MEMORY_KEYS)
         model = FAPM(config, extractor=extractor)
+        row: dict[str, Any] = {"category": features.name, "variant": variant.name}
         if key not in fitted:
-            fitted[key] = model.fit_maps(features.train_maps)
+            try:
+                fitted[key] = model.fit_maps(features.train_maps)
+            except ConfigError as exc:  # e.g. k larger than a 14 x 14 grid's banks on few images
+                rows.append({**row, **dict.fromkeys(COLUMNS), "refused": str(exc)})
+                continue
         else:  # the same memory, scored differently
             model.memories, model.feature_sizes = fitted[key].memories, fitted[key].feature_sizes
             model.fit_stats = dict(fitted[key].fit_stats)
@@ -195,13 +206,13 @@ def run_ablation(features: CategoryFeatures, extractor: FeatureExtractor, base: 
         timings = [seconds] + [score_variant(model, features.test_maps, variant.fusion, batch_size)[2]
                                for _ in range(repeats - 1)]
         rows.append({
-            "category": features.name,
-            "variant": variant.name,
+            **row,
             "image AUROC": image_auroc(scores, features.labels),
             "pixel AUROC": None if features.masks is None else pixel_auroc(amaps, features.masks),
             "search ms/image": 1000.0 * statistics.median(timings) / n_test,
             "memory MB": model.memory_size()["megabytes"],
             "coreset s": model.fit_stats.get("coreset_seconds"),
+            "refused": "",
         })
     return rows
 
@@ -213,8 +224,8 @@ def summary_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_variant.setdefault(row["variant"], []).append(row)
     table = []
     for name, group in by_variant.items():
-        entry: dict[str, Any] = {"variant": name, "categories": len(group)}
-        for column in ("image AUROC", "pixel AUROC", "search ms/image", "memory MB"):
+        entry: dict[str, Any] = {"variant": name, "categories": sum(1 for r in group if not r.get("refused"))}
+        for column in COLUMNS[:4]:
             values = [r[column] for r in group if r.get(column) is not None]
             entry[column] = statistics.fmean(values) if values else None
         table.append(entry)

@@ -98,3 +98,15 @@ def test_unknown_fusion_is_refused(features) -> None:
     with pytest.raises(ValueError, match="sideways"):
         run_ablation(feats, model.extractor, FAPMConfig(coreset_ratio=0.5, k=2),
                      [Variant("bad", fusion="sideways")], repeats=1)
+
+
+def test_a_variant_that_cannot_be_fitted_is_reported_not_dropped(features) -> None:
+    """grid 14 on 8 training images leaves 4 layer-3 vectors per region: k=5 is refused there,
+    while grid 7 (16 vectors per region, 8 kept) fits."""
+    model, feats = features
+    rows = run_ablation(feats, model.extractor, FAPMConfig(coreset_ratio=0.5, k=5),
+                        [Variant("defaults"), Variant("grid 14", {"grid": 14})], repeats=1)
+    assert rows[0]["refused"] == "" and rows[0]["image AUROC"] is not None
+    assert "k=5 exceeds the smallest memory bank" in rows[1]["refused"]
+    assert rows[1]["image AUROC"] is None and rows[1]["memory MB"] is None
+    assert [r["categories"] for r in summary_table(rows)] == [1, 0]
