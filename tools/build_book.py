@@ -83,7 +83,7 @@ def readme_page() -> str:
     """The README as the book's home page: links to the notebooks' book pages point at the
     rendered notebooks, and a note says where the page comes from."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    text = re.sub(r"build/book/site/notebooks/([0-9][0-9]_[A-Za-z0-9_]+)/?(index\.html)?", r"notebooks/\1.ipynb", text)
+    text = re.sub(r"build/book/site/notebooks/([0-9][0-9]_[A-Za-z0-9_]+)\.html", r"notebooks/\1.ipynb", text)
     return text
 
 
@@ -153,7 +153,7 @@ def build(build_dir: Path, skip_execute: bool, only: list[str] | None) -> dict[s
     config = write_config(build_dir, notebooks, extra)
     began = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-q", "-f", str(config)],
-                   check=True, cwd=ROOT)
+                   check=True, cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     timings["mkdocs build"] = time.perf_counter() - began
     timings["total"] = time.perf_counter() - start
     (build_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
