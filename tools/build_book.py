@@ -145,7 +145,7 @@ def write_config(build: Path, notebooks: list[Path], extra: list[str]) -> Path:
         {"Home (README)": "index.md"},
         {"Notebooks": [{notebook_title(p): f"notebooks/{p.name}"} for p in notebooks]},
         {"Reference": [{"API": "api.md"}, {"Command line": "cli.md"}]},
-        {"Documents": [{Path(e).stem if e != "data/README.md" else "data": e} for e in extra]},
+        {"Documents": [{Path(e).stem if e != "data/README.md" else "data folders": e} for e in extra]},
     ]
     path = build / "mkdocs.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
