@@ -99,23 +99,12 @@ class CategoryFeatures:
     extract_seconds: float = 0.0
 
 
-def _evenly(dataset: MVTecDataset, n: int | None) -> MVTecDataset:
-    """``dataset`` with ``n`` evenly spaced samples kept (every test type stays represented)."""
-    if n is None or n >= len(dataset):
-        return dataset
-    step = (len(dataset) - 1) / max(1, n - 1)
-    keep = sorted({round(i * step) for i in range(n)})
-    dataset.samples = [dataset.samples[i] for i in keep]
-    return dataset
-
-
-def extract_category(model: FAPM, data_root: str | Path, category: str, n_train: int | None = None,
-                     n_test: int | None = None) -> CategoryFeatures:
-    """Run ``model``'s backbone once over a category's train and test split (``n_train`` /
-    ``n_test``: evenly spaced subsets) and keep the aggregated maps on the CPU."""
+def extract_category(model: FAPM, data_root: str | Path, category: str) -> CategoryFeatures:
+    """Run ``model``'s backbone once over a category's train and test split and keep the
+    aggregated maps on the CPU."""
     start = time.perf_counter()
-    train = _evenly(MVTecDataset(data_root, category, "train", model.transform), n_train)
-    test = _evenly(MVTecDataset(data_root, category, "test", model.transform), n_test)
+    train = MVTecDataset(data_root, category, "train", model.transform)
+    test = MVTecDataset(data_root, category, "test", model.transform)
     train_maps = model.extract(train, progress=False)
     test_maps = model.extract(test, progress=False)
     labels = torch.tensor([s.label for s in test.samples])
