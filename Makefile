@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   fit + evaluate FAPM on every built-in category (offline backbone) -> results/summary.md
 #   make test   the test suite (the same command CI runs)
+#   make book   execute the notebooks and build the static book -> build/book/site/index.html
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast book install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +27,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not notebooks and not browser" tests
 
+book: $(STAMP)
+	$(BIN)/python tools/build_book.py --output build/book
+
 clean:
-	rm -rf results .pytest_cache
+	rm -rf results .pytest_cache build/book
