@@ -1,4 +1,4 @@
-"""The ``fapm`` command: fit, evaluate, predict, synth, demo, batch, benchmark, gif.
+"""The ``fapm`` command: fit, evaluate, predict, export, synth, demo, batch, benchmark, gif.
 
 Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the traceback.
 """
@@ -146,10 +146,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .atomic import write_text_atomic
     from .data import IMAGE_EXTENSIONS, load_image
-    from .model import FAPM
+    from .runtime import load_predictor
     from .viz import denormalize, overlay, save_png
 
-    model = FAPM.load(args.model, device=_device(args.device))
+    # FAPM.load for .safetensors; onnxruntime / OpenVINO for an export (folder, .onnx, .xml)
+    model = load_predictor(args.model, _device(args.device), args.threads)
     paths: list[Path] = []
     for item in map(Path, args.inputs):
         if item.is_dir():
@@ -176,6 +177,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     write_text_atomic(out / "scores.csv", buf.getvalue())
     print(f"scored {len(rows)} images; wrote {out / 'scores.csv'}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import run_export_cli
+
+    return run_export_cli(args)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -267,6 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     _common(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a fitted model as one ONNX / OpenVINO graph (uint8 image in)")
+    p.add_argument("--model", required=True, help="a fitted model.safetensors")
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
+    p.add_argument("--batch-size", default="dynamic", help="fixed batch size N, or dynamic (default)")
+    p.add_argument("--output", required=True, help="folder for the model, fapm_export.json and run_fapm.py")
+    p.add_argument("--int8", action="store_true", help="OpenVINO only: INT8 backbone (NNCF), calibrated on "
+                   "--data-root/--category training images")
+    p.add_argument("--data-root", help="with --int8: data root holding <category>/train/good")
+    p.add_argument("--category", help="with --int8: the category whose training images calibrate")
+    p.add_argument("--no-check", action="store_true", help="skip the check against the torch model")
+    _common(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="generate the built-in dataset (MVTec layout)")
     p.add_argument("--output", required=True)
