@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="FAPM vs PatchCore: accuracy and speed, side by side")
     _model_options(p, data_required=True)
     p.add_argument("--repeats", type=int, default=20, help="timed single-image runs per method")
+    p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, openvino_int8")
     p.add_argument("--output", required=True)
     _common(p)
     p.set_defaults(func=cmd_benchmark)

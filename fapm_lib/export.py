@@ -328,8 +328,12 @@ def run_export_cli(args) -> int:
 
     from .runtime import ExportedModel
 
-    model = FAPM.load(args.model)
+    if args.format not in FORMATS:
+        raise ConfigError(f"--format {args.format}: must be one of {', '.join(FORMATS)}")
+    if args.int8 and args.format != "openvino":
+        raise ConfigError("--int8: only with --format openvino (NNCF quantizes the OpenVINO model)")
     batch = parse_batch_size(args.batch_size)
+    model = FAPM.load(args.model)
     int8_images = None
     if args.int8:
         if not args.data_root or not args.category:

@@ -27,6 +27,9 @@ def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: st
         raise ConfigError("--int8 needs nncf and openvino: pip install nncf openvino") from None
     if not images:
         raise ConfigError("--int8: no calibration images")
+    import logging
+
+    nncf.set_log_level(logging.WARNING)  # not one line per float operation kept
     n = batch_size or 1
     batches = [np.stack(images[i : i + n]) for i in range(0, len(images) - n + 1, n)]
     model = ov.Core().read_model(str(xml_path))
