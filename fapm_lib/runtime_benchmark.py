@@ -129,8 +129,8 @@ def measure_runtimes(model: FAPM, test: MVTecDataset, train: MVTecDataset | None
         single = _single_times(runners, images, repeats)
         batched = {name: _throughput(run, images, throughput_batch, max(2, repeats // 5))
                    for name, (run, _) in runners.items()}
-        rss = onnxruntime_peak_rss(Path(tmp) / "onnxruntime", threads, throughput_batch) \
-            if "onnxruntime" in runners else None
+        rss = {f"batch_{b}": onnxruntime_peak_rss(Path(tmp) / "onnxruntime", threads, b)
+               for b in (1, throughput_batch)} if "onnxruntime" in runners else None
         for name, (_, facts) in runners.items():
             m = metrics[name]
             report[name] = {"total_ms": round(single[name], 4), "throughput_ips": round(batched[name], 3),
@@ -183,23 +183,31 @@ def _throughput(run: Callable, images: np.ndarray, batch: int, runs: int) -> flo
     return batch / statistics.median(seconds)
 
 
+# VmHWM (peak RSS of this process image; getrusage's ru_maxrss would include the parent's
+# peak, inherited across fork and exec)
 _RSS_SCRIPT = """
-import resource, sys, numpy as np
+import sys, numpy as np
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
 sys.path.insert(0, sys.argv[1])
 from run_fapm import ExportedRunner
 runner = ExportedRunner(sys.argv[2], "onnxruntime", int(sys.argv[3]))
 size = runner.size
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-for b in (1, int(sys.argv[4])):
-    runner.run(np.zeros((b, size, size, 3), np.uint8))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, before / 1024.0)
+before = peak_mb()
+for _ in range(3):
+    runner.run(np.zeros((int(sys.argv[4]), size, size, 3), np.uint8))
+print(peak_mb(), before)
 """
 
 
 def onnxruntime_peak_rss(folder: Path, threads: int, batch: int) -> dict[str, float] | None:
-    """Peak RSS (MB) of a fresh process that only loads onnxruntime and the export, then runs it at
-    batch 1 and ``batch``: the memory an inspection program needs for the model."""
+    """Peak RSS (MB) of a fresh process that only loads onnxruntime and the export, then runs it
+    three times at ``batch``: the memory an inspection program needs for the model."""
     runner_dir = Path(__file__).parent
+    if not Path("/proc/self/status").is_file():
+        return None  # not Linux
     proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(runner_dir), str(folder), str(threads), str(batch)],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
@@ -230,8 +238,10 @@ def runtimes_markdown(runtimes: dict) -> list[str]:
             change = " / ".join("n/a" if r[k] is None else f"{100 * r[k]:+.2f}" for k in ("image_auroc_change", "pixel_auroc_change"))
         lines.append(f"| {n} | {r['total_ms']:.2f} | {ratio} | {r['throughput_ips']:.1f} | {pct(r['image_auroc'])} | "
                      f"{pct(r['pixel_auroc'])} | {change} |")
-    rss = det.get("onnxruntime_peak_rss_mb")
+    rss = {k: v for k, v in (det.get("onnxruntime_peak_rss_mb") or {}).items() if v}
     if rss:
-        lines += ["", f"onnxruntime alone (fresh process, the export at batch 1 and {rss['batch']}): peak RSS "
-                      f"{rss['peak_rss_mb']:.0f} MB ({rss['after_session_load_mb']:.0f} MB after loading the session)."]
+        parts = [f"batch {v['batch']}: {v['peak_rss_mb']:.0f} MB" for v in rss.values()]
+        loaded = next(iter(rss.values()))["after_session_load_mb"]
+        lines += ["", f"onnxruntime alone, peak RSS of a fresh process running the export: {', '.join(parts)} "
+                      f"({loaded:.0f} MB after loading the session)."]
     return lines + [""]
