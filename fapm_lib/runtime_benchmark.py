@@ -126,7 +126,7 @@ def measure_runtimes(model: FAPM, test: MVTecDataset, train: MVTecDataset | None
             log(f"runtimes: accuracy of {name} on {len(images)} test images")
             metrics[name] = _accuracy(run, images, labels, masks)
         log(f"runtimes: {repeats} single-image runs each, then batch {throughput_batch}")
-        single = _single_times(runners, images, repeats)
+        single = single_times(runners, images, repeats)
         batched = {name: _throughput(run, images, throughput_batch, max(2, repeats // 5))
                    for name, (run, _) in runners.items()}
         rss = {f"batch_{b}": onnxruntime_peak_rss(Path(tmp) / "onnxruntime", threads, b)
@@ -157,7 +157,7 @@ def measure_runtimes(model: FAPM, test: MVTecDataset, train: MVTecDataset | None
     return report
 
 
-def _single_times(runners: dict, images: np.ndarray, repeats: int) -> dict[str, float]:
+def single_times(runners: dict, images: np.ndarray, repeats: int) -> dict[str, float]:
     names = list(runners)
     for name in names:
         for i in range(WARMUP_RUNS):
