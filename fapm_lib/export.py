@@ -225,6 +225,9 @@ def sidecar(model: FAPM, fmt: str, model_file: str, batch_size: int | None,
                   "grid": cfg.grid, "k": cfg.k, "feature_sizes": [list(s) for s in model.feature_sizes],
                   "memory_mb": round(model.memory_size()["megabytes"], 3), "config": json.loads(cfg.to_json())},
         "versions": versions(),
+        "runtime_notes": ("OpenVINO: compile with INFERENCE_PRECISION_HINT=f32 (on CPUs with bf16 support its "
+                          "default precision is bf16, which changes the maps); a fixed-batch graph takes exactly "
+                          "batch_size images (run_fapm.py pads the last chunk)"),
         **(extra or {}),
     }
 
