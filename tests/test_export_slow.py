@@ -91,28 +91,28 @@ def bottle(tmp_path_factory: pytest.TempPathFactory):
     model.calibration = Calibration(image_threshold=float(train_scores.max()), image_scale=float(train_scores.std()),
                                     pixel_threshold=float(train_scores.max()), pixel_scale=float(train_scores.std()),
                                     method="manual", false_alarm_rate=None)
-    return model, MVTecDataset(SHARED, "bottle", "test", model.transform), tmp_path_factory.mktemp("bottle_export")
+    test = MVTecDataset(SHARED, "bottle", "test", model.transform)
+    items = [test[i] for i in range(len(test))]
+    ref = [model.predict(torch.stack([it["image"] for it in items[i : i + 16]])) for i in range(0, len(items), 16)]
+    return {"model": model, "pixels": uint8_images(test), "labels": torch.tensor([it["label"] for it in items]),
+            "masks": torch.stack([it["mask"] for it in items]), "maps": torch.cat([r.anomaly_map for r in ref]),
+            "scores": torch.cat([r.pred_score for r in ref]), "base": tmp_path_factory.mktemp("bottle_export")}
 
 
 @pytest.mark.parametrize("fmt, batch", [("onnx", None), ("onnx", 1), ("openvino", 8)])
 def test_real_bottle_parity(bottle, fmt: str, batch: int | None) -> None:
     if fmt == "openvino":
         pytest.importorskip("openvino")
-    model, test, base = bottle
-    exported = ExportedModel(export_model(model, base / f"{fmt}_{batch}", fmt, batch).parent, threads=2)
-    pixels = uint8_images(test)
+    model, pixels, labels, masks = bottle["model"], bottle["pixels"], bottle["labels"], bottle["masks"]
+    exported = ExportedModel(export_model(model, bottle["base"] / f"{fmt}_{batch}", fmt, batch).parent, threads=2)
     maps, scores, decisions = [], [], []
     for i in range(0, len(pixels), 16):
         got = exported.predict_uint8(pixels[i : i + 16])
         maps.append(got.anomaly_map), scores.append(got.pred_score), decisions.append(got.decision)
     got_maps, got_scores = torch.cat(maps), torch.cat(scores)
-    ref = [model.predict(torch.stack([test[j]["image"] for j in range(i, min(i + 16, len(test)))]))
-           for i in range(0, len(test), 16)]
-    ref_maps, ref_scores = torch.cat([r.anomaly_map for r in ref]), torch.cat([r.pred_score for r in ref])
+    ref_maps, ref_scores = bottle["maps"], bottle["scores"]
     assert rel_diff(got_maps, ref_maps) < RTOL and rel_diff(got_scores, ref_scores) < RTOL
     assert torch.equal(torch.cat(decisions), ref_scores >= model.calibration.image_threshold)
-    labels = torch.tensor([s.label for s in test.samples])
-    masks = torch.stack([test[i]["mask"] for i in range(len(test))])
     a, b = compute_metrics(got_scores, labels, got_maps, masks), compute_metrics(ref_scores, labels, ref_maps, masks)
     assert abs(a["image_auroc"] - b["image_auroc"]) < 1e-3 and abs(a["pixel_auroc"] - b["pixel_auroc"]) < 1e-3
 
