@@ -77,7 +77,7 @@ def resize_crop(rgb: Image.Image, resize: int, crop_size: int | None) -> np.ndar
     if crop_size is not None:
         left, top = round((size[0] - crop_size) / 2.0), round((size[1] - crop_size) / 2.0)
         out = out.crop((left, top, left + crop_size, top + crop_size))
-    return np.asarray(out, dtype=np.uint8)
+    return np.array(out, dtype=np.uint8)  # a writable copy
 
 
 # ---- the exported model ---------------------------------------------------------------------
