@@ -176,6 +176,8 @@ def run_benchmark(config: FAPMConfig, data_root: str | Path, category: str, outp
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: must be >= 1")
     dev = torch.device(device)
+    if runtimes and dev.type != "cpu":
+        raise ConfigError("--runtimes: the exported runtimes run on the CPU; use --device cpu")
     torch.manual_seed(config.seed)
     _log(f"backbone {config.backbone} ({'random weights' if not config.pretrained else 'pretrained'}) on {device}")
     extractor = create_feature_extractor(config.backbone, config.pretrained, dev)
@@ -201,8 +203,6 @@ def run_benchmark(config: FAPMConfig, data_root: str | Path, category: str, outp
     if runtimes:
         from .runtime_benchmark import measure_runtimes
 
-        if dev.type != "cpu":
-            raise ConfigError("--runtimes: the exported runtimes run on the CPU; use --device cpu")
         runtime_report = measure_runtimes(models["fapm"], test_set, train, runtimes, repeats, THROUGHPUT_BATCH, _log)
 
     report = _assemble(models, metrics, {n: t["wall"] for n, t in times.items()}, coreset, feature_seconds)

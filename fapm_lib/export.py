@@ -256,10 +256,10 @@ def file_sha256(path: Path) -> str:
 
 
 def export_model(model: FAPM, output: str | Path, fmt: str = "onnx", batch_size: int | None = None,
-                 int8_images: list | None = None) -> Path:
+                 int8_images: list | None = None, progress: bool = True) -> Path:
     """Export ``model`` into the folder ``output``: the graph (``model.onnx``, and for
-    ``openvino`` also ``model.xml``/``.bin``), ``fapm_export.json`` and ``run_fapm.py``.
-    ``int8_images`` (uint8 ``[S, S, 3]`` training images, OpenVINO only): quantize the
+    ``openvino`` also ``model.xml``/``.bin``), ``fapm_export.json`` and ``run_fapm.py``
+    (``model`` is moved to the CPU). ``int8_images`` (uint8 ``[S, S, 3]`` training images, OpenVINO only): quantize the
     backbone of ``model.xml`` to INT8 (:mod:`fapm_lib.export_int8`). Returns the sidecar's path."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
@@ -281,7 +281,7 @@ def export_model(model: FAPM, output: str | Path, fmt: str = "onnx", batch_size:
 
         fp32 = convert_openvino(onnx_path, out / ".model_fp32.xml")
         try:
-            extra["quantization"] = quantize_openvino(fp32, int8_images, out / OPENVINO_FILE, batch_size)
+            extra["quantization"] = quantize_openvino(fp32, int8_images, out / OPENVINO_FILE, batch_size, progress)
         finally:
             fp32.unlink(missing_ok=True)
             fp32.with_suffix(".bin").unlink(missing_ok=True)
@@ -349,7 +349,7 @@ def run_export_cli(args) -> int:
                        for s in list_samples(args.data_root, args.category, "train")]
     elif args.data_root or args.category:
         raise ConfigError("--data-root/--category are only used with --int8")
-    path = export_model(model, args.output, args.format, batch, int8_images)
+    path = export_model(model, args.output, args.format, batch, int8_images, progress=not args.no_progress)
     meta = json.loads(path.read_text())
     out = Path(args.output)
     size_mb = sum((out / f).stat().st_size for f in meta["files"]) / 2**20

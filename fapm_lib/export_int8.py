@@ -6,6 +6,8 @@ calibrated on **training (normal) images only**, resized and cropped as for infe
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ KEEP_FLOAT = r"^(?!/backbone/).*"
 
 
 def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: str | Path,
-                      batch_size: int | None = None) -> dict:
+                      batch_size: int | None = None, progress: bool = True) -> dict:
     """Quantize ``xml_path``'s backbone to INT8 with NNCF, calibrated on ``images`` (uint8
     ``[S, S, 3]`` each, training images); write the IR to ``output``. Returns what was done."""
     try:
@@ -33,8 +35,12 @@ def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: st
     n = batch_size or 1
     batches = [np.stack(images[i : i + n]) for i in range(0, len(images) - n + 1, n)]
     model = ov.Core().read_model(str(xml_path))
-    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
-                              ignored_scope=nncf.IgnoredScope(patterns=[KEEP_FLOAT], validate=False))
+    with contextlib.ExitStack() as quiet:
+        if not progress:  # NNCF's progress bars print to the console as they go
+            quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                                  ignored_scope=nncf.IgnoredScope(patterns=[KEEP_FLOAT], validate=False))
     from .export import save_ir
 
     save_ir(quantized, output)

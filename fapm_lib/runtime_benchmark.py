@@ -86,7 +86,7 @@ def build_runners(model: FAPM, names: list[str], folder: Path, train: MVTecDatas
                 raise ConfigError(f"--runtimes {name}: needs the training images to calibrate")
             int8_images = list(uint8_images(train))
         start = time.perf_counter()
-        sidecar = export_model(model, folder / name, fmt, None, int8_images)
+        sidecar = export_model(model, folder / name, fmt, None, int8_images, progress=False)
         seconds = time.perf_counter() - start
         meta = json.loads(sidecar.read_text())
         runner = ExportedRunner(folder / name, runtime, threads)
