@@ -147,12 +147,17 @@ def _fit_all(models: dict[str, PatchModel], train: MVTecDataset, progress: bool)
 
 
 def run_benchmark(config: FAPMConfig, data_root: str | Path, category: str, output: str | Path | None = None,
-                  device: str = "cpu", repeats: int = 20, progress: bool = True, skip_bad: bool = False) -> dict[str, Any]:
+                  device: str = "cpu", repeats: int = 20, progress: bool = True, skip_bad: bool = False,
+                  runtimes: list[str] | None = None) -> dict[str, Any]:
     """Fit and evaluate FAPM and PatchCore side by side; return (and, with ``output``, write
-    ``benchmark.json`` and ``benchmark.md``) the report dict."""
+    ``benchmark.json`` and ``benchmark.md``) the report dict. ``runtimes`` (e.g. ``["torch",
+    "onnxruntime"]``): also time the fitted FAPM in those runtimes (``report["runtimes"]``,
+    :mod:`fapm_lib.runtime_benchmark`)."""
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: must be >= 1")
     dev = torch.device(device)
+    if runtimes and dev.type != "cpu":
+        raise ConfigError("--runtimes: the exported runtimes run on the CPU; use --device cpu")
     torch.manual_seed(config.seed)
     _log(f"backbone {config.backbone} ({'random weights' if not config.pretrained else 'pretrained'}) on {device}")
     extractor = create_feature_extractor(config.backbone, config.pretrained, dev)
@@ -175,7 +180,14 @@ def run_benchmark(config: FAPMConfig, data_root: str | Path, category: str, outp
     times = _single_image_times(models, test["images"], repeats)
     throughput = {name: _throughput(model, test["images"], max(2, repeats // 5)) for name, model in models.items()}
 
+    if runtimes:
+        from .runtime_benchmark import measure_runtimes
+
+        runtime_report = measure_runtimes(models["fapm"], test_set, train, runtimes, repeats, THROUGHPUT_BATCH, _log)
+
     report = _assemble(models, metrics, {n: t["wall"] for n, t in times.items()}, coreset, feature_seconds)
+    if runtimes:
+        report["runtimes"] = runtime_report
     report["details"] = {
         "feature_seconds": _sig(feature_seconds), "test_feature_seconds": _sig(test_feature_seconds),
         "n_train": len(train), "n_test": len(test_set), "category": category, "repeats": repeats,
@@ -260,6 +272,10 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
              f"Coreset time: {det['coreset_seconds_definition']}. Times in ms are wall-clock medians; the CPU-time "
              "rows (process CPU time, all threads) vary less when other programs share the machine."), "",
     ]
+    if "runtimes" in report:
+        from .runtime_benchmark import runtimes_markdown
+
+        lines += runtimes_markdown(report["runtimes"])
     return "\n".join(lines)
 
 

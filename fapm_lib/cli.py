@@ -1,4 +1,4 @@
-"""The ``fapm`` command: fit, evaluate, predict, synth, demo, batch, benchmark, gif.
+"""The ``fapm`` command: fit, evaluate, predict, export, synth, demo, batch, benchmark, gif.
 
 Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the traceback.
 """
@@ -211,6 +211,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return run_predict(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import run_export_cli
+
+    return run_export_cli(args)
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .synthetic import generate_dataset
 
@@ -266,12 +272,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
     from .benchmark import benchmark_markdown, run_benchmark
+    from .runtime_benchmark import parse_runtimes
 
     config = build_config(args)
     if not args.data_root or not args.category:
         raise ConfigError("--data-root and --category are required (or set them in --config)")
+    runtimes = parse_runtimes(args.runtimes)
     report = run_benchmark(config, args.data_root, args.category, args.output, _device(args.device), args.repeats,
-                           progress=not args.no_progress, skip_bad=args.skip_bad)
+                           progress=not args.no_progress, skip_bad=args.skip_bad, runtimes=runtimes)
     print(benchmark_markdown(report))
     return 0
 
@@ -322,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="export a fitted model as one ONNX / OpenVINO graph (uint8 image in)")
+    p.add_argument("--model", required=True, help="a fitted model.safetensors")
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
+    p.add_argument("--batch-size", default="dynamic", help="fixed batch size N, or dynamic (default)")
+    p.add_argument("--output", required=True, help="folder for the model, fapm_export.json and run_fapm.py")
+    p.add_argument("--int8", action="store_true", help="OpenVINO only: INT8 backbone (NNCF), calibrated on "
+                   "--data-root/--category training images")
+    p.add_argument("--data-root", help="with --int8: data root holding <category>/train/good")
+    p.add_argument("--category", help="with --int8: the category whose training images calibrate")
+    p.add_argument("--no-check", action="store_true", help="skip the check against the torch model")
+    _common(p)
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("synth", help="generate the built-in dataset (MVTec layout)")
     p.add_argument("--output", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -354,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="FAPM vs PatchCore: accuracy and speed, side by side")
     _model_options(p, data_required=True)
     p.add_argument("--repeats", type=int, default=20, help="timed single-image runs per method")
+    p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, openvino_int8")
     p.add_argument("--output", required=True)
     _common(p)
     p.set_defaults(func=cmd_benchmark)

@@ -22,9 +22,10 @@ def run_predict(args: argparse.Namespace, model=None) -> int:
     from .options import check_device as _device
     from .data import load_image
     from .errors import DataError
-    from .model import FAPM
+    from .runtime import load_predictor
 
-    model = model or FAPM.load(args.model, device=_device(args.device))
+    # FAPM.load for .safetensors; onnxruntime / OpenVINO for an export (folder, .onnx, .xml)
+    model = model or load_predictor(args.model, _device(args.device), getattr(args, "threads", None))
     named = output_names(args.inputs)
     if not named:
         raise DataError("no images found in " + ", ".join(args.inputs))

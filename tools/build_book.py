@@ -39,12 +39,13 @@ BOOK_PARAMETERS: dict[str, dict[str, object]] = {
     "04_evaluation": {},
     "05_your_own_images": {"output_dir": "{build}/work/05_own_images"},
     "06_ablations": {"fast": True},
+    "07_deployment": {"fast": True, "output_dir": "{build}/work/07_deployment"},
 }
 
 
 #: Rough single-thread seconds per notebook on 2 cores, only to order the work (longest first).
 EXPECTED_SECONDS = {"04_evaluation": 120, "03_adaptive_coreset": 60, "02_patch_layer_memory": 40,
-                    "05_your_own_images": 40, "06_ablations": 30, "01_dataset": 15}
+                    "05_your_own_images": 40, "06_ablations": 30, "07_deployment": 60, "01_dataset": 15}
 
 
 def numbered_notebooks() -> list[Path]:
