@@ -53,7 +53,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(data: Path, extractor) -> FAPM:
-    model = FAPM(FAPMConfig(), extractor=extractor)
+    """Uncalibrated (``calibration_folds=0``): the graph's raw outputs only."""
+    model = FAPM(FAPMConfig(calibration_folds=0), extractor=extractor)
     return model.fit(MVTecDataset(data, CATEGORY, "train", model.transform), progress=False)
 
 
@@ -128,6 +129,19 @@ def test_other_settings_export_and_agree(changes: dict, data: Path, extractor, t
     ref, got = model.predict(images), exported.predict(images)
     assert got.anomaly_map.shape == (4, model.config.input_size, model.config.input_size)
     assert rel_diff(got.anomaly_map, ref.anomaly_map) < RTOL and rel_diff(got.pred_score, ref.pred_score) < RTOL
+
+
+def test_a_fit_calibration_travels_into_the_graph(data: Path, extractor, test_images, tmp_path: Path) -> None:
+    """A default fit calibrates itself (k-fold on train/good); the export decides as the torch model does."""
+    model = FAPM(FAPMConfig(), extractor=extractor)
+    model.fit(MVTecDataset(data, CATEGORY, "train", model.transform), progress=False)
+    assert model.calibration is not None
+    normalised, pixels = test_images
+    got = ExportedModel(export_model(model, tmp_path / "e").parent).predict_uint8(pixels)
+    ref = model.predict(normalised).pred_score
+    expected = [model.calibration.decide(float(r)) == "NG" for r in ref]
+    assert got.decision.bool().tolist() == expected
+    assert rel_diff(got.score, model.calibration.score(ref)) < RTOL
 
 
 # ---- parity in onnxruntime and OpenVINO -------------------------------------------------------
@@ -276,13 +290,13 @@ def _scores(path: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.parametrize("which", ["onnx_file", "openvino_folder"])
-def test_predict_command_runs_exports_like_the_torch_model(which: str, exports, fitted: FAPM, data: Path,
+def test_predict_command_runs_exports_like_the_torch_model(which: str, exports, calibrated: FAPM, data: Path,
                                                            tmp_path: Path) -> None:
     if which == "openvino_folder":
         pytest.importorskip("openvino")
-    model_file = fitted.save(tmp_path / "model.safetensors")
+    model_file = calibrated.save(tmp_path / "model.safetensors")
     images = sorted((data / CATEGORY / "test").rglob("*.png"))[:5]
-    target = exports["dynamic"] / "model.onnx" if which == "onnx_file" else exports["openvino"]
+    target = exports["calibrated"] / "model.onnx" if which == "onnx_file" else exports["openvino"]
     assert main(["predict", "--model", str(model_file), *map(str, images), "--output", str(tmp_path / "t"),
                  "--no-progress"]) == 0
     assert main(["predict", "--model", str(target), *map(str, images), "--output", str(tmp_path / "x"),
@@ -290,8 +304,10 @@ def test_predict_command_runs_exports_like_the_torch_model(which: str, exports, 
     ref, got = _scores(tmp_path / "t" / "scores.csv"), _scores(tmp_path / "x" / "scores.csv")
     assert list(ref) == list(got) == [str(p) for p in images]
     for path in ref:
-        assert float(got[path]["score"]) == pytest.approx(float(ref[path]["score"]), rel=RTOL)
-        assert (tmp_path / "x" / got[path]["overlay"]).is_file()
+        for column in ("raw_score", "score"):
+            assert float(got[path][column]) == pytest.approx(float(ref[path][column]), rel=RTOL)
+        assert got[path]["decision"] == ref[path]["decision"]
+        assert (tmp_path / "x" / got[path]["overlay"]).is_file() and (tmp_path / "x" / got[path]["mask"]).is_file()
 
 
 def test_standalone_runner_writes_scores_and_masks(exports, calibrated: FAPM, calibration: Calibration,
