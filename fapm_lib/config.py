@@ -38,6 +38,8 @@ class FAPMConfig:
     blur_sigma: float = 4.0          # Gaussian blur of the upsampled map
     batch_size: int = 16
     seed: int = 0
+    max_memory: str | int | None = None  # e.g. "4GB": fit through a disk store within this peak RSS
+    store_dir: str | None = None     # where that store's temporary folder goes (default: the temp dir)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -58,6 +60,10 @@ class FAPMConfig:
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("coreset_projection", self.coreset_projection is None or self.coreset_projection >= 1, "must be >= 1"),
         ]
+        if self.max_memory is not None:
+            from .budget import parse_size
+
+            parse_size(self.max_memory)
         for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a finite number")
