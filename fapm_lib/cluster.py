@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 
-#: Test hook: ``NAME=MARKER`` makes job NAME kill its own worker process (SIGKILL) the first
-#: time it runs on a Dask worker (it creates MARKER first, so the retry runs normally).
+#: Test hook: ``NAME=MARKER[@SECONDS]`` makes job NAME kill its own worker process (SIGKILL),
+#: at its start or SECONDS into it, the first time it runs on a Dask worker (it creates MARKER
+#: first, so the retry runs normally).
 KILL_ONCE_ENV = "FAPM_CLUSTER_TEST_KILL"
 RETRIES = 1
 
@@ -136,7 +138,8 @@ def _limit_threads() -> None:
 
 def _maybe_kill_self(name: str) -> None:
     spec = os.environ.get(KILL_ONCE_ENV, "")
-    target, _, marker = spec.partition("=")
+    target, _, rest = spec.partition("=")
+    marker, _, delay = rest.partition("@")
     if target != name or not marker or Path(marker).exists():
         return
     try:
@@ -146,7 +149,11 @@ def _maybe_kill_self(name: str) -> None:
     except (ImportError, ValueError):
         return  # never kill a process that is not a Dask worker
     Path(marker).write_text(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGKILL)
+    if not delay:
+        os.kill(os.getpid(), signal.SIGKILL)
+    timer = threading.Timer(float(delay), os.kill, (os.getpid(), signal.SIGKILL))
+    timer.daemon = True
+    timer.start()
 
 
 def _client(kind: str, where: int | str):
