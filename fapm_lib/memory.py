@@ -212,12 +212,12 @@ class TensorRegions:
 
 def chunk_work_bytes(n_rows: int, dim: int, n_keep: int, projection: int | None = None) -> int:
     """Peak bytes of one region's coreset work in :func:`build_layer_memory_chunked`: the read
-    vectors ``[M, C]``, their transposed copy (or projection and its transposed copy), four
-    ``[M]`` buffers (norms, distances, nearest-centre distances, a resumed copy) and the gathered
-    bank rows ``[n_keep, C]``."""
+    vectors ``[M, C]``, their transposed copy (or projection and its transposed copy), five
+    ``[M]`` buffers (norms, distances, nearest-centre distances, a paused run's distances and
+    their resumed copy) and the gathered bank rows ``[n_keep, C]`` with their transposed copy."""
     greedy_dim = projection if projection is not None and projection < dim else dim
     copies = 2 * greedy_dim if greedy_dim < dim else dim
-    return 4 * (n_rows * (dim + copies + 4) + n_keep * dim)
+    return 4 * (n_rows * (dim + copies + 5) + 2 * n_keep * dim)
 
 
 def layer_fixed_bytes(n_regions: int, n_rows: int, dim: int, n_keep: int) -> int:
