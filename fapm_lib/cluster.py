@@ -163,10 +163,11 @@ def _client(kind: str, where: int | str):
         from distributed import Client, LocalCluster
     except ImportError:
         raise ConfigError("--scheduler needs dask distributed: pip install 'dask[distributed]'") from None
-    # a task whose worker dies is not re-run by the scheduler; run_jobs resubmits it once
-    dask.config.set({"distributed.scheduler.allowed-failures": 0})
     if kind == "local":
-        cluster = LocalCluster(n_workers=int(where), threads_per_worker=1, processes=True, dashboard_address=None)
+        # the scheduler does not re-run a task whose worker died: run_jobs reports it and resubmits
+        # it once (a running cluster keeps its own distributed.scheduler.allowed-failures, default 3)
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(n_workers=int(where), threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster), cluster
     try:
         return Client(str(where), timeout="20s"), None
@@ -186,16 +187,15 @@ def _run_on_dask(jobs: list[Job], kind: str, where: int | str, label: str, debug
         attempts = {job.name: 0 for job in jobs}
         by_future = {}
 
-        def submit(job: Job) -> None:
+        def submit(job: Job) -> Any:
             attempts[job.name] += 1
             future = client.submit(run_on_worker, job.fn, job.name, job.args, pure=False, retries=0,
                                    key=f"fapm-{job.name}-{attempts[job.name]}-{os.getpid()}-{time.time_ns()}")
             by_future[future] = job
+            return future
 
-        for job in jobs:
-            submit(job)
+        pending = as_completed([submit(job) for job in jobs])
         done = 0
-        pending = as_completed(list(by_future))
         for future in pending:
             job = by_future.pop(future)
             try:
@@ -211,8 +211,7 @@ def _run_on_dask(jobs: list[Job], kind: str, where: int | str, label: str, debug
             if attempts[job.name] <= RETRIES:
                 where_ = f" on {reply['worker']}" if reply["worker"] else ""
                 _log(f"{job.name}: failed{where_}: {reply['error']}; retrying once")
-                submit(job)
-                pending.add(next(f for f, j in by_future.items() if j is job))
+                pending.add(submit(job))
                 continue
             done += 1
             out.failures[job.name] = reply["error"]
