@@ -64,6 +64,8 @@ class FAPMConfig:
             from .budget import parse_size
 
             parse_size(self.max_memory)
+        elif self.store_dir is not None:
+            raise ConfigError(f"store_dir={self.store_dir!r} is used only with max_memory (the disk store)")
         for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a finite number")

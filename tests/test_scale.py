@@ -142,6 +142,12 @@ def test_parse_size() -> None:
             parse_size(bad)
 
 
+def test_store_dir_needs_max_memory() -> None:
+    with pytest.raises(ConfigError, match="store_dir='/tmp' is used only with max_memory"):
+        FAPMConfig(store_dir="/tmp")
+    FAPMConfig.from_dict({"max_memory": "2GB", "store_dir": "/tmp"})
+
+
 def test_cli_fit_with_max_memory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "data"
     generate_category(data, "vial", size=96, n_train=6, n_test_good=1, n_per_defect=1)
