@@ -135,7 +135,7 @@ class FAPM(PatchModel):
         shapes = [(src.dim, src.rows() // per_image) for src, per_image in zip(layers, rows)]
         memories, plan = [], []
         for i, source in enumerate(layers):
-            plan.append(self._chunk_plan(shapes, layer=i, built=memories))
+            plan.append(self._chunk_plan(shapes, layer=i))  # the layers built so far are in the RSS
             memories.append(build_layer_memory_chunked(
                 source, plan[-1], cfg.coreset_ratio, cfg.adaptive_multiplier, cfg.sampling, cfg.coreset_projection,
                 cfg.seed, device=self.device, progress=progress, name=f"layer {i}"))
@@ -145,8 +145,7 @@ class FAPM(PatchModel):
         self.fit_stats["regions_per_chunk"] = plan
         return self
 
-    def _chunk_plan(self, shapes: list[tuple[int, int]], layer: int | None,
-                    built: list[LayerMemory] | None = None) -> int:
+    def _chunk_plan(self, shapes: list[tuple[int, int]], layer: int | None) -> int:
         """Regions per coreset chunk for ``layer`` under ``config.max_memory`` (ConfigError with
         the minimum budget when one region does not fit). ``shapes``: per layer (channels,
         images). ``layer=None``: check every layer (before extraction)."""
@@ -163,8 +162,9 @@ class FAPM(PatchModel):
         todo = range(len(sizes)) if layer is None else [layer]
         per_chunk = n_regions
         for i in todo:
-            held = {"process now": rss,  # this layer's greedy state, this and later layers' banks
-                    "greedy state and memory banks": sum(fixed for fixed, _ in sizes[i:])}
+            # this layer's greedy state, this and later layers' banks (before extraction: every layer's)
+            reserved = sizes if layer is None else sizes[i:]
+            held = {"process now": rss, "greedy state and memory banks": sum(fixed for fixed, _ in reserved)}
             per_chunk = regions_per_chunk(budget, held, sizes[i][1], n_regions, str(cfg.max_memory),
                                           f"this fit (layer {i})")
         return per_chunk
