@@ -11,12 +11,12 @@ import argparse
 import json
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
+from .cluster import Job, describe_error, parse_scheduler, run_jobs
 from .errors import ConfigError, DataError
 from .report import write_summary
 
@@ -57,9 +57,7 @@ def execute(notebook: Path, target: Path, parameters: dict[str, Any], progress: 
 
 def _reason(exc: BaseException) -> str:
     """One line: the notebook's exception type and message, or this exception's."""
-    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
-    text = f"{ename}: {evalue}" if ename else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
+    return describe_error(exc)
 
 
 def run_category(notebook: Path, data_root: Path, category: str, output: Path, backbone: str | None,
@@ -79,7 +77,9 @@ def run_category(notebook: Path, data_root: Path, category: str, output: Path, b
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    """Run ``args.notebook`` per category; exit code 1 when any category failed, else 0."""
+    """Run ``args.notebook`` per category (here, or on Dask with ``args.scheduler``); exit code 1
+    when any category failed, else 0. ``summary.md`` holds no timings, so it does not depend on
+    where or how fast the categories ran."""
     notebook = Path(args.notebook).resolve()
     if not notebook.is_file():
         raise DataError(f"{args.notebook}: notebook not found")
@@ -88,32 +88,24 @@ def run_batch(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data_root}: data root does not exist")
     output = Path(args.output).resolve()
     categories = resolve_categories(data_root, args.categories)
-    results: dict[str, dict[str, Any]] = {METHOD: {}}
-    failures: dict[str, str] = {}
+    scheduler = getattr(args, "scheduler", None)
+    if scheduler is not None:
+        parse_scheduler(scheduler)  # refuse a bad address before anything runs
+    progress = not args.no_progress and scheduler is None
+    jobs = [Job(category, run_category, (notebook, data_root, category, output, args.backbone, bool(args.fast), progress),
+                hint=f" (see {output / 'notebooks' / (category + '.ipynb')})") for category in categories]
     start = time.perf_counter()
-    for i, category in enumerate(categories, 1):
-        print(f"[{i}/{len(categories)}] {category}: running {notebook.name}", file=sys.stderr, flush=True)
-        began = time.perf_counter()
-        try:
-            metrics = run_category(notebook, data_root, category, output, args.backbone, bool(args.fast),
-                                   progress=not args.no_progress)
-        except Exception as exc:  # noqa: BLE001 - one category's failure must not stop the others
-            failures[category] = _reason(exc)
-            print(f"[{i}/{len(categories)}] {category}: FAILED: {failures[category]} "
-                  f"(see {output / 'notebooks' / (category + '.ipynb')})", file=sys.stderr, flush=True)
-            if args.debug:
-                traceback.print_exc()
-            continue
+    outcome = run_jobs(jobs, scheduler, label=notebook.name, debug=args.debug)
+    results: dict[str, dict[str, Any]] = {METHOD: {}}
+    for category, metrics in outcome.results.items():
         baseline = metrics.get("patchcore")
         if isinstance(baseline, dict):
             results.setdefault(BASELINE, {})[category] = baseline
         results[METHOD][category] = metrics
-        print(f"[{i}/{len(categories)}] {category}: done in {time.perf_counter() - began:.0f} s",
-              file=sys.stderr, flush=True)
     notes = [f"notebook: {notebook.name}, executed once per category with papermill; copies in notebooks/",
              f"data: {data_root}",
-             (f"backbone: {args.backbone or 'the notebook default'}; fast: {bool(args.fast)}; "
-              f"total time {time.perf_counter() - start:.0f} s")]
-    path = write_summary(output, results, f"{notebook.stem} over {len(categories)} categories", notes, failures)
+             f"backbone: {args.backbone or 'the notebook default'}; fast: {bool(args.fast)}"]
+    path = write_summary(output, results, f"{notebook.stem} over {len(categories)} categories", notes, outcome.failures)
     print(path.read_text(encoding="utf-8"))
-    return 1 if failures else 0
+    print(f"total time {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 1 if outcome.failures else 0

@@ -1,4 +1,4 @@
-"""The ``fapm`` command: fit, evaluate, predict, export, synth, demo, batch, benchmark, gif.
+"""The ``fapm`` command: fit, fit-all, evaluate, predict, export, synth, demo, batch, benchmark, gif.
 
 Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the traceback.
 """
@@ -52,6 +52,18 @@ def _decision_options(p: argparse.ArgumentParser, fitting: bool = True) -> None:
                        "ground_truth): F1-optimal thresholds on it instead (never pass the test set)")
     p.add_argument("--threshold", type=float, help="manual image threshold in raw-score units (overrides, recorded)")
     p.add_argument("--pixel-threshold", type=float, help="manual pixel threshold in raw-score units")
+
+
+def _scale_options(p: argparse.ArgumentParser) -> None:
+    """Bounded-memory fit flags (config keys max_memory, store_dir)."""
+    p.add_argument("--max-memory", dest="max_memory", help="fit within this peak RSS through a disk store, "
+                   "e.g. 4GB or 512MB (decimal; GiB/MiB are binary)")
+    p.add_argument("--store-dir", dest="store_dir", help="folder for the store's temporary files (default: the temp dir)")
+
+
+def _scheduler_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", help="run the categories on Dask: local[:N] (a LocalCluster of N worker "
+                   "processes) or tcp://HOST:PORT (a running scheduler); default: one after the other here")
 
 
 def _datasets(model, args: argparse.Namespace, splits: tuple[str, ...]):
@@ -199,6 +211,12 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.categories is not None:
+        from .categories import run_evaluate_all
+
+        return run_evaluate_all(args)
+    if args.scheduler is not None:
+        raise ConfigError("--scheduler runs several categories: add --categories a,b or --categories all")
     metrics = evaluate_category(args, Path(args.output))
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
     print(json.dumps(shown))
@@ -269,6 +287,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return run_batch(args)
 
 
+def cmd_fit_all(args: argparse.Namespace) -> int:
+    from .categories import run_fit_all
+
+    return run_fit_all(args)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
     from .benchmark import benchmark_markdown, run_benchmark
@@ -310,14 +334,28 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p, data_required=False)
     p.add_argument("--output", required=True, help="folder for model.safetensors")
     _decision_options(p)
+    _scale_options(p)
     _common(p)
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("fit-all", help="fit one model per category (here or on a Dask cluster)")
+    _model_options(p, data_required=False)
+    p.add_argument("--categories", default="all", help="a,b,... or all (every category folder)")
+    p.add_argument("--output", required=True, help="folder for <category>/model.safetensors and fits.md")
+    _scale_options(p)
+    _scheduler_option(p)
+    _common(p)
+    p.set_defaults(func=cmd_fit_all)
 
     p = sub.add_parser("evaluate", help="fit (or load --model) and evaluate on the test split")
     _model_options(p, data_required=False)
     p.add_argument("--model", help="a fitted model file instead of fitting (then only scoring-time flags act)")
     p.add_argument("--output", required=True, help="folder for metrics.json and heatmaps/")
     _decision_options(p)
+    p.add_argument("--categories", help="fit + evaluate each of a,b,... or all: <output>/<category>/ and "
+                   "<output>/summary.md")
+    _scale_options(p)
+    _scheduler_option(p)
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -369,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=None)
     p.add_argument("--fast", action="store_true", help="pass fast=True to the notebook")
     p.add_argument("--output", required=True)
+    _scheduler_option(p)
     _common(p)
     p.set_defaults(func=cmd_batch)
 

@@ -40,6 +40,8 @@ class FAPMConfig:
     seed: int = 0
     calibration_folds: int = 5       # k-fold calibration of the thresholds on train/good; 0: uncalibrated
     false_alarm_rate: float = 0.01   # target fraction of normal images (and pixels) flagged
+    max_memory: str | int | None = None  # e.g. "4GB": fit through a disk store within this peak RSS
+    store_dir: str | None = None     # where that store's temporary folder goes (default: the temp dir)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,6 +67,17 @@ class FAPMConfig:
              "must be 0 (no calibration) or >= 2"),
             ("false_alarm_rate", 0.0 < self.false_alarm_rate < 1.0, "must be in (0, 1)"),
         ]
+        if self.max_memory is not None:
+            from .budget import parse_size
+
+            parse_size(self.max_memory)
+            if self.calibration_folds:
+                raise ConfigError(
+                    f"max_memory={self.max_memory}: the k-fold calibration (calibration_folds={self.calibration_folds}) "
+                    "is not bounded yet; set calibration_folds 0 (--calibration-folds 0) and give thresholds with "
+                    "--validation-root or --threshold / --pixel-threshold")
+        elif self.store_dir is not None:
+            raise ConfigError(f"store_dir={self.store_dir!r} is used only with max_memory (the disk store)")
         for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a finite number")

@@ -9,6 +9,7 @@ same run up to ``a * r``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,6 +26,14 @@ class GreedyKCenter:
     """
 
     def __init__(self, x: Tensor) -> None:
+        self._prepare(x)
+        first = self._sq_dist_to(x.mean(dim=1)).argmin(dim=1)  # [R]
+        self.min_sq = torch.full_like(self.sq, float("inf"))
+        self._index_chunks: list[Tensor] = []
+        self._radius_chunks: list[Tensor] = []
+        self._add(first)
+
+    def _prepare(self, x: Tensor) -> None:
         if x.ndim != 3 or x.shape[1] == 0:
             raise ValueError(f"expected [R, N, C] with N > 0, got {tuple(x.shape)}")
         self.xt = x.transpose(1, 2).contiguous()  # [R, C, N]
@@ -32,11 +41,25 @@ class GreedyKCenter:
         # one distance buffer for the whole run: a fresh [R, N] per step fragments the heap
         # (RSS then grows step after step on long runs)
         self._d2 = torch.empty_like(self.sq)
-        first = self._sq_dist_to(x.mean(dim=1)).argmin(dim=1)  # [R]
-        self.min_sq = torch.full_like(self.sq, float("inf"))
-        self._index_chunks: list[Tensor] = []
-        self._radius_chunks: list[Tensor] = []
-        self._add(first)
+
+    @classmethod
+    def resume(cls, x: Tensor, state: "GreedyState") -> "GreedyKCenter":
+        """Continue a run saved with :meth:`state` on the same vectors ``x: [R, N, C]`` (read
+        again, e.g. from a disk store): the same selection as if the run had never stopped."""
+        new = object.__new__(cls)
+        new._prepare(x)
+        if state.min_sq.shape != new.sq.shape:
+            raise ValueError(f"state for {tuple(state.min_sq.shape)} vectors, got {tuple(new.sq.shape)}")
+        new.min_sq = state.min_sq.to(new.sq.device, copy=True)
+        new._farthest = state.farthest.to(new.sq.device)
+        new._index_chunks = [state.indices.to(new.sq.device)]
+        new._radius_chunks = [state.radii.to(new.sq.device)]
+        return new
+
+    def state(self) -> "GreedyState":
+        """What :meth:`resume` needs to continue this run without ``xt`` (``[R, N]`` floats)."""
+        self._compact()
+        return GreedyState(self.indices, self.radii, self.min_sq, self._farthest)
 
     @property
     def n_selected(self) -> int:
@@ -88,6 +111,17 @@ class GreedyKCenter:
         new._index_chunks = [self.indices[regions]]
         new._radius_chunks = [self.radii[regions]]
         return new
+
+
+@dataclass
+class GreedyState:
+    """A paused :class:`GreedyKCenter` run over R sets of N vectors: ``indices [R, m]``,
+    ``radii [R, m]``, ``min_sq [R, N]`` (squared distance to the nearest centre), ``farthest [R]``."""
+
+    indices: Tensor
+    radii: Tensor
+    min_sq: Tensor
+    farthest: Tensor
 
 
 def coreset_size(n: int, ratio: float) -> int:

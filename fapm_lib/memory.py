@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from .coreset import GreedyKCenter, coreset_size, random_projection
+from .coreset import GreedyKCenter, GreedyState, coreset_size, random_projection
 from .errors import ConfigError
 
 
@@ -179,3 +181,163 @@ def check_k(memories: list[LayerMemory], k: int) -> None:
             f"k={k} exceeds the smallest memory bank ({smallest} vectors, layer {sizes.index(smallest)}); "
             "lower k, raise coreset_ratio or add training images"
         )
+
+
+# ---- bounded memory: the same memories from region chunks (``fit --max-memory``) -----------------
+class RegionSource(Protocol):
+    """Region features readable a chunk of regions at a time (a disk store, or a tensor)."""
+
+    n_regions: int
+    dim: int
+
+    def rows(self, images: Tensor | None = None) -> int:
+        """Vectors per region for ``images`` (ascending image indices; None: all)."""
+
+    def read(self, regions: Sequence[int] | Tensor, images: Tensor | None = None,
+             out: Tensor | None = None) -> Tensor:
+        """Regions ``regions`` (ascending ids) -> ``[len(regions), rows(images), C]`` on the CPU."""
+
+
+class TensorRegions:
+    """A :class:`RegionSource` over region features in RAM, ``[R, N * rows_per_image, C]``."""
+
+    def __init__(self, features: Tensor, rows_per_image: int = 1) -> None:
+        self.features, self.rows_per_image = features, rows_per_image
+        self.n_regions, self.dim = int(features.shape[0]), int(features.shape[2])
+
+    def rows(self, images: Tensor | None = None) -> int:
+        return int(self.features.shape[1]) if images is None else int(images.numel()) * self.rows_per_image
+
+    def read(self, regions: Sequence[int] | Tensor, images: Tensor | None = None,
+             out: Tensor | None = None) -> Tensor:
+        ids = torch.as_tensor(list(map(int, regions)), dtype=torch.long, device=self.features.device)
+        chunk = self.features.index_select(0, ids)
+        if images is not None:
+            rows = (images.long()[:, None] * self.rows_per_image + torch.arange(self.rows_per_image)).flatten()
+            chunk = chunk.index_select(1, rows.to(chunk.device))
+        return chunk
+
+
+def chunk_work_bytes(n_rows: int, dim: int, n_keep: int, projection: int | None = None) -> int:
+    """Peak bytes of one region's coreset work in :func:`build_layer_memory_chunked`: the read
+    vectors ``[M, C]``, their transposed copy (or projection and its transposed copy), five
+    ``[M]`` buffers (norms, distances, nearest-centre distances, a paused run's distances and
+    their resumed copy) and the gathered bank rows ``[n_keep, C]`` with their transposed copy."""
+    greedy_dim = projection if projection is not None and projection < dim else dim
+    copies = 2 * greedy_dim if greedy_dim < dim else dim
+    return 4 * (n_rows * (dim + copies + 5) + 2 * n_keep * dim)
+
+
+def layer_fixed_bytes(n_regions: int, n_rows: int, dim: int, n_keep: int) -> int:
+    """Bytes :func:`build_layer_memory_chunked` holds for the whole layer: the paused greedy
+    runs (``[R, M]`` distances, ``[R, n_keep]`` indices and radii) and the banks it builds
+    (at most ``[R, n_keep, C]`` plus their squared norms)."""
+    return n_regions * (4 * n_rows + 12 * n_keep + 4 * n_keep * (dim + 1))
+
+
+def build_layer_memory_chunked(
+    source: RegionSource,
+    regions_per_chunk: int,
+    ratio: float = 0.1,
+    multiplier: float = 2.0,
+    sampling: str = "adaptive",
+    projection: int | None = None,
+    seed: int = 0,
+    images: Tensor | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    name: str = "layer",
+) -> LayerMemory:
+    """:func:`build_layer_memory` over ``source`` read ``regions_per_chunk`` regions at a time,
+    bit-identical to it on the same features (greedy runs of different regions never interact).
+
+    ``images``: build from these images' rows only (ascending indices, e.g. a calibration fold).
+    Pass 1 runs every region's greedy to ``r`` and keeps its state; when regions can be "far",
+    pass 2 reads the near regions again to gather their banks and the far ones to resume their
+    runs to ``a * r``. Holds :func:`layer_fixed_bytes` plus ``regions_per_chunk`` x
+    :func:`chunk_work_bytes` (one region's work) at most."""
+    n_regions, dim = source.n_regions, source.dim
+    n = source.rows(images)
+    if n == 0:
+        raise ValueError("no vectors to build a memory from")
+    per_chunk = max(1, min(regions_per_chunk, n_regions))
+    n_near, n_far = coreset_size(n, ratio), coreset_size(n, ratio * multiplier)
+    maybe_far = sampling == "adaptive" and n_far > n_near
+    buffer = torch.empty(per_chunk * n * dim)  # one read buffer for every chunk
+    indices = torch.empty(n_regions, n_near, dtype=torch.long)
+    radii_all = torch.empty(n_regions, n_near)
+    min_sq = torch.empty(n_regions, n) if maybe_far else None
+    farthest = torch.empty(n_regions, dtype=torch.long)
+    near_bank_t = None if maybe_far else torch.empty(n_regions, dim, n_near)  # filled in pass 1
+    bar = tqdm(total=n_regions * (2 if maybe_far else 1), desc=f"coreset {name} (regions)", disable=not progress,
+               leave=False)
+    for ids in _chunks(torch.arange(n_regions), per_chunk):  # pass 1: greedy to r, chunk by chunk
+        x = source.read(ids, images, out=buffer).to(device)
+        greedy = GreedyKCenter(random_projection(x, projection, seed)).extend(n_near)
+        state = greedy.state()
+        indices[ids], radii_all[ids], farthest[ids] = state.indices.cpu(), state.radii.cpu(), state.farthest.cpu()
+        if min_sq is not None:
+            min_sq[ids] = state.min_sq.cpu()
+        else:
+            near_bank_t[ids] = _gather_t(x, state.indices).cpu()
+        del greedy, state, x
+        bar.update(len(ids))
+    radii = radii_all[:, n_near - 1].clone()
+    far = torch.zeros_like(radii, dtype=torch.bool)
+    if maybe_far:
+        far = radii > radii.mean()
+    near_ids, far_ids = (~far).nonzero().flatten(), far.nonzero().flatten()
+    if maybe_far:  # pass 2
+        near_bank_t = torch.empty(len(near_ids), dim, n_near)
+        far_bank_t = torch.empty(len(far_ids), dim, n_far)
+        at = 0
+        for ids in _chunks(near_ids, per_chunk):
+            x = source.read(ids, images, out=buffer).to(device)
+            near_bank_t[at : at + len(ids)] = _gather_t(x, indices[ids].to(x.device)).cpu()
+            at += len(ids)
+            del x
+            bar.update(len(ids))
+        at = 0
+        for ids in _chunks(far_ids, per_chunk):
+            x = source.read(ids, images, out=buffer).to(device)
+            state = GreedyState(indices[ids], radii_all[ids], min_sq[ids], farthest[ids])
+            greedy = GreedyKCenter.resume(random_projection(x, projection, seed), state).extend(n_far)
+            far_bank_t[at : at + len(ids)] = _gather_t(x, greedy.indices).cpu()
+            at += len(ids)
+            del greedy, state, x
+            bar.update(len(ids))
+    bar.close()
+    del buffer
+    groups = []
+    if len(near_ids):
+        groups.append(BankGroup(near_ids.to(device), near_bank_t.to(device).transpose(1, 2)))
+    if len(far_ids):
+        groups.append(BankGroup(far_ids.to(device), far_bank_t.to(device).transpose(1, 2)))
+    return LayerMemory(groups, radii, far)
+
+
+def _chunks(ids: Tensor, size: int) -> list[Tensor]:
+    """``ids [K]`` in pieces of at most ``size``."""
+    return list(ids.split(size)) if len(ids) else []
+
+
+def _gather_t(x: Tensor, indices: Tensor) -> Tensor:
+    """Bank rows ``x[g, indices[g]]``, transposed: ``[G, N, C], [G, m] -> [G, C, m]`` contiguous."""
+    return torch.gather(x, 1, indices[:, :, None].expand(-1, -1, x.shape[2])).transpose(1, 2).contiguous()
+
+
+def search_regions(memory: LayerMemory, queries: Tensor, start: int, k: int) -> Tensor:
+    """k smallest L2 distances for a chunk of regions: ``queries [r, Q, C]`` of regions
+    ``start..start+r-1`` -> ``[r, Q, k]`` ascending (e.g. held-out rows read from a store)."""
+    stop = start + queries.shape[0]
+    out = torch.empty(queries.shape[0], queries.shape[1], k, device=queries.device, dtype=queries.dtype)
+    for g in memory.groups:  # one or two size classes
+        mask = (g.regions >= start) & (g.regions < stop)
+        if not mask.any():
+            continue
+        local = g.regions[mask] - start
+        q = queries.index_select(0, local)
+        partial = torch.baddbmm(g.sq_norms[mask].unsqueeze(1), q, g.bank_t[mask], alpha=-2.0)
+        nearest = smallest(partial, k).add_(q.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
+        out.index_copy_(0, local, nearest)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -13,11 +14,15 @@ from .backbone import FeatureExtractor
 from .base import ImageBatches, PatchModel, Prediction, iter_images
 from .config import FAPMConfig
 from .errors import ConfigError, DataError, ModelFileError
-from .memory import BankGroup, LayerMemory, build_layer_memory, check_k
+from .budget import current_rss, parse_size, regions_per_chunk
+from .coreset import coreset_size
+from .memory import (BankGroup, LayerMemory, RegionSource, TensorRegions, build_layer_memory,
+                     build_layer_memory_chunked, check_k, chunk_work_bytes, layer_fixed_bytes)
 from .persistence import load_tensors, save_tensors
 from .regions import (RegionFeatureBuffer, check_grid, merge_regions, region_lookup, region_rows, split_regions,
                       valid_grids)
 from .scoring import fuse_layers, upsample_nearest
+from .store import FeatureStore, LayerStoreWriter
 
 
 class FAPM(PatchModel):
@@ -42,15 +47,25 @@ class FAPM(PatchModel):
     def fit(self, data: ImageBatches | Tensor, progress: bool = True) -> "FAPM":
         """Extract features of all training images region by region, then build the memories."""
         torch.manual_seed(self.config.seed)
-        start = time.perf_counter()
         batches, n = iter_images(data, self.config.batch_size)
+        total = None if n is None else -(-n // self.config.batch_size)
+        maps = (self.embed(images) for images in tqdm(batches, desc="features", total=total, disable=not progress,
+                                                       leave=False))
+        return self.fit_map_batches(maps, n, progress)
+
+    def fit_map_batches(self, batches: Iterable[list[Tensor]], n_images: int | None = None,
+                        progress: bool = False) -> "FAPM":
+        """Fit from aggregated maps arriving batch by batch (per layer ``[B, C, h, w]``), e.g.
+        :meth:`embed` of each image batch. ``n_images``: the total, when known (preallocates).
+        With ``config.max_memory`` the features go to a disk store (:meth:`fit_store`)."""
+        if self.config.max_memory is not None:
+            return self._fit_bounded(batches, n_images, progress)
+        start = time.perf_counter()
         buffers: list[RegionFeatureBuffer] = []
-        for images in tqdm(batches, desc="features", total=None if n is None else -(-n // self.config.batch_size),
-                           disable=not progress, leave=False):
-            maps = self.embed(images)
+        for maps in batches:
             if not buffers:
                 self._set_feature_sizes(maps)
-                buffers = [RegionFeatureBuffer(self.config.grid, n) for _ in maps]
+                buffers = [RegionFeatureBuffer(self.config.grid, n_images) for _ in maps]
             for buf, f in zip(buffers, maps):
                 buf.add(f)
         if not buffers:
@@ -79,6 +94,9 @@ class FAPM(PatchModel):
     def fit_regions(self, regions: list[Tensor], progress: bool = False) -> "FAPM":
         """Coreset-subsample region features (per layer ``[R, N, C]``) into the memories."""
         cfg = self.config
+        if cfg.max_memory is not None:  # already in RAM: the coreset still runs chunk by chunk
+            rows = [(h // cfg.grid) * (w // cfg.grid) for h, w in self.feature_sizes]
+            return self.fit_store([TensorRegions(r, n) for r, n in zip(regions, rows)], progress)
         start = time.perf_counter()
         memories = [
             build_layer_memory(r.to(self.device), cfg.coreset_ratio, cfg.adaptive_multiplier, cfg.sampling,
@@ -89,6 +107,77 @@ class FAPM(PatchModel):
         self.memories, self.calibration = memories, None  # new memories: the old thresholds no longer hold
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         return self
+
+    # ---- fit in bounded memory (config.max_memory) ---------------------------------------------
+    def _fit_bounded(self, batches: Iterable[list[Tensor]], n_images: int | None, progress: bool) -> "FAPM":
+        """Features -> a disk store (one file per layer, by region) -> :meth:`fit_store`; the
+        store's folder is removed afterwards, also on errors."""
+        cfg = self.config
+        start = time.perf_counter()
+        with FeatureStore(cfg.store_dir) as store:
+            writers: list[LayerStoreWriter] = []
+            try:
+                for maps in batches:
+                    if not writers:
+                        self._set_feature_sizes(maps)
+                        writers = [store.writer(i, cfg.grid, n_images) for i in range(len(maps))]
+                        if n_images is not None:  # refuse a budget too small before extracting everything
+                            shapes = [(int(f.shape[1]), n_images) for f in maps]
+                            self._chunk_plan(shapes, layer=None)
+                    for writer, f in zip(writers, maps):
+                        writer.add(f)
+                if not writers:
+                    raise DataError("no training images to fit on")
+                layers = [writer.finish() for writer in writers]
+            finally:
+                for writer in writers:
+                    writer.close()
+            self.fit_stats["feature_seconds"] = time.perf_counter() - start
+            return self.fit_store(layers, progress)
+
+    def fit_store(self, layers: list[RegionSource], progress: bool = False) -> "FAPM":
+        """Build the memories from region features read chunk by chunk (per layer a
+        :class:`~fapm_lib.memory.RegionSource` of ``[R, M, C]``), as many regions at a time as
+        ``config.max_memory`` allows: the same memories as :meth:`fit_regions`."""
+        cfg = self.config
+        start = time.perf_counter()
+        rows = [(h // cfg.grid) * (w // cfg.grid) for h, w in self.feature_sizes]
+        shapes = [(src.dim, src.rows() // per_image) for src, per_image in zip(layers, rows)]
+        memories, plan = [], []
+        for i, source in enumerate(layers):
+            plan.append(self._chunk_plan(shapes, layer=i))  # the layers built so far are in the RSS
+            memories.append(build_layer_memory_chunked(
+                source, plan[-1], cfg.coreset_ratio, cfg.adaptive_multiplier, cfg.sampling, cfg.coreset_projection,
+                cfg.seed, device=self.device, progress=progress, name=f"layer {i}"))
+        check_k(memories, cfg.k)
+        self.memories = memories
+        self.fit_stats["coreset_seconds"] = time.perf_counter() - start
+        self.fit_stats["regions_per_chunk"] = plan
+        return self
+
+    def _chunk_plan(self, shapes: list[tuple[int, int]], layer: int | None) -> int:
+        """Regions per coreset chunk for ``layer`` under ``config.max_memory`` (ConfigError with
+        the minimum budget when one region does not fit). ``shapes``: per layer (channels,
+        images). ``layer=None``: check every layer (before extraction)."""
+        cfg = self.config
+        budget = parse_size(cfg.max_memory)
+        n_regions = cfg.grid**2
+        sizes = []
+        for (dim, n_images), (h, w) in zip(shapes, self.feature_sizes):
+            n_rows = n_images * (h // cfg.grid) * (w // cfg.grid)
+            n_keep = coreset_size(n_rows, cfg.coreset_ratio * (cfg.adaptive_multiplier if cfg.sampling == "adaptive" else 1))
+            sizes.append((layer_fixed_bytes(n_regions, n_rows, dim, n_keep),
+                          chunk_work_bytes(n_rows, dim, n_keep, cfg.coreset_projection)))
+        rss = current_rss()
+        todo = range(len(sizes)) if layer is None else [layer]
+        per_chunk = n_regions
+        for i in todo:
+            # this layer's greedy state, this and later layers' banks (before extraction: every layer's)
+            reserved = sizes if layer is None else sizes[i:]
+            held = {"process now": rss, "greedy state and memory banks": sum(fixed for fixed, _ in reserved)}
+            per_chunk = regions_per_chunk(budget, held, sizes[i][1], n_regions, str(cfg.max_memory),
+                                          f"this fit (layer {i})")
+        return per_chunk
 
     def _set_feature_sizes(self, maps: list[Tensor]) -> None:
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]

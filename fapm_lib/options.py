@@ -26,7 +26,7 @@ def build_config(args: Any):
             if getattr(args, key, None) is None and key in run:
                 setattr(args, key, run[key])
     flags = {}
-    for key in ("backbone", "seed", *TUNING_FLAGS, *CALIBRATION_FLAGS):
+    for key in ("backbone", "seed", *TUNING_FLAGS, *CALIBRATION_FLAGS, "max_memory", "store_dir"):
         if getattr(args, key, None) is not None:
             values[key] = flags[key] = getattr(args, key)
     if getattr(args, "random_weights", False):

@@ -68,6 +68,8 @@ class PatchCore(PatchModel):
 
     def fit_rows(self, rows: Tensor, progress: bool = False) -> "PatchCore":
         """Greedy coreset of ``rows [N, C]`` (selected on a random projection) -> ``bank [M, C]``."""
+        if self.config.max_memory is not None:
+            raise ConfigError("max_memory: a bounded-memory fit is implemented for FAPM only, not PatchCore")
         start = time.perf_counter()
         projected = random_projection(rows, self.projection, self.config.seed)
         greedy = GreedyKCenter(projected.unsqueeze(0))

@@ -24,6 +24,8 @@ INT_FIELDS = ("resize", "pool_size", "grid", "k", "batch_size", "seed", "calibra
 FLOAT_FIELDS = ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate")
 OPTIONAL_INT_FIELDS = ("crop_size", "coreset_projection")
 STR_FIELDS = ("backbone", "sampling", "image_score")
+OPTIONAL_STR_FIELDS = ("store_dir",)
+SIZE_FIELDS = ("max_memory",)  # "4GB" or a byte count
 TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 names = st.text(st.characters(categories=("L", "N", "P"), exclude_characters="\x85"), min_size=1, max_size=30)
 finite = dict(allow_nan=False, allow_infinity=False)
@@ -138,6 +140,10 @@ def wrong_values(key: str) -> st.SearchStrategy:
         return containers | st.booleans() | st.floats(**finite).map(str)
     if key in STR_FIELDS:
         return containers | st.booleans() | st.integers() | st.floats() | st.none()
+    if key in OPTIONAL_STR_FIELDS:
+        return containers | st.booleans() | st.integers() | st.floats()
+    if key in SIZE_FIELDS:
+        return containers | st.booleans() | st.floats()
     return containers | st.integers() | st.sampled_from(["yes", "true", "1"]) | st.none()  # pretrained
 
 

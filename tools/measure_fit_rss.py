@@ -10,12 +10,21 @@ Synthetic images are cheap smooth noise textures, made batch by batch and never 
 Prints one JSON line: peak RSS (``ru_maxrss``) before and after the fit, the sampled RSS peak
 and when it happened, the size of the accumulated region features and of the memories.
 
+``--synthetic-features`` skips images and backbone: seeded random ``wide_resnet50_2``-shaped
+aggregated maps (``[N, 512, 28, 28]`` and ``[N, 1024, 14, 14]``), made batch by batch and never
+all at once, go straight into ``FAPM.fit_map_batches``; ``--max-memory 6GB`` fits through the
+disk store. The last line is one JSON object (``peak_rss_mb``, ``n_images``, ``seconds``, the
+settings, and a sha256 of the fitted memory to compare runs). An in-RAM fit whose features
+would not fit under ``--rss-limit-gib`` is refused up front.
+
     python tools/measure_fit_rss.py --n-images 2000
     python tools/measure_fit_rss.py --backbone wide_resnet50_2 --random-weights --n-images 250
+    python tools/measure_fit_rss.py --synthetic-features --n-images 10000 --max-memory 6GB --coreset-ratio 0.001
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -34,6 +43,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fapm_lib import FAPM, FAPMConfig, MVTecDataset, tune_allocator
+from fapm_lib.backbone import BackboneInfo
+from fapm_lib.budget import parse_size
 from fapm_lib.data import make_loader
 
 MIB = 2**20
@@ -135,7 +146,9 @@ def measure(args: argparse.Namespace) -> dict:
     """Fit once; return the figures (with the ``fapm`` command's allocator settings, unless
     ``FAPM_NO_MALLOC_TUNING=1``)."""
     malloc_tuned = tune_allocator()
-    config = FAPMConfig(backbone=args.backbone, pretrained=not args.random_weights, batch_size=args.batch_size)
+    # the memory fit alone (calibration_folds 0), as the README's figures were measured
+    config = FAPMConfig(backbone=args.backbone, pretrained=not args.random_weights, batch_size=args.batch_size,
+                        calibration_folds=0)
     model = FAPM(config)
     # build the backbone and run one full batch first, so the baseline holds its working memory
     model.embed(torch.zeros(config.batch_size, 3, config.input_size, config.input_size))
@@ -164,6 +177,78 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
+#: wide_resnet50_2 at 224: layer2 [512, 28, 28] (stride 8), layer3 [1024, 14, 14] (stride 16).
+WRN_INFO = BackboneInfo("wide_resnet50_2 (synthetic features)", (512, 1024), (8, 16), (0.485, 0.456, 0.406),
+                        (0.229, 0.224, 0.225), False)
+WRN_SHAPES = ((512, 28, 28), (1024, 14, 14))
+
+
+class FeatureStub:
+    """Stands in for the backbone: only its :class:`BackboneInfo` is read (no weights are built)."""
+
+    info = WRN_INFO
+
+
+def synthetic_maps(n: int, batch_size: int, seed: int = 0) -> Iterator[list[Tensor]]:
+    """Seeded random WRN-shaped aggregated maps, one batch ``[[B, 512, 28, 28], [B, 1024, 14, 14]]``
+    at a time (each batch from its own generator, so the maps do not depend on what was made before)."""
+    for start in range(0, n, batch_size):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        b = min(batch_size, n - start)
+        yield [torch.randn(b, *shape, generator=gen).abs_() for shape in WRN_SHAPES]  # >= 0, like ReLU features
+
+
+def memory_digest(model: FAPM) -> str:
+    """sha256 over every memory tensor (radii, near/far, region ids, banks) in a fixed order."""
+    h = hashlib.sha256()
+    for mem in model.memories:
+        for t in (mem.radii, mem.far, *(x for g in mem.groups for x in (g.regions, g.bank.contiguous()))):
+            h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def measure_synthetic(args: argparse.Namespace) -> dict:
+    """Fit on synthetic WRN-shaped features; refuses an in-RAM fit that would not fit the limit."""
+    malloc_tuned = tune_allocator()
+    config = FAPMConfig(backbone=WRN_INFO.name, pretrained=False, batch_size=args.batch_size,
+                        coreset_ratio=args.coreset_ratio, coreset_projection=args.coreset_projection,
+                        sampling=args.sampling, max_memory=args.max_memory, store_dir=args.store_dir,
+                        calibration_folds=0)  # the memory fit alone, as measured (the calibration is not bounded)
+    per_image = 4 * sum(c * h * w for c, h, w in WRN_SHAPES)
+    settings = {"mode": "synthetic-features", "n_images": args.n_images, "max_memory": args.max_memory,
+                "coreset_ratio": args.coreset_ratio, "coreset_projection": args.coreset_projection,
+                "sampling": args.sampling, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
+                "malloc_tuned": malloc_tuned, "features_mb": round(per_image * args.n_images / 1e6, 1)}
+    limit = args.rss_limit_gib * 2**30
+    if args.max_memory is None:
+        # in RAM: every feature, plus the transposed copy of layer 2 during its coreset, plus the process
+        need = per_image * args.n_images + 4 * 512 * 28 * 28 * args.n_images + 1.0e9
+        if need > limit:
+            return {**settings, "skipped": f"an in-RAM fit needs about {need / 1e9:.1f} GB, above --rss-limit-gib "
+                                           f"{args.rss_limit_gib}: not run (use --max-memory)"}
+    else:
+        limit = max(limit, 1.1 * parse_size(args.max_memory))
+    model = FAPM(config, extractor=FeatureStub())
+    before_now = current_rss()
+    sampler = RssSampler(limit)
+    sampler.start()
+    start = time.perf_counter()
+    model.fit_map_batches(synthetic_maps(args.n_images, args.batch_size, args.seed),
+                          None if args.unknown_count else args.n_images, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    sampler.stop()
+    peak = max_rss()
+    return {**settings, "unknown_count": args.unknown_count,
+            "peak_rss_mb": round(peak / 1e6, 1), "sampled_peak_mb": round(sampler.peak / 1e6, 1),
+            "rss_before_fit_mb": round(before_now / 1e6, 1), "seconds": round(seconds, 1),
+            "feature_seconds": round(model.fit_stats["feature_seconds"], 1),
+            "coreset_seconds": round(model.fit_stats["coreset_seconds"], 1),
+            "regions_per_chunk": model.fit_stats.get("regions_per_chunk"),
+            "memory_mb": round(model.memory_size()["megabytes"] * 2**20 / 1e6, 1),
+            "bank_sizes": [sorted(set(m.bank_sizes().tolist())) for m in model.memories],
+            "memory_sha256": memory_digest(model)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-images", type=int, default=2000)
@@ -173,11 +258,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rss-limit-gib", type=float, default=8.0, help="abort (exit 3) when RSS exceeds this")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    g = p.add_argument_group("synthetic features (no images, no backbone)")
+    g.add_argument("--synthetic-features", action="store_true", help="feed WRN-shaped random maps into the fit")
+    g.add_argument("--max-memory", help="fit through the disk store within this peak RSS, e.g. 6GB")
+    g.add_argument("--store-dir", help="folder for the store's temporary files (default: the temp dir)")
+    g.add_argument("--coreset-ratio", type=float, default=0.1)
+    g.add_argument("--coreset-projection", type=int)
+    g.add_argument("--sampling", choices=["adaptive", "fixed"], default="adaptive")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--unknown-count", action="store_true", help="do not tell the fit the image count up front")
+    args = p.parse_args(argv)
+    if not args.synthetic_features and (args.max_memory or args.store_dir or args.coreset_projection
+                                        or args.unknown_count or args.coreset_ratio != 0.1 or args.sampling != "adaptive"):
+        p.error("--max-memory, --store-dir, --coreset-ratio, --coreset-projection, --sampling and --unknown-count "
+                "need --synthetic-features")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(json.dumps(measure(parse_args(argv))))
+    args = parse_args(argv)
+    result = measure_synthetic(args) if args.synthetic_features else measure(args)
+    print(json.dumps(result))
     return 0
 
 
