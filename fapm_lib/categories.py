@@ -29,9 +29,9 @@ def _category_args(values: dict[str, Any], category: str) -> argparse.Namespace:
 
 def fit_job(values: dict[str, Any], category: str, output: str) -> dict[str, Any]:
     """Fit one category, save ``output/<category>/model.safetensors``; its size and counts."""
-    from .cli import _fit
+    from .workflow import fit_from_args
 
-    model = _fit(_category_args(values, category))
+    model = fit_from_args(_category_args(values, category))
     model.save(Path(output) / category / MODEL_FILE)
     size = model.memory_size()
     return {"n_train": model.fit_stats["n_train"], "vectors": int(size["vectors"]),
@@ -40,7 +40,7 @@ def fit_job(values: dict[str, Any], category: str, output: str) -> dict[str, Any
 
 def evaluate_job(values: dict[str, Any], category: str, output: str) -> dict[str, Any]:
     """Fit + evaluate one category into ``output/<category>``; its metrics."""
-    from .cli import evaluate_category
+    from .workflow import evaluate_category
 
     return evaluate_category(_category_args(values, category), Path(output) / category)
 
@@ -61,7 +61,7 @@ def _plan(args: argparse.Namespace) -> tuple[list[str], Path, dict[str, Any]]:
 
 def run_fit_all(args: argparse.Namespace) -> int:
     """``fapm fit-all``: exit 1 when a category failed."""
-    from .cli import build_config
+    from .options import build_config
 
     config = build_config(args)  # refuse bad settings before any job starts
     categories, out, values = _plan(args)
@@ -84,7 +84,7 @@ def run_fit_all(args: argparse.Namespace) -> int:
 def run_evaluate_all(args: argparse.Namespace) -> int:
     """``fapm evaluate --categories``: per-category outputs and ``summary.md``; exit 1 when a
     category failed."""
-    from .cli import build_config
+    from .options import build_config
 
     if getattr(args, "model", None):
         raise ConfigError("--model evaluates one model: use --category, not --categories")

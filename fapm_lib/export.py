@@ -173,26 +173,9 @@ def convert_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
     """ONNX -> OpenVINO IR (``.xml`` + ``.bin``), weights kept in float32."""
     import openvino as ov
 
+    from .export_int8 import save_ir  # the IR writer lives beside the INT8 step that also uses it
+
     return save_ir(ov.convert_model(str(onnx_path)), xml_path)
-
-
-def save_ir(ov_model, xml_path: str | Path) -> Path:
-    """``ov.save_model`` (float32 weights kept) onto ``xml_path`` and its ``.bin``, each file
-    replaced in one step."""
-    import os
-
-    import openvino as ov
-
-    xml_path = Path(xml_path)
-    tmp = xml_path.with_name(f".{xml_path.stem}.tmp.xml")
-    try:
-        ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
-        os.replace(tmp, xml_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_suffix(".bin").unlink(missing_ok=True)
-    return xml_path
 
 
 def sidecar(model: FAPM, fmt: str, model_file: str, batch_size: int | None,

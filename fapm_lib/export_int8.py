@@ -41,10 +41,28 @@ def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: st
             quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                                   ignored_scope=nncf.IgnoredScope(patterns=[KEEP_FLOAT], validate=False))
-    from .export import save_ir
 
     save_ir(quantized, output)
     return {"method": "NNCF post-training quantization (nncf.quantize), INT8 weights and activations",
             "scope": "backbone only; search, fusion, map and score in float32",
             "calibration_images": len(batches) * n, "calibration_split": "train (normal images only)",
             "nncf_version": nncf.__version__}
+
+
+def save_ir(ov_model, xml_path: str | Path) -> Path:
+    """``ov.save_model`` (float32 weights kept) onto ``xml_path`` and its ``.bin``, each file
+    replaced in one step."""
+    import os
+
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    tmp = xml_path.with_name(f".{xml_path.stem}.tmp.xml")
+    try:
+        ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+        os.replace(tmp, xml_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
+    return xml_path

@@ -2,7 +2,6 @@
 on a small generated category (features extracted once, every variant refitted from them)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -155,7 +155,7 @@ def test_max_memory_refuses_the_unbounded_calibration() -> None:
 def test_store_dir_needs_max_memory() -> None:
     with pytest.raises(ConfigError, match="store_dir='/tmp' is used only with max_memory"):
         FAPMConfig(store_dir="/tmp")
-    FAPMConfig.from_dict({"max_memory": "2GB", "store_dir": "/tmp"})
+    FAPMConfig.from_dict({"max_memory": "2GB", "store_dir": "/tmp", "calibration_folds": 0})
 
 
 def test_cli_fit_with_max_memory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
