@@ -49,9 +49,9 @@ class FAPM(PatchModel):
         torch.manual_seed(self.config.seed)
         batches, n = iter_images(data, self.config.batch_size)
         total = None if n is None else -(-n // self.config.batch_size)
-        maps = (self.embed(images) for images in tqdm(batches, desc="features", total=total, disable=not progress,
-                                                       leave=False))
-        return self.fit_map_batches(maps, n, progress)
+        # the bar is closed (its line cleared) however the fit ends, Ctrl-C included
+        with tqdm(batches, desc="features", total=total, disable=not progress, leave=False) as bar:
+            return self.fit_map_batches((self.embed(images) for images in bar), n, progress)
 
     def fit_map_batches(self, batches: Iterable[list[Tensor]], n_images: int | None = None,
                         progress: bool = False) -> "FAPM":

@@ -142,7 +142,7 @@ def test_benchmark_runtimes(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     root = build_mvtec_tree(tmp_path / "data", n_train=3, test_counts={"good": 2, "crack": 2})
     config = tmp_path / "tiny.yaml"
-    config.write_text("resize: 64\ncrop_size: 64\ngrid: 2\ncoreset_ratio: 0.5\nk: 2\nbatch_size: 4\n")
+    config.write_text("resize: 64\ncrop_size: 64\ngrid: 2\ncoreset_ratio: 0.5\nbatch_size: 4\n")
     out = tmp_path / "bench"
     assert main(["benchmark", "--data-root", str(root), "--category", "widget", "--config", str(config),
                  "--repeats", "2", "--output", str(out), "--no-progress", "--threads", "1",
