@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 #: Slider ranges of the UI.
 RATIO_RANGE = (0.01, 0.5)
 MULTIPLIER_RANGE = (1.0, 4.0)
-K_RANGE = (1, 8)
+K_RANGE = (2, 8)  # k acts through the re-weighted score, which needs k >= 2
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Explorer:
         config = self.config.replace(coreset_ratio=ratio, adaptive_multiplier=multiplier, grid=grid, k=k)
         regions, greedy = self._run(grid)
         memories = [prefix_memory(r, g, ratio, multiplier, config.sampling) for r, g in zip(regions, greedy)]
-        check_k(memories, k)
+        check_k(memories, k if config.image_score == "reweighted" else 1)  # max reads the nearest only
         self.model.config = config
         self.model.feature_sizes = [tuple(m.shape[-2:]) for m in self.train_maps]
         self.model.memories = memories
@@ -246,7 +246,9 @@ def build_widgets(explorer: Explorer, ratio: float = 0.1, multiplier: float = 2.
         "multiplier": w.FloatSlider(value=multiplier, min=MULTIPLIER_RANGE[0], max=MULTIPLIER_RANGE[1],
                                     step=0.25, description="multiplier a"),
         "grid": w.SelectionSlider(options=explorer.grid_options, value=grid, description="region grid"),
-        "k": w.IntSlider(value=k, min=K_RANGE[0], max=K_RANGE[1], description="k"),
+        "k": w.IntSlider(value=k, min=K_RANGE[0], max=K_RANGE[1], description="k",
+                         # with the max score only the nearest distance is read: k would change nothing
+                         disabled=explorer.config.image_score != "reweighted"),
     }
     image = w.Image(format="png")
     status = w.Label(value="")

@@ -103,7 +103,7 @@ class FAPM(PatchModel):
                                cfg.coreset_projection, cfg.seed, progress, name=f"layer {i}")
             for i, r in enumerate(regions)
         ]
-        check_k(memories, cfg.k)  # before assigning: a refused fit leaves the old memories
+        check_k(memories, self.search_k)  # before assigning: a refused fit leaves the old memories
         self.memories, self.calibration = memories, None  # new memories: the old thresholds no longer hold
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         return self
@@ -149,7 +149,7 @@ class FAPM(PatchModel):
             memories.append(build_layer_memory_chunked(
                 source, plan[-1], cfg.coreset_ratio, cfg.adaptive_multiplier, cfg.sampling, cfg.coreset_projection,
                 cfg.seed, device=self.device, progress=progress, name=f"layer {i}"))
-        check_k(memories, cfg.k)
+        check_k(memories, self.search_k)
         self.memories = memories
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         self.fit_stats["regions_per_chunk"] = plan

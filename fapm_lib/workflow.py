@@ -100,13 +100,13 @@ def apply_scoring_flags(model, args: argparse.Namespace) -> None:
         return
     old = model.config
     model.config = old.replace(**changes)
-    if model.config.k > old.k:
+    if model.search_k > 1:  # the neighbours scoring now reads must exist
         from .memory import check_k
 
         if hasattr(model, "memories"):
-            check_k(model.memories, model.config.k)
-        elif model.config.k > model.memory_size()["vectors"]:
-            raise ConfigError(f"k={model.config.k} exceeds the memory bank ({model.memory_size()['vectors']} vectors)")
+            check_k(model.memories, model.search_k)
+        elif model.search_k > model.memory_size()["vectors"]:
+            raise ConfigError(f"k={model.search_k} exceeds the memory bank ({model.memory_size()['vectors']} vectors)")
     scoring = ("image_score", "k", "false_alarm_rate")
     if model.calibration is not None and any(getattr(old, f) != getattr(model.config, f) for f in scoring):
         model.calibration = rescore(model.calibration, model.config.image_score, model.search_k,

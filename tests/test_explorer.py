@@ -95,7 +95,8 @@ def test_grid_options_divide_both_maps(explorer: Explorer) -> None:
     assert view.maps is None and "grid=3" in view.error
 
 
-def test_k_above_bank_is_an_error_in_the_view(explorer: Explorer) -> None:
+def test_k_above_bank_is_an_error_in_the_view(explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(explorer, "config", explorer.config.replace(image_score="reweighted", k=2))  # k acts
     view = explorer.update(0.05, 1.0, 4, 8)  # layer-1 banks: ceil(0.05 * 8) = 1 vector
     assert view.maps is None and view.image_auroc is None
     assert "k=8" in view.error and "smallest memory bank" in view.error
@@ -130,9 +131,11 @@ def _by_class(widget, name: str):
     return None
 
 
-def test_widgets_contract_and_error_display(explorer: Explorer, no_backbone: None) -> None:
+def test_widgets_contract_and_error_display(explorer: Explorer, no_backbone: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ipywidgets")
-    panel = build_widgets(explorer, ratio=0.1, multiplier=2.0, k=1)
+    monkeypatch.setattr(explorer, "config", explorer.config.replace(image_score="reweighted", k=2))  # k acts
+    panel = build_widgets(explorer, ratio=0.25, multiplier=2.0, k=2)
     parts = {name: _by_class(panel, f"fapm-{name}")
              for name in ("explorer", "heatmap", "ratio", "multiplier", "grid", "k", "status")}
     assert all(part is not None for part in parts.values()), parts
@@ -144,12 +147,13 @@ def test_widgets_contract_and_error_display(explorer: Explorer, no_backbone: Non
     assert parts["heatmap"].value != first_png and UPDATED.search(parts["status"].value)
     shown = parts["heatmap"].value
 
-    parts["ratio"].value = 0.05
+    parts["ratio"].value = 0.25
     parts["multiplier"].value = 1.0
     valid = parts["heatmap"].value
     assert valid != shown
     parts["k"].value = 8  # more neighbours than the smallest bank holds
     assert parts["status"].value.startswith("error: k=8") and UPDATED.search(parts["status"].value)
+    assert not parts["k"].disabled  # the re-weighted score reads k neighbours
     assert parts["heatmap"].value == valid  # the last valid picture stays
-    parts["k"].value = 1
+    parts["k"].value = 2
     assert "image AUROC" in parts["status"].value

@@ -163,7 +163,9 @@ def test_grid_must_divide_both_maps(extractor: FeatureExtractor, model: FAPM, tr
 def test_k_above_smallest_bank_via_fit_maps(extractor: FeatureExtractor, model: FAPM, train_images: Tensor) -> None:
     maps = model.extract(train_images[:2], progress=False)
     with pytest.raises(ConfigError, match=r"k=4\b"):
-        FAPM(CONFIG.replace(coreset_ratio=0.1, k=4), extractor=extractor).fit_maps(maps)
+        FAPM(CONFIG.replace(coreset_ratio=0.1, k=4, image_score="reweighted"), extractor=extractor).fit_maps(maps)
+    # the max score reads the nearest distance only: the same small banks are enough for it
+    FAPM(CONFIG.replace(coreset_ratio=0.1, k=4, image_score="max"), extractor=extractor).fit_maps(maps)
 
 
 def test_other_input_size_is_refused(model: FAPM) -> None:
