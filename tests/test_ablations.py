@@ -68,10 +68,10 @@ def test_unknown_fusion_is_refused(features) -> None:
 
 
 def test_a_variant_that_cannot_be_fitted_is_reported_not_dropped(features) -> None:
-    """grid 14 on 8 training images leaves 4 layer-3 vectors per region: k=5 is refused there,
-    while grid 7 (16 vectors per region, 8 kept) fits."""
+    """grid 14 on 8 training images leaves 4 layer-3 vectors per region: k=5 (read by the
+    re-weighted score) is refused there, while grid 7 (16 vectors per region, 8 kept) fits."""
     model, feats = features
-    rows = run_ablation(feats, model.extractor, FAPMConfig(coreset_ratio=0.5, k=5),
+    rows = run_ablation(feats, model.extractor, FAPMConfig(coreset_ratio=0.5, k=5, image_score="reweighted"),
                         [Variant("defaults"), Variant("grid 14", {"grid": 14})], repeats=1)
     assert rows[0]["refused"] == "" and rows[0]["image AUROC"] is not None
     assert "k=5 exceeds the smallest memory bank" in rows[1]["refused"]
