@@ -21,8 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fapm demo --output results
 
+# Two processes: the papermill notebook runs start clean. In one process, after the export and
+# cluster tests, the notebook runs crashed pytest (a segfault) on this machine; see README.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -m "not notebooks" tests
+	$(BIN)/python -m pytest -m notebooks tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not notebooks and not browser" tests
