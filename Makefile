@@ -21,14 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fapm demo --output results
 
-# Separate processes: the export (onnxruntime / OpenVINO / NNCF) and the Dask tests each get their own,
+# Separate processes: the export (onnxruntime / OpenVINO / NNCF), the Dask and the RSS tests each get their own,
 # and so do the papermill notebook runs. In one process pytest died of a segmentation fault some tests
 # after the export and Dask tests had run (cause not found; every part passes alone); see README.
-ISOLATED := tests/test_export.py tests/test_export_slow.py tests/test_cluster.py
+ISOLATED := tests/test_export.py tests/test_export_slow.py tests/test_cluster.py tests/test_scale.py
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not notebooks" $(addprefix --ignore=,$(ISOLATED)) tests
 	$(BIN)/python -m pytest tests/test_export.py tests/test_export_slow.py
 	$(BIN)/python -m pytest tests/test_cluster.py
+	$(BIN)/python -m pytest tests/test_scale.py
 	$(BIN)/python -m pytest -m notebooks tests
 
 test-fast: $(STAMP)
