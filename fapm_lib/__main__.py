@@ -1,6 +1,6 @@
 """``python -m fapm_lib`` runs the ``fapm`` command."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

@@ -68,7 +68,7 @@ class FAPMConfig:
             ("false_alarm_rate", 0.0 < self.false_alarm_rate < 1.0, "must be in (0, 1)"),
         ]
         if self.max_memory is not None:
-            from .budget import parse_size
+            from .system.budget import parse_size
 
             parse_size(self.max_memory)
             if self.calibration_folds:
@@ -91,12 +91,21 @@ class FAPMConfig:
         """Side of the square network input."""
         return self.crop_size or self.resize
 
+    @property
+    def search_k(self) -> int:
+        """Neighbours per query that scoring reads (:func:`neighbours_read`)."""
+        return neighbours_read(self.image_score, self.k)
+
     def replace(self, **changes: Any) -> "FAPMConfig":
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, JSON-ready."""
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "FAPMConfig":
@@ -114,6 +123,12 @@ class FAPMConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
 
+def neighbours_read(image_score: str, k: int) -> int:
+    """The rule for how many nearest distances scoring reads: ``k`` for the re-weighted image
+    score; 1 for ``max``, since the maps and the max score use the nearest distance only."""
+    return k if image_score == "reweighted" else 1
+
+
 def check_k_acts(values: dict[str, Any], source: str = "options", flag: str = "k") -> None:
     """Refuse an explicitly given ``k`` when the image score is ``max``: the map and the max score
     read only the nearest distance, so k would change nothing (ConfigError naming ``flag``)."""
@@ -123,10 +138,14 @@ def check_k_acts(values: dict[str, Any], source: str = "options", flag: str = "k
                           "image_score reweighted")
 
 
-#: Settings that shape the memories (fixed once fitted) and those read when scoring.
+#: Settings that shape the memories (fixed once fitted); the others act when scoring.
 FIT_KEYS = ("backbone", "pretrained", "resize", "crop_size", "pool_size", "grid", "sampling", "coreset_ratio",
             "adaptive_multiplier", "coreset_projection", "seed", "calibration_folds", "blur_sigma")
-SCORING_KEYS = ("k", "image_score", "batch_size", "false_alarm_rate")
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a config key: ``coreset_ratio`` -> ``--coreset-ratio``."""
+    return "--" + key.replace("_", "-")
 
 #: Keys a YAML config may carry besides the model's own settings.
 RUN_KEYS = ("category", "data_root")

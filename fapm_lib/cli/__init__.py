@@ -1,0 +1,1 @@
+"""The ``fapm`` command: a parser and one handler per subcommand, each calling a workflow."""

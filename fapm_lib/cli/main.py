@@ -1,0 +1,305 @@
+"""The ``fapm`` command: fit, fit-all, evaluate, predict, export, synth, demo, batch, benchmark, gif.
+
+Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, FAPMError
+from ..system.allocator import tune_allocator
+from ..workflows.options import TUNING_FLAGS
+
+from ..data import BUILTIN_ROOT
+
+
+# ---- shared options -------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is often faster "
+                   "on a machine that other jobs share)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _model_options(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    p.add_argument("--data-root", required=data_required, help="folder holding <category>/train, test, ground_truth")
+    p.add_argument("--category", required=data_required, help="category folder name, e.g. bottle")
+    p.add_argument("--backbone", help="timm model name (default tf_efficientnet_lite0, offline)")
+    p.add_argument("--config", help="YAML file with FAPMConfig keys (flags override it)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--random-weights", action="store_true", help="random backbone weights (timing only)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them instead of stopping")
+    for name, kind in TUNING_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+
+
+def _decision_options(p: argparse.ArgumentParser, fitting: bool = True) -> None:
+    """Flags that set how scores become decisions (see fapm_lib/calibration.py)."""
+    if fitting:
+        p.add_argument("--calibration-folds", type=int, dest="calibration_folds",
+                       help="k-fold calibration on train/good (default 5; 0: uncalibrated, raw scores only)")
+        p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate",
+                       help="target fraction of normal images (and pixels) flagged NG (default 0.01)")
+        p.add_argument("--validation-root", help="MVTec-layout root with labelled defects (<category>/test, "
+                       "ground_truth): F1-optimal thresholds on it instead (never pass the test set)")
+    p.add_argument("--threshold", type=float, help="manual image threshold in raw-score units (overrides, recorded)")
+    p.add_argument("--pixel-threshold", type=float, help="manual pixel threshold in raw-score units")
+
+
+def _scale_options(p: argparse.ArgumentParser) -> None:
+    """Bounded-memory fit flags (config keys max_memory, store_dir)."""
+    p.add_argument("--max-memory", dest="max_memory", help="fit within this peak RSS through a disk store, "
+                   "e.g. 4GB or 512MB (decimal; GiB/MiB are binary)")
+    p.add_argument("--store-dir", dest="store_dir", help="folder for the store's temporary files (default: the temp dir)")
+
+
+def _scheduler_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", help="run the categories on Dask: local[:N] (a LocalCluster of N worker "
+                   "processes) or tcp://HOST:PORT (a running scheduler); default: one after the other here")
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ..workflows.category import MODEL_FILE, fit_from_args
+
+    model = fit_from_args(args)
+    path = model.save(Path(args.output) / MODEL_FILE)
+    stats = model.fit_stats
+    print(f"fitted {args.category} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "
+          f"(features {stats['feature_seconds']:.1f} s, coreset {stats['coreset_seconds']:.1f} s); wrote {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.categories is not None:
+        from ..workflows.categories import run_evaluate_all
+
+        return run_evaluate_all(args)
+    from ..workflows.category import evaluate_category
+
+    if args.scheduler is not None:
+        raise ConfigError("--scheduler runs several categories: add --categories a,b or --categories all")
+    metrics = evaluate_category(args, Path(args.output))
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    print(json.dumps(shown))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..workflows.predict import run_predict
+
+    return run_predict(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..deploy.export import run_export_cli
+
+    return run_export_cli(args)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ..data.synthetic import generate_dataset
+
+    cats = args.categories.split(",") if args.categories else None
+    start = time.perf_counter()
+    generate_dataset(args.output, seed=args.seed, size=args.size, categories=cats, progress=not args.no_progress)
+    print(f"wrote the built-in dataset to {args.output} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..workflows.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from ..workflows.notebook_batch import run_batch
+
+    return run_batch(args)
+
+
+def cmd_fit_all(args: argparse.Namespace) -> int:
+    from ..workflows.categories import run_fit_all
+
+    return run_fit_all(args)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
+    from ..deploy.runtime_benchmark import parse_runtimes
+    from ..workflows.benchmark import benchmark_markdown, run_benchmark
+    from ..workflows.options import build_config
+    from ..workflows.options import check_device as _device
+
+    config = build_config(args)
+    if not args.data_root or not args.category:
+        raise ConfigError("--data-root and --category are required (or set them in --config)")
+    runtimes = parse_runtimes(args.runtimes)
+    report = run_benchmark(config, args.data_root, args.category, args.output, _device(args.device), args.repeats,
+                           progress=not args.no_progress, skip_bad=args.skip_bad, runtimes=runtimes)
+    print(benchmark_markdown(report))
+    return 0
+
+
+def cmd_gif(args: argparse.Namespace) -> int:
+    """``fapm gif``: load a fitted FAPM model, animate the category's test split."""
+    from ..data.mvtec import MVTecDataset
+    from ..detectors.fapm import FAPM
+    from ..report.gif import make_gif, pick_frames
+    from ..workflows.options import check_device as _device
+
+    if Path(args.output).suffix.lower() != ".gif":
+        raise ConfigError(f"--output {args.output}: expected a file name ending in .gif")
+    pick_frames(1, args.max_frames)  # validate before the slow part
+    model = FAPM.load(args.model, device=_device(args.device))
+    dataset = MVTecDataset(args.data_root, args.category, "test", model.transform)
+    path = make_gif(model, dataset, args.output, args.max_frames)
+    n = min(len(dataset), args.max_frames)
+    print(f"wrote {path} ({n} frames, {path.stat().st_size / 1024:.0f} KB)")
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fapm", description="FAPM: Fast Adaptive Patch Memory anomaly detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a model on <data-root>/<category>/train/good")
+    _model_options(p, data_required=False)
+    p.add_argument("--output", required=True, help="folder for model.safetensors")
+    _decision_options(p)
+    _scale_options(p)
+    _common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("fit-all", help="fit one model per category (here or on a Dask cluster)")
+    _model_options(p, data_required=False)
+    p.add_argument("--categories", default="all", help="a,b,... or all (every category folder)")
+    p.add_argument("--output", required=True, help="folder for <category>/model.safetensors and fits.md")
+    _scale_options(p)
+    _scheduler_option(p)
+    _common(p)
+    p.set_defaults(func=cmd_fit_all)
+
+    p = sub.add_parser("evaluate", help="fit (or load --model) and evaluate on the test split")
+    _model_options(p, data_required=False)
+    p.add_argument("--model", help="a fitted model file instead of fitting (then only scoring-time flags act)")
+    p.add_argument("--output", required=True, help="folder for metrics.json and heatmaps/")
+    _decision_options(p)
+    p.add_argument("--categories", help="fit + evaluate each of a,b,... or all: <output>/<category>/ and "
+                   "<output>/summary.md")
+    _scale_options(p)
+    _scheduler_option(p)
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="score images with a fitted model")
+    p.add_argument("--model", required=True)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--output", required=True, help="folder for scores.csv, overlays/ and masks/")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _decision_options(p, fitting=False)
+    _common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a fitted model as one ONNX / OpenVINO graph (uint8 image in)")
+    p.add_argument("--model", required=True, help="a fitted model.safetensors")
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
+    p.add_argument("--batch-size", default="dynamic", help="fixed batch size N, or dynamic (default)")
+    p.add_argument("--output", required=True, help="folder for the model, fapm_export.json and run_fapm.py")
+    p.add_argument("--int8", action="store_true", help="OpenVINO only: INT8 backbone (NNCF), calibrated on "
+                   "--data-root/--category training images")
+    p.add_argument("--data-root", help="with --int8: data root holding <category>/train/good")
+    p.add_argument("--category", help="with --int8: the category whose training images calibrate")
+    p.add_argument("--no-check", action="store_true", help="skip the check against the torch model")
+    _common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("synth", help="generate the built-in dataset (MVTec layout)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--categories", help="comma-separated subset")
+    _common(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="the main job: every built-in category, results/summary.md")
+    _model_options(p, data_required=False)
+    p.set_defaults(data_root=str(BUILTIN_ROOT))
+    p.add_argument("--categories", help="comma-separated subset (default: all built-in)")
+    p.add_argument("--with-patchcore", action="store_true", help="also fit and evaluate PatchCore (slower)")
+    p.add_argument("--calibration-folds", type=int, dest="calibration_folds", help="k-fold calibration (default 5)")
+    p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate", help="target false-alarm rate (default 0.01)")
+    p.add_argument("--output", default="results")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("batch", help="run a notebook once per category with papermill")
+    p.add_argument("--notebook", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--categories", default="all", help="a,b,... or all")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--fast", action="store_true", help="pass fast=True to the notebook")
+    p.add_argument("--output", required=True)
+    _scheduler_option(p)
+    _common(p)
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("benchmark", help="FAPM vs PatchCore: accuracy and speed, side by side")
+    _model_options(p, data_required=True)
+    p.add_argument("--repeats", type=int, default=20, help="timed single-image runs per method")
+    p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, openvino_int8")
+    p.add_argument("--output", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("gif", help="animate test images with heatmap and mask")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--output", required=True, help="the .gif file")
+    p.add_argument("--max-frames", type=int, default=24)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _common(p)
+    p.set_defaults(func=cmd_gif)
+    return parser
+
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}: must be >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        tune_allocator()
+        _set_threads(args.threads)
+        return handler(args)
+    except FAPMError as exc:
+        if args.debug:
+            raise
+        print(f"fapm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fapm {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

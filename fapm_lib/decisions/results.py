@@ -1,0 +1,124 @@
+"""Decisions for single images and folders: raw and normalised score, OK/NG, map and mask at
+the input's own size.
+
+>>> result = model.predict_image("part.png")      # a path, a PIL image or a numpy array
+>>> result.decision, result.score, result.raw_score
+('NG', 0.93, 31.2)
+>>> result.anomaly_map.shape == result.mask.shape == (height, width)
+
+The model sees the centre crop of its transform (resize the shorter side to ``resize``, crop
+``crop_size``); its map is mapped back onto the input's pixels (bilinear), and pixels outside
+that crop, which the model did not see, get 0 in the map and False in the mask (``box`` says
+which area was analysed).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.folders import list_images
+from ..data.images import ImageInput, as_pil
+from ..data.transform import Transform
+from .calibration import Calibration, manual
+
+UNCALIBRATED = "uncalibrated"
+
+
+@dataclass
+class Result:
+    """One image's prediction. ``anomaly_map [H, W]`` float32 in raw units and ``mask [H, W]``
+    bool at the input's size; ``score`` (normalised, 0.5 at the threshold), ``mask`` and an
+    ``OK``/``NG`` ``decision`` need a calibration (else None, None and ``"uncalibrated"``)."""
+
+    raw_score: float
+    score: float | None
+    decision: str
+    anomaly_map: np.ndarray
+    mask: np.ndarray | None
+    box: tuple[float, float, float, float]  # analysed area: left, top, right, bottom (input pixels)
+    path: str | None = None
+    calibration: Calibration | None = None
+
+    def score_map(self) -> np.ndarray | None:
+        """``[H, W]`` normalised pixel scores in (0, 1), 0.5 at the pixel threshold (0 outside ``box``)."""
+        if self.calibration is None:
+            return None
+        norm = self.calibration.pixel_score(torch.from_numpy(self.anomaly_map)).numpy()
+        return np.where(self._inside(), norm, 0.0).astype(np.float32)
+
+    def _inside(self) -> np.ndarray:
+        h, w = self.anomaly_map.shape
+        left, top, right, bottom = self.box
+        xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
+        return ((ys >= top) & (ys <= bottom))[:, None] & ((xs >= left) & (xs <= right))[None, :]
+
+
+def analysed_geometry(transform: Transform, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """For an input of ``size`` (width, height): the resized size, the crop's (left, top) in it,
+    and the crop side (the whole resized square without a crop)."""
+    if transform.crop_size is None:
+        return (transform.resize, transform.resize), (0, 0), transform.resize
+    rw, rh = transform._resized_size(size)
+    side = transform.crop_size
+    return (rw, rh), (round((rw - side) / 2.0), round((rh - side) / 2.0)), side
+
+
+def map_to_input(amap: Tensor, size: tuple[int, int], transform: Transform) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``[S, S]`` map on the model's crop -> ``[H, W]`` on the input of ``size`` (width, height),
+    bilinear, 0 outside the analysed area; and that area (left, top, right, bottom)."""
+    width, height = size
+    (rw, rh), (left, top), side = analysed_geometry(transform, size)
+    gx = ((torch.arange(width) + 0.5) * rw / width - left) / side * 2 - 1  # crop coordinates in [-1, 1]
+    gy = ((torch.arange(height) + 0.5) * rh / height - top) / side * 2 - 1
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(amap.dtype)  # [1, H, W, 2]
+    out = F.grid_sample(amap[None, None].cpu(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+    inside = (gy.abs() <= 1)[:, None] & (gx.abs() <= 1)[None, :]
+    box = (left * width / rw, top * height / rh, (left + side) * width / rw, (top + side) * height / rh)
+    return torch.where(inside, out, torch.zeros(())).numpy().astype(np.float32), box
+
+
+def resolve_calibration(model, threshold: float | None = None, pixel_threshold: float | None = None) -> Calibration | None:
+    """The model's calibration, with a manual image and/or pixel threshold (raw units) if given."""
+    if threshold is None and pixel_threshold is None:
+        return model.calibration
+    return manual(model.calibration, threshold, pixel_threshold, model.config.image_score, model.config.search_k)
+
+
+def predict_images(model, images: Sequence[ImageInput], threshold: float | None = None,
+                   pixel_threshold: float | None = None) -> list[Result]:
+    """Score images of any sizes (batched by ``model.config.batch_size``) -> one :class:`Result` each."""
+    calibration = resolve_calibration(model, threshold, pixel_threshold)
+    transform, results = model.transform, []
+    for start in range(0, len(images), model.config.batch_size):
+        chunk = list(images[start : start + model.config.batch_size])
+        pils = [as_pil(x) for x in chunk]
+        batch = torch.stack([transform.image(p) for p in pils]).to(model.device)
+        pred = model.predict(batch)
+        for j, (item, pil) in enumerate(zip(chunk, pils)):
+            amap, box = map_to_input(pred.anomaly_map[j].float(), pil.size, transform)
+            raw = float(pred.pred_score[j])
+            path = str(item) if isinstance(item, (str, os.PathLike)) else None
+            results.append(decide(raw, amap, box, calibration, path))
+    return results
+
+
+def decide(raw: float, amap: np.ndarray, box: tuple[float, ...], calibration: Calibration | None,
+           path: str | None = None) -> Result:
+    """A :class:`Result` from a raw score and a map at the input's size."""
+    if calibration is None:
+        return Result(raw, None, UNCALIBRATED, amap, None, box, path)
+    result = Result(raw, float(calibration.score(raw)), calibration.decide(raw), amap, None, box, path, calibration)
+    result.mask = (amap >= calibration.pixel_threshold) & result._inside()
+    return result
+
+
+def predict_folder(model, folder: str | os.PathLike, threshold: float | None = None,
+                   pixel_threshold: float | None = None) -> list[Result]:
+    """Every image under ``folder`` -> list of :class:`Result` (``path`` set)."""
+    return predict_images(model, list_images(folder), threshold, pixel_threshold)

@@ -1,0 +1,303 @@
+"""Export a fitted FAPM as one graph: uint8 image in, anomaly map, scores and decisions out.
+
+The graph (:class:`FAPMGraph`) holds every step after the resize and crop::
+
+    uint8 [B, S, S, 3] (RGB, already resized/cropped, channels last)
+      -> float, / 255, (x - mean) / std           -> [B, 3, S, S]
+      -> FAPMModel, traced as is: backbone, 3x3 pooling, per-region search with the banks as
+         constants, layer alignment (2x2 tiling), fusion, anomaly map, image score
+      -> with a calibration: normalised score, decision, mask, normalised map
+
+Outputs, by name: ``anomaly_map [B, S, S]``, ``raw_score [B]``, ``patch_scores [B, S/8, S/8]``
+and, for a calibrated model, ``score [B]``, ``decision [B]`` (bool, True = NG), ``mask [B, S, S]``
+(bool) and ``score_map [B, S, S]``. The sidecar ``fapm_export.json`` describes the input
+contract, the resize/crop to do before the graph, the thresholds and the versions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..decisions.calibration import Calibration, normalize_score
+from ..detectors.fapm import FAPM
+from ..errors import ConfigError, ModelFileError
+from ..system.atomic import atomic_path, write_text_atomic
+
+SIDECAR = "fapm_export.json"
+ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "model.xml"
+RUNNER = "run_fapm.py"
+FORMATS = ("onnx", "openvino")
+EXPORT_FORMAT_VERSION = 1
+OPSET = 17
+INPUT_NAME = "image"
+BASE_OUTPUTS = ("anomaly_map", "raw_score", "patch_scores")
+CALIBRATED_OUTPUTS = ("score", "decision", "mask", "score_map")
+
+
+def output_names(calibrated: bool) -> tuple[str, ...]:
+    """The graph's output names, in order."""
+    return BASE_OUTPUTS + (CALIBRATED_OUTPUTS if calibrated else ())
+
+
+class FAPMGraph(nn.Module):
+    """What is exported: ``uint8 [B, S, S, 3]`` -> the named outputs (:func:`output_names`), in
+    that order. The normalisation, then the fitted :class:`~fapm_lib.method.fapm.FAPMModel`
+    as is (the same search, alignment, map and score that ``predict`` runs), then, for a
+    calibrated model, the normalised scores and the decisions."""
+
+    def __init__(self, model: FAPM, calibration: Calibration | None = None) -> None:
+        super().__init__()
+        info = model.backbone_info
+        self.fapm = model.runnable()
+        self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.calibration = calibration
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        x = image.permute(0, 3, 1, 2).float() / 255.0  # as data.transform.Transform.image
+        prediction = self.fapm((x - self.mean) / self.std)
+        amap, raw = prediction.anomaly_map, prediction.pred_score
+        outputs = (amap, raw, prediction.patch_scores)
+        cal = self.calibration
+        if cal is not None:
+            score = normalize_score(raw, cal.image_threshold, cal.image_scale)
+            score_map = normalize_score(amap, cal.pixel_threshold, cal.pixel_scale)
+            outputs += (score, raw >= cal.image_threshold, amap >= cal.pixel_threshold, score_map)
+        return outputs
+
+
+def model_calibration(model: FAPM) -> Calibration | None:
+    """``model.calibration`` when the model has one (None otherwise), checked to be usable."""
+    cal = getattr(model, "calibration", None)
+    if cal is None:
+        return None
+    for name in ("image_threshold", "image_scale", "pixel_threshold", "pixel_scale"):
+        value = getattr(cal, name, None)
+        if not isinstance(value, (int, float)) or value != value or (name.endswith("scale") and value <= 0):
+            raise ConfigError(f"calibration.{name}={value!r}: must be a finite number (scales > 0)")
+    return cal
+
+
+def parse_batch_size(value: str | int) -> int | None:
+    """``--batch-size``: a positive integer (fixed) or ``dynamic`` (None)."""
+    if isinstance(value, int) or str(value).isdigit():
+        n = int(value)
+        if n >= 1:
+            return n
+    elif str(value) == "dynamic":
+        return None
+    raise ConfigError(f"--batch-size {value}: must be a positive integer or 'dynamic'")
+
+
+def export_onnx(model: FAPM, path: str | Path, batch_size: int | None = None,
+                calibration: Calibration | None = None) -> Path:
+    """Write ``model`` as one ONNX graph (TorchScript-based ``torch.onnx.export``, opset
+    :data:`OPSET`); ``batch_size`` None: a dynamic batch dimension."""
+    model = model.to("cpu")
+    graph = FAPMGraph(model, calibration).eval()
+    names = output_names(calibration is not None)
+    example = torch.zeros(batch_size or 2, model.config.input_size, model.config.input_size, 3, dtype=torch.uint8)
+    dynamic = None if batch_size else {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(graph, (example,), str(tmp), input_names=[INPUT_NAME], output_names=list(names),
+                          dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    return Path(path)
+
+
+def convert_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """ONNX -> OpenVINO IR (``.xml`` + ``.bin``), weights kept in float32."""
+    import openvino as ov
+
+    from .int8 import save_ir  # the IR writer lives beside the INT8 step that also uses it
+
+    return save_ir(ov.convert_model(str(onnx_path)), xml_path)
+
+
+def sidecar(model: FAPM, fmt: str, model_file: str, batch_size: int | None,
+            calibration: Calibration | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON description of an export: everything needed to run it without this library."""
+    cfg, info = model.config, model.backbone_info
+    size = cfg.input_size
+    batch = batch_size if batch_size else "batch"
+    shapes = {"anomaly_map": [batch, size, size], "raw_score": [batch],
+              "patch_scores": [batch, *model.feature_sizes[0]], "score": [batch], "decision": [batch],
+              "mask": [batch, size, size], "score_map": [batch, size, size]}
+    return {
+        "format": "fapm_export", "format_version": EXPORT_FORMAT_VERSION, "runtime_format": fmt,
+        "model_file": model_file,
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                  "shape": [batch, size, size, 3]},
+        "batch_size": batch_size if batch_size else "dynamic",
+        "preprocessing": {
+            "resize": cfg.resize, "crop_size": cfg.crop_size, "interpolation": "bilinear (Pillow)",
+            "rule": ("resize the shorter side to `resize` (longer side int(resize * long / short)), then centre-crop "
+                     "`crop_size` (offsets round((side - crop) / 2))" if cfg.crop_size else
+                     "resize to resize x resize"),
+            "in_graph": "x = uint8 / 255; x = (x - mean) / std", "mean": list(info.mean), "std": list(info.std),
+        },
+        "outputs": {name: {"shape": shapes[name], "dtype": "bool" if name in ("decision", "mask") else "float32"}
+                    for name in output_names(calibration is not None)},
+        "calibration": None if calibration is None else {
+            k: v for k, v in asdict(calibration).items() if k != "summary"},
+        "model": {"backbone": info.name, "pretrained": info.pretrained, "image_score": cfg.image_score,
+                  "grid": cfg.grid, "k": cfg.k, "feature_sizes": [list(s) for s in model.feature_sizes],
+                  "memory_mb": round(model.memory_size()["megabytes"], 3), "config": cfg.to_dict()},
+        "versions": versions(),
+        "runtime_notes": ("OpenVINO: compile with INFERENCE_PRECISION_HINT=f32 (on CPUs with bf16 support its "
+                          "default precision is bf16, which changes the maps); a fixed-batch graph takes exactly "
+                          "batch_size images (run_fapm.py pads the last chunk)"),
+        **(extra or {}),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the packages that made the export."""
+    from importlib import metadata
+
+    from .. import __version__
+
+    out: dict[str, str | None] = {"fapm": __version__, "torch": torch.__version__}
+    for pkg in ("onnx", "onnxruntime", "openvino", "timm"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_model(model: FAPM, output: str | Path, fmt: str = "onnx", batch_size: int | None = None,
+                 int8_images: list | None = None, progress: bool = True) -> Path:
+    """Export ``model`` into the folder ``output``: the graph (``model.onnx``, and for
+    ``openvino`` also ``model.xml``/``.bin``), ``fapm_export.json`` and ``run_fapm.py``
+    (``model`` is moved to the CPU). ``int8_images`` (uint8 ``[S, S, 3]`` training images, OpenVINO only): quantize the
+    backbone of ``model.xml`` to INT8 (:mod:`fapm_lib.deploy.int8`). Returns the sidecar's path."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
+    if int8_images is not None and fmt != "openvino":
+        raise ConfigError("--int8: only with --format openvino (NNCF quantizes the OpenVINO model)")
+    if model.kind != "fapm":
+        raise ModelFileError(f"only FAPM models can be exported (got a {model.kind} model)")
+    calibration = model_calibration(model)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(model, out / ONNX_FILE, batch_size, calibration)
+    files = {ONNX_FILE: file_sha256(onnx_path)}
+    model_file, extra = ONNX_FILE, {}
+    if fmt == "openvino" and int8_images is None:
+        convert_openvino(onnx_path, out / OPENVINO_FILE)
+        model_file = OPENVINO_FILE
+    elif fmt == "openvino":
+        from .int8 import quantize_openvino
+
+        fp32 = convert_openvino(onnx_path, out / ".model_fp32.xml")
+        try:
+            extra["quantization"] = quantize_openvino(fp32, int8_images, out / OPENVINO_FILE, batch_size, progress)
+        finally:
+            fp32.unlink(missing_ok=True)
+            fp32.with_suffix(".bin").unlink(missing_ok=True)
+        model_file = OPENVINO_FILE
+    if fmt == "openvino":
+        files.update({OPENVINO_FILE: file_sha256(out / OPENVINO_FILE), "model.bin": file_sha256(out / "model.bin")})
+    runner = Path(__file__).with_name(RUNNER)
+    with atomic_path(out / RUNNER) as tmp:
+        shutil.copyfile(runner, tmp)
+    meta = sidecar(model, fmt, model_file, batch_size, calibration,
+                   {"exporter": "torch.onnx.export (TorchScript-based, dynamo=False)", "opset": OPSET, "files": files,
+                    "quantization": None, **extra})
+    return write_text_atomic(out / SIDECAR, json.dumps(meta, indent=2))
+
+
+# ---- the `fapm export` command --------------------------------------------------------------
+CHECK_IMAGES = 2
+#: exported vs torch anomaly maps: largest difference relative to the largest map value
+PARITY_RTOL = 1e-4
+
+
+def parity(model: FAPM, exported, images) -> dict[str, float | bool]:
+    """Compare the exported graph with the torch model on uint8 ``images [B, S, S, 3]``: the
+    largest map difference relative to the largest map value, the same for the raw scores,
+    and whether the decisions (when calibrated) agree."""
+    import numpy as np
+
+    t = model.transform
+    x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(t.mean).view(1, 3, 1, 1)) / torch.tensor(t.std).view(1, 3, 1, 1)
+    ref = model.predict(x)
+    got = exported.predict_uint8(np.asarray(images))
+    scale = float(ref.anomaly_map.abs().max()) or 1.0
+    out: dict[str, float | bool] = {
+        "map_rel_diff": float((got.anomaly_map - ref.anomaly_map).abs().max()) / scale,
+        "score_rel_diff": float(((got.pred_score - ref.pred_score).abs() / ref.pred_score.abs().clamp_min(1e-12)).max()),
+    }
+    cal = model_calibration(model)
+    if cal is not None and got.decision is not None:
+        out["decisions_equal"] = bool(torch.equal(got.decision, ref.pred_score >= cal.image_threshold))
+    return out
+
+
+def run_export_cli(args) -> int:
+    """``fapm export``: write the export folder, then check it against the torch model."""
+    import numpy as np
+
+    from .exported import ExportedModel
+
+    if args.format not in FORMATS:
+        raise ConfigError(f"--format {args.format}: must be one of {', '.join(FORMATS)}")
+    if args.int8 and args.format != "openvino":
+        raise ConfigError("--int8: only with --format openvino (NNCF quantizes the OpenVINO model)")
+    batch = parse_batch_size(args.batch_size)
+    model = FAPM.load(args.model)
+    int8_images = None
+    if args.int8:
+        if not args.data_root or not args.category:
+            raise ConfigError("--int8 needs --data-root and --category (its training images calibrate the ranges)")
+        from ..data.mvtec import list_samples
+        from .run_fapm import load_rgb, resize_crop
+
+        cfg = model.config
+        int8_images = [resize_crop(load_rgb(s.path, cfg.resize), cfg.resize, cfg.crop_size)
+                       for s in list_samples(args.data_root, args.category, "train")]
+    elif args.data_root or args.category:
+        raise ConfigError("--data-root/--category are only used with --int8")
+    path = export_model(model, args.output, args.format, batch, int8_images, progress=not args.no_progress)
+    meta = json.loads(path.read_text())
+    out = Path(args.output)
+    size_mb = sum((out / f).stat().st_size for f in meta["files"]) / 2**20
+    print(f"wrote {out}: {', '.join(meta['files'])} ({size_mb:.1f} MB), {RUNNER}, {SIDECAR}; "
+          f"input uint8 {meta['input']['shape']} (NHWC, RGB, resized {model.config.resize} and cropped "
+          f"{model.config.crop_size}), batch {meta['batch_size']}")
+    if meta["calibration"] is None:
+        print("no calibration in this model: the graph outputs anomaly_map, raw_score and patch_scores only "
+              "(no normalised score, decision or mask)")
+    else:
+        print(f"calibrated: outputs {', '.join(meta['outputs'])} (image threshold "
+              f"{meta['calibration']['image_threshold']:.4g}, pixel threshold {meta['calibration']['pixel_threshold']:.4g})")
+    if not args.no_check:
+        n = batch or CHECK_IMAGES
+        images = np.random.default_rng(0).integers(0, 256, (n, *meta["input"]["shape"][1:]), dtype=np.uint8)
+        check = parity(model, ExportedModel(out, threads=args.threads), images)
+        line = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in check.items())
+        print(f"check against the torch model on {n} random images ({meta['runtime_format']}): {line}")
+        if args.int8:
+            return 0  # INT8 differs by design; its accuracy is measured by `fapm benchmark`
+        if check["map_rel_diff"] > PARITY_RTOL or not check.get("decisions_equal", True):
+            raise ModelFileError(f"{out}: the exported graph disagrees with the torch model ({line})")
+    return 0

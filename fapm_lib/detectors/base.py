@@ -1,0 +1,181 @@
+"""What the FAPM and PatchCore detectors share: settings, the frozen backbone, the transform,
+feature extraction, prediction through the fitted torch module, decisions for image files."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..config import FAPMConfig
+from ..data.mvtec import make_loader
+from ..data.transform import Transform
+from ..decisions.calibration import Calibration
+from ..errors import ConfigError, DataError, ModelFileError
+from ..method.backbone import BackboneInfo, FeatureExtractor, create_feature_extractor
+from ..method.features import embed
+from ..method.scoring import Prediction
+
+ImageBatches = Iterable[Tensor | dict]
+
+
+def iter_images(data: ImageBatches | Tensor, batch_size: int) -> tuple[Iterator[Tensor], int | None]:
+    """Image batches ``[B, 3, S, S]`` from a tensor, a dataset of dicts, or a loader; and their count."""
+    if isinstance(data, Tensor):
+        return iter(data.split(batch_size)), data.shape[0]
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = make_loader(data, batch_size=batch_size)
+    n = len(data.dataset) if isinstance(data, torch.utils.data.DataLoader) else None
+    return (b["image"] if isinstance(b, dict) else b for b in data), n
+
+
+class Detector:
+    """Base of :class:`~fapm_lib.FAPM` and :class:`~fapm_lib.PatchCore`.
+
+    ``model``: the fitted ``torch.nn.Module`` (None until ``fit`` or ``load``), which maps
+    normalised images ``[B, 3, S, S]`` to a :class:`~fapm_lib.method.scoring.Prediction` and
+    is what runs, is timed and is exported. ``calibration``: the thresholds (None: uncalibrated).
+    Subclasses implement ``fit``, ``fit_maps``, ``save`` and ``load``.
+    """
+
+    kind = "base"
+
+    def __init__(self, config: FAPMConfig | None = None, device: str | torch.device = "cpu",
+                 extractor: FeatureExtractor | None = None) -> None:
+        self._config = config or FAPMConfig()
+        self.device = torch.device(device)
+        self._extractor = extractor
+        self._backbone_info: BackboneInfo | None = extractor.info if extractor else None
+        self.model: nn.Module | None = None
+        self.feature_sizes: list[tuple[int, int]] = []
+        self.fit_stats: dict[str, float] = {}
+        #: thresholds from normal images (see :mod:`fapm_lib.decisions.calibration`); None: uncalibrated
+        self.calibration: Calibration | None = None
+
+    # ---- settings ------------------------------------------------------------------------------
+    @property
+    def config(self) -> FAPMConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: FAPMConfig) -> None:
+        """New settings; the fitted module follows the scoring-time ones (``k``, ``image_score``)."""
+        self._config = config
+        if self.model is not None:
+            self.model.k, self.model.image_score = config.search_k, config.image_score
+
+    @property
+    def search_k(self) -> int:
+        """Neighbours per query that scoring reads (:func:`fapm_lib.config.neighbours_read`)."""
+        return self.config.search_k
+
+    # ---- backbone and features -------------------------------------------------------------------
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            with torch.random.fork_rng(devices=[]):  # random weights: drawn from the config's seed, so a
+                torch.manual_seed(self.config.seed)  # reloaded model gets the weights it was fitted with
+                self._extractor = create_feature_extractor(self.config.backbone, self.config.pretrained, self.device)
+            self._backbone_info = self._extractor.info
+        return self._extractor
+
+    @property
+    def backbone_info(self) -> BackboneInfo:
+        return self._backbone_info or self.extractor.info
+
+    @property
+    def transform(self) -> Transform:
+        """The pre-processing this model expects (resize, crop, the backbone's mean/std)."""
+        info = self.backbone_info
+        return Transform(resize=self.config.resize, crop_size=self.config.crop_size, mean=info.mean, std=info.std)
+
+    @torch.inference_mode()
+    def embed(self, images: Tensor) -> list[Tensor]:
+        """``[B, 3, S, S] ->`` aggregated maps ``[[B, C8, S/8, S/8], [B, C16, S/16, S/16]]``."""
+        return embed(self.extractor, images, self.config.pool_size)
+
+    def extract(self, data: ImageBatches | Tensor, progress: bool = True, desc: str = "features") -> list[Tensor]:
+        """Aggregated feature maps of a whole set: per layer ``[N, C, h, w]`` on the CPU."""
+        batches, _ = iter_images(data, self.config.batch_size)
+        chunks = [[f.cpu() for f in self.embed(images)]
+                  for images in tqdm(batches, desc=desc, disable=not progress, leave=False)]
+        if not chunks:
+            raise DataError("no images to extract features from")
+        return [torch.cat(layer) for layer in zip(*chunks)]
+
+    # ---- prediction ----------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return self.model is not None
+
+    def _require_fitted(self) -> nn.Module:
+        """The fitted module; ConfigError before ``fit`` or ``load``."""
+        if self.model is None:
+            raise ConfigError("the model is not fitted: call fit() or load a model file first")
+        return self.model
+
+    def runnable(self) -> nn.Module:
+        """The fitted module with its backbone (built on first use after ``load``)."""
+        model = self._require_fitted()
+        if model.backbone is None:
+            model.backbone = self.extractor
+        return model
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> Prediction:
+        """``images [B, 3, S, S]`` (normalised, see :attr:`transform`) -> :class:`Prediction`."""
+        return self.runnable()(images)
+
+    @torch.inference_mode()
+    def predict_maps(self, maps: list[Tensor]) -> Prediction:
+        """Prediction from cached aggregated maps (no backbone)."""
+        model = self._require_fitted()
+        return model.postprocess(model.search([m.to(self.device) for m in maps]))
+
+    def predict_image(self, image, threshold: float | None = None):
+        """One image (path, PIL image or numpy array; any size, gray or RGB) ->
+        :class:`fapm_lib.decisions.results.Result` (raw and normalised score, OK/NG, map and mask
+        at the image's own size)."""
+        from ..decisions.results import predict_images
+
+        return predict_images(self, [image], threshold)[0]
+
+    def predict_folder(self, folder, threshold: float | None = None):
+        """Every image under ``folder`` (recursive, sorted) -> list of :class:`~fapm_lib.decisions.results.Result`."""
+        from ..decisions.results import predict_folder
+
+        return predict_folder(self, folder, threshold)
+
+    def memory_size(self) -> dict[str, float]:
+        """Memory vectors and megabytes."""
+        return self._require_fitted().memory_size()
+
+    def to(self, device: str | torch.device) -> "Detector":
+        self.device = torch.device(device)
+        if self.model is not None:
+            self.model.to(self.device)
+        if self._extractor is not None:
+            self._extractor.to(self.device)
+        return self
+
+    # ---- model files ---------------------------------------------------------------------------
+    def _header(self) -> dict:
+        """What every model file's JSON header holds: settings, backbone, sizes, fit statistics, calibration."""
+        info = self.backbone_info
+        return {"config": self.config.to_dict(),
+                "backbone": {"name": info.name, "channels": list(info.channels), "pretrained": info.pretrained},
+                "feature_sizes": [list(s) for s in self.feature_sizes], "fit_stats": self.fit_stats,
+                "calibration": None if self.calibration is None else self.calibration.to_header()}
+
+    def _check_extractor(self, path, backbone: dict) -> None:
+        """Refuse an extractor other than the one the model was fitted with (name, weights, channels)."""
+        info = self._extractor.info if self._extractor is not None else None
+        if info is not None and (info.name, info.pretrained, list(info.channels)) != (
+                backbone["name"], backbone.get("pretrained", True), list(backbone["channels"])):
+            weights = {True: "pretrained", False: "random weights"}
+            raise ModelFileError(
+                f"{path}: fitted with backbone {backbone['name']} ({weights[backbone.get('pretrained', True)]}, "
+                f"channels {backbone['channels']}), not {info.name} ({weights[info.pretrained]}, "
+                f"channels {list(info.channels)})"
+            )

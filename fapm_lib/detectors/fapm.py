@@ -1,0 +1,200 @@
+"""FAPM, the detector: fit per-region, per-layer memories and calibrate; predict; save and load.
+
+The inference itself is :class:`~fapm_lib.method.fapm.FAPMModel` (``FAPM.model`` once fitted).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..config import FAPMConfig
+from ..decisions.calibration import Calibration
+from ..decisions.heldout import calibrate_regions
+from ..errors import ConfigError, DataError, ModelFileError
+from ..method.backbone import FeatureExtractor
+from ..method.fapm import FAPMModel
+from ..method.memory import BankGroup, LayerMemory, build_memories, check_k
+from ..method.regions import RegionFeatureBuffer, check_grid, split_regions, valid_grids
+from ..scale.bounded import TensorRegions, build_memories_chunked, chunk_plan, write_store
+from ..scale.store import FeatureStore
+from .base import Detector, ImageBatches, iter_images
+from .model_file import load_tensors, save_tensors
+
+
+class FAPM(Detector):
+    """Fast Adaptive Patch Memory (Kim et al., ICASSP 2023).
+
+    >>> model = FAPM(FAPMConfig()).fit(MVTecDataset(root, "bottle", "train", model.transform))
+    >>> pred = model.predict(images)          # images [B, 3, 224, 224] -> anomaly_map, pred_score
+    """
+
+    kind = "fapm"
+
+    @property
+    def memories(self) -> list[LayerMemory]:
+        """One :class:`LayerMemory` per layer (empty before fitting)."""
+        return [] if self.model is None else list(self.model.memories)
+
+    # ---- fit -------------------------------------------------------------------------------
+    def fit(self, data: ImageBatches | Tensor, progress: bool = True) -> "FAPM":
+        """Extract features of all training images region by region, build the memories, then
+        calibrate the thresholds (k-fold, ``config.calibration_folds``)."""
+        torch.manual_seed(self.config.seed)
+        batches, n = iter_images(data, self.config.batch_size)
+        total = None if n is None else -(-n // self.config.batch_size)
+        # the bar is closed (its line cleared) however the fit ends, Ctrl-C included
+        with tqdm(batches, desc="features", total=total, disable=not progress, leave=False) as bar:
+            return self.fit_map_batches((self.embed(images) for images in bar), n, progress)
+
+    def fit_map_batches(self, batches: Iterable[list[Tensor]], n_images: int | None = None,
+                        progress: bool = False) -> "FAPM":
+        """Fit from aggregated maps arriving batch by batch (per layer ``[B, C, h, w]``), e.g.
+        :meth:`embed` of each image batch. ``n_images``: the total, when known (preallocates).
+        With ``config.max_memory`` the features go to a disk store (:mod:`fapm_lib.scale`)."""
+        if self.config.max_memory is not None:
+            return self._fit_bounded(batches, n_images, progress)
+        start = time.perf_counter()
+        buffers: list[RegionFeatureBuffer] = []
+        for maps in batches:
+            if not buffers:
+                self._set_feature_sizes(maps)
+                buffers = [RegionFeatureBuffer(self.config.grid, n_images) for _ in maps]
+            for buf, f in zip(buffers, maps):
+                buf.add(f)
+        if not buffers:
+            raise DataError("no training images to fit on")
+        self.fit_stats["feature_seconds"] = time.perf_counter() - start
+        regions = [b.result() for b in buffers]
+        self.fit_regions(regions, progress)
+        return self.calibrate_regions(regions, progress)
+
+    def fit_maps(self, maps: list[Tensor], progress: bool = False) -> "FAPM":
+        """Build the memories from cached aggregated maps (per layer ``[N, C, h, w]``): used to
+        refit with other ratios or grids without running the backbone again (no calibration)."""
+        self._set_feature_sizes(maps)
+        return self.fit_regions([split_regions(m.to(self.device), self.config.grid) for m in maps], progress)
+
+    def fit_regions(self, regions: list[Tensor], progress: bool = False) -> "FAPM":
+        """Coreset-subsample region features (per layer ``[R, N, C]``) into the memories."""
+        start = time.perf_counter()
+        if self.config.max_memory is not None:  # already in RAM: the coreset still runs chunk by chunk
+            rows = [(h // self.config.grid) * (w // self.config.grid) for h, w in self.feature_sizes]
+            memories, plan = build_memories_chunked([TensorRegions(r, n) for r, n in zip(regions, rows)],
+                                                    self.config, self.feature_sizes, self.device, progress)
+            self.fit_stats["regions_per_chunk"] = plan
+        else:
+            memories = build_memories([r.to(self.device) for r in regions], self.config, progress)
+        self.set_memories(memories)
+        self.fit_stats["coreset_seconds"] = time.perf_counter() - start
+        return self
+
+    def set_memories(self, memories: list[LayerMemory]) -> None:
+        """Use these memories (fitted on :attr:`feature_sizes`); the old thresholds no longer hold."""
+        check_k(memories, self.search_k)  # before assigning: a refused fit leaves the old memories
+        self.model = FAPMModel.from_config(self.config, self._extractor, memories, self.feature_sizes).to(self.device)
+        self.calibration = None
+
+    def calibrate_regions(self, regions: list[Tensor], progress: bool = False) -> "FAPM":
+        """k-fold thresholds from the training region features (per layer ``[R, N*s*s, C]``),
+        see :mod:`fapm_lib.decisions.heldout`; ``calibration`` stays None with ``calibration_folds 0``."""
+        start = time.perf_counter()
+        self.calibration = calibrate_regions(regions, self.feature_sizes, self.config, progress)
+        self.fit_stats["calibration_seconds"] = time.perf_counter() - start
+        return self
+
+    def _fit_bounded(self, batches: Iterable[list[Tensor]], n_images: int | None, progress: bool) -> "FAPM":
+        """Features -> a disk store (one file per layer, by region) -> memories chunk by chunk;
+        the store's folder is removed afterwards, also on errors."""
+        start = time.perf_counter()
+
+        def first_batch(maps: list[Tensor]) -> None:
+            self._set_feature_sizes(maps)
+            if n_images is not None:  # refuse a budget too small before extracting everything
+                chunk_plan(self.config, self.feature_sizes, [(int(f.shape[1]), n_images) for f in maps], layer=None)
+
+        with FeatureStore(self.config.store_dir) as store:
+            layers = write_store(store, batches, self.config, n_images, on_first=first_batch)
+            self.fit_stats["feature_seconds"] = time.perf_counter() - start
+            began = time.perf_counter()
+            memories, plan = build_memories_chunked(layers, self.config, self.feature_sizes, self.device, progress)
+        self.set_memories(memories)
+        self.fit_stats["coreset_seconds"] = time.perf_counter() - began
+        self.fit_stats["regions_per_chunk"] = plan
+        return self
+
+    def _set_feature_sizes(self, maps: list[Tensor]) -> None:
+        sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+        options = valid_grids(*(side for size in sizes for side in size))  # grids that fit every layer
+        for i, (h, w) in enumerate(sizes):
+            check_grid(h, w, self.config.grid, f"layer-{i} feature map (stride {self.backbone_info.strides[i]})", options)
+        self.feature_sizes = sizes
+
+    # ---- save / load -----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: memories + the config, backbone and calibration that go with them."""
+        self._require_fitted()
+        tensors: dict[str, Tensor] = {}
+        for l, mem in enumerate(self.memories):
+            tensors[f"layers.{l}.radii"] = mem.radii
+            tensors[f"layers.{l}.far"] = mem.far.to(torch.uint8)
+            for g, group in enumerate(mem.groups):
+                tensors[f"layers.{l}.groups.{g}.regions"] = group.regions
+                tensors[f"layers.{l}.groups.{g}.bank"] = group.bank
+        header = {**self._header(), "n_layers": len(self.memories),
+                  "n_groups": [len(m.groups) for m in self.memories]}
+        return save_tensors(path, tensors, self.kind, header)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu",
+             extractor: FeatureExtractor | None = None) -> "FAPM":
+        """Load a model saved by :meth:`save`; refuses damaged or mismatched files with one line."""
+        tensors, header = load_tensors(path, cls.kind)
+        try:
+            config = FAPMConfig.from_dict(header["config"], source=f"{path} (config)")
+            model = cls(config, device, extractor)
+            model.feature_sizes = [tuple(s) for s in header["feature_sizes"]]
+            model.fit_stats = dict(header.get("fit_stats", {}))
+            calibration = Calibration.from_header(header.get("calibration"), f"{path}")
+            channels = header["backbone"]["channels"]
+            memories = []
+            for l in range(header["n_layers"]):
+                parts = [(tensors[f"layers.{l}.groups.{g}.regions"], tensors[f"layers.{l}.groups.{g}.bank"])
+                         for g in range(header["n_groups"][l])]
+                radii, far = tensors[f"layers.{l}.radii"], tensors[f"layers.{l}.far"]
+                _check_layer(path, l, parts, radii, far, channels[l], config.grid, header["backbone"]["name"])
+                memories.append(LayerMemory([BankGroup(r, b) for r, b in parts], radii, far.bool()))
+            for i, (h, w) in enumerate(model.feature_sizes):
+                check_grid(h, w, config.grid, f"layer-{i} feature map")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None
+        except ConfigError as exc:
+            raise ModelFileError(str(exc)) from None
+        model._check_extractor(path, header["backbone"])
+        model.model = FAPMModel.from_config(config, extractor, memories, model.feature_sizes)
+        model.calibration = calibration
+        return model.to(device)
+
+
+def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]], radii: Tensor, far: Tensor,
+                 channels: int, grid: int, backbone: str) -> None:
+    """Refuse a layer whose tensors cannot be a memory of this shape (even with a valid checksum):
+    float32 banks ``[G, M, C]`` with C = the backbone's channels, int64 region ids covering
+    0..grid**2-1 exactly once, ``radii`` and ``far`` of one value per region."""
+    n_regions = grid * grid
+    problem = None
+    if any(bank.dtype != torch.float32 or bank.ndim != 3 or regions.dtype != torch.int64 or regions.ndim != 1
+           or bank.shape[0] != regions.shape[0] or bank.shape[1] == 0 for regions, bank in parts):
+        problem = "malformed memory bank tensors"
+    elif any(bank.shape[-1] != channels for _, bank in parts):
+        problem = f"memory does not match backbone {backbone} ({channels} channels)"
+    elif not parts or not torch.equal(torch.cat([r for r, _ in parts]).sort().values, torch.arange(n_regions)):
+        problem = f"region ids do not cover the {grid}x{grid} grid exactly once"
+    elif radii.shape != (n_regions,) or far.shape != (n_regions,) or radii.dtype != torch.float32:
+        problem = "malformed radii or near/far tensors"
+    if problem:
+        raise ModelFileError(f"{path}: layer {layer}: {problem}")

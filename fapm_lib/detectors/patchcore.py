@@ -1,0 +1,83 @@
+"""PatchCore, the detector: the baseline FAPM speeds up, on the same backbone, coreset and
+post-processing (:class:`~fapm_lib.method.patchcore.PatchCoreModel`)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..config import FAPMConfig
+from ..decisions.calibration import Calibration
+from ..errors import ConfigError, DataError, ModelFileError
+from ..method.backbone import FeatureExtractor
+from ..method.patchcore import PATCHCORE_PROJECTION, PatchCoreModel, build_bank, patch_rows
+from .base import Detector, ImageBatches, iter_images
+from .model_file import load_tensors, save_tensors
+
+
+class PatchCore(Detector):
+    """One memory bank for all positions; greedy coreset on a random projection; k-NN search
+    over the whole bank for every query. No k-fold calibration (``calibration`` stays None)."""
+
+    kind = "patchcore"
+
+    @property
+    def projection(self) -> int:
+        return self.config.coreset_projection or PATCHCORE_PROJECTION
+
+    def fit(self, data: ImageBatches | Tensor, progress: bool = True) -> "PatchCore":
+        """Collect every training position's feature ``[N*H8*W8, C]``, keep a greedy coreset of ``r``."""
+        torch.manual_seed(self.config.seed)
+        start = time.perf_counter()
+        batches, _ = iter_images(data, self.config.batch_size)
+        rows = [patch_rows(self.embed(images)) for images in tqdm(batches, desc="features", disable=not progress,
+                                                                   leave=False)]
+        if not rows:
+            raise DataError("no training images to fit on")
+        self.fit_stats["feature_seconds"] = time.perf_counter() - start
+        return self.fit_rows(torch.cat(rows), progress)
+
+    def fit_maps(self, maps: list[Tensor], progress: bool = False) -> "PatchCore":
+        """Build the bank from cached aggregated maps (per layer ``[N, C, h, w]``)."""
+        return self.fit_rows(patch_rows([m.to(self.device) for m in maps]), progress)
+
+    def fit_rows(self, rows: Tensor, progress: bool = False) -> "PatchCore":
+        """Greedy coreset of ``rows [N, C]`` (selected on a random projection) -> the bank ``[M, C]``."""
+        if self.config.max_memory is not None:
+            raise ConfigError("max_memory: a bounded-memory fit is implemented for FAPM only, not PatchCore")
+        start = time.perf_counter()
+        bank = build_bank(rows, self.config.coreset_ratio, self.projection, self.config.seed, progress)
+        self.model = PatchCoreModel.from_config(self.config, self._extractor, bank).to(self.device)
+        self.calibration = None  # no k-fold calibration here
+        self.fit_stats["coreset_seconds"] = time.perf_counter() - start
+        return self
+
+    def save(self, path: str | Path) -> Path:
+        model = self._require_fitted()
+        return save_tensors(path, {"bank": model.bank}, self.kind, self._header())
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu",
+             extractor: FeatureExtractor | None = None) -> "PatchCore":
+        tensors, header = load_tensors(path, cls.kind)
+        try:
+            config = FAPMConfig.from_dict(header["config"], source=f"{path} (config)")
+            model = cls(config, device, extractor)
+            bank = tensors["bank"]
+            if bank.dtype != torch.float32 or bank.ndim != 2 or bank.shape[0] == 0:
+                raise ModelFileError(f"{path}: malformed memory bank tensor")
+            if bank.shape[-1] != sum(header["backbone"]["channels"]):
+                raise ModelFileError(f"{path}: memory does not match backbone {header['backbone']['name']}")
+            model._check_extractor(path, header["backbone"])
+            model.model = PatchCoreModel.from_config(config, extractor, bank)
+        except (KeyError, TypeError) as exc:
+            raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None
+        except ConfigError as exc:
+            raise ModelFileError(str(exc)) from None
+        model.feature_sizes = [tuple(s) for s in header.get("feature_sizes", [])]
+        model.fit_stats = dict(header.get("fit_stats", {}))
+        model.calibration = Calibration.from_header(header.get("calibration"), f"{path}")
+        return model.to(device)

@@ -1,0 +1,105 @@
+"""FAPM's inference as one ``torch.nn.Module``: the memories are its buffers, ``forward`` reads as
+the method. Prediction, the k-fold calibration, the ablations, the notebooks and the export all
+run this module; fitting (building the memories) lives in :mod:`fapm_lib.method.memory`."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .backbone import FeatureExtractor
+from .features import embed
+from .memory import LayerMemory
+from .regions import merge_regions, split_regions
+from .scoring import ALIGNMENTS, Prediction, align_layer, fuse_layers, postprocess
+
+
+class FAPMModel(nn.Module):
+    """Fast Adaptive Patch Memory (Kim et al., ICASSP 2023), inference.
+
+    ``images [B, 3, S, S]`` (normalised) -> :class:`~fapm_lib.method.scoring.Prediction`.
+    ``memories``: one :class:`LayerMemory` per backbone layer (stride 8, then 16), fitted on
+    feature maps of ``feature_sizes`` (per layer ``(h, w)``). ``backbone`` may be None for a
+    model that only scores cached feature maps (:meth:`search`, :meth:`postprocess`).
+    ``alignment``: how layer 3 is brought onto the layer-2 grid (``aligned``: the 2x2 tiling;
+    ``official``: the official code's misaligned mapping, for comparison).
+    """
+
+    def __init__(self, backbone: FeatureExtractor | None, memories: Sequence[LayerMemory],
+                 feature_sizes: Sequence[tuple[int, int]], *, grid: int = 7, pool_size: int = 3,
+                 input_size: int = 224, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
+                 alignment: str = "aligned") -> None:
+        super().__init__()
+        if alignment not in ALIGNMENTS:
+            raise ConfigError(f"alignment={alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
+        self.backbone = backbone
+        self.memories = nn.ModuleList(memories)
+        self.feature_sizes = [tuple(int(v) for v in size) for size in feature_sizes]
+        self.grid, self.pool_size, self.input_size, self.blur_sigma = grid, pool_size, input_size, blur_sigma
+        self.image_score, self.k, self.alignment = image_score, k, alignment
+
+    @classmethod
+    def from_config(cls, config, backbone: FeatureExtractor | None, memories: Sequence[LayerMemory],
+                    feature_sizes: Sequence[tuple[int, int]], alignment: str = "aligned") -> "FAPMModel":
+        """The module for a :class:`~fapm_lib.config.FAPMConfig`'s settings."""
+        return cls(backbone, memories, feature_sizes, grid=config.grid, pool_size=config.pool_size,
+                   input_size=config.input_size, blur_sigma=config.blur_sigma, image_score=config.image_score,
+                   k=config.search_k, alignment=alignment)
+
+    @property
+    def device(self) -> torch.device:
+        return self.memories[0].radii.device
+
+    def forward(self, images: Tensor) -> Prediction:
+        """FAPM's inference, step by step: ``images [B, 3, S, S]`` -> :class:`Prediction`."""
+        # 1. Features: the frozen backbone's stride-8 ("layer 2") and stride-16 ("layer 3") maps,
+        #    3x3 average-pooled: [[B, C8, H8, W8], [B, C16, H16, W16]].
+        maps = self.embed(images)
+        # 2.-6. Each region's own bank, merged, aligned and fused: [B, H8, W8, k].
+        knn = self.search(maps)
+        # 7. Anomaly map [B, S, S] and 8. image score [B].
+        return self.postprocess(knn)
+
+    def embed(self, images: Tensor) -> list[Tensor]:
+        """Step 1: ``[B, 3, S, S] ->`` aggregated maps ``[[B, C8, S/8, S/8], [B, C16, S/16, S/16]]``."""
+        if self.backbone is None:
+            raise ConfigError("this model has no backbone: it scores cached feature maps only (search, postprocess)")
+        return embed(self.backbone, images, self.pool_size)
+
+    def search(self, maps: list[Tensor], k: int | None = None) -> Tensor:
+        """Steps 2 to 6: aggregated maps (per layer ``[B, C, h, w]``) -> fused ascending nearest
+        distances ``[B, H8, W8, k]`` (``k`` default: the neighbours scoring reads)."""
+        k = self.k if k is None else k
+        self.check_feature_sizes(maps)
+        per_layer = []
+        for memory, f in zip(self.memories, maps):
+            # 2. Split the layer's map into grid x grid regions: [R, B*s*s, C] (R = grid**2, s = h / grid).
+            queries = split_regions(f, self.grid)
+            # 3. Search each region's own bank only: k smallest L2 distances, [R, B*s*s, k].
+            distances = memory.search(queries, k)
+            # 4. Merge the regions back into a map: [B, h, w, k].
+            per_layer.append(merge_regions(distances, self.grid, f.shape[-2], f.shape[-1]))
+        # 5. Bring layer 3 onto the layer-2 grid; with "aligned", coarse cell (i, j) onto the fine
+        #    cells (2i..2i+1, 2j..2j+1) that tile it: [B, H8, W8, k] each.
+        fine = per_layer[0].shape[1]
+        aligned = [align_layer(d, fine, self.alignment, self.grid) for d in per_layer]
+        # 6. Fuse: the sum of the layers' distances, [B, H8, W8, k].
+        return fuse_layers(aligned)
+
+    def postprocess(self, knn: Tensor) -> Prediction:
+        """Steps 7 and 8: fused 1-NN distances, bilinear to S x S, Gaussian blur -> anomaly map
+        ``[B, S, S]``; the image score ``[B]`` (max, or the official re-weighted score)."""
+        return postprocess(knn, self.input_size, self.blur_sigma, self.image_score)
+
+    def check_feature_sizes(self, maps: list[Tensor]) -> None:
+        """ConfigError unless ``maps`` have the feature sizes the model was fitted on."""
+        for f, size in zip(maps, self.feature_sizes):
+            if tuple(f.shape[-2:]) != tuple(size):
+                raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {tuple(size)}")
+
+    def memory_size(self) -> dict[str, float]:
+        """Memory vectors and megabytes, all layers."""
+        return {"vectors": sum(m.n_vectors() for m in self.memories),
+                "megabytes": sum(m.megabytes() for m in self.memories)}

@@ -1,0 +1,187 @@
+"""One memory bank per region of one layer, subsampled by the adaptive coreset, searched by k-NN.
+
+Banks of one size class ("near": ``r``; "far": ``a * r``) are stacked into one tensor, so the
+search is one batched matrix product per size class, with no padding rows. This module holds
+the search arithmetic (:meth:`BankGroup.nearest`); every caller (prediction, calibration,
+ablations, export) goes through :meth:`LayerMemory.search`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .coreset import GreedyKCenter, far_regions, near_far_sizes, random_projection
+
+
+class BankGroup(nn.Module):
+    """Regions whose banks have the same size. Buffers: ``regions [G]`` (region ids),
+    ``bank_t [G, C, M]`` (the banks, transposed) and ``sq_norms [G, M]``.
+
+    The bank is held transposed and contiguous, and :attr:`bank` is a view of it (no second
+    copy): the search's matrix product then reads it in order (about 20% faster at batch 1 on
+    a CPU)."""
+
+    def __init__(self, regions: Tensor, bank: Tensor) -> None:
+        """``regions [G]`` long, ``bank [G, M, C]`` float32."""
+        super().__init__()
+        self.register_buffer("regions", regions)
+        self.register_buffer("bank_t", bank.transpose(-1, -2).contiguous())
+        self.register_buffer("sq_norms", self.bank.pow(2).sum(-1))
+
+    @property
+    def bank(self) -> Tensor:
+        """``[G, M, C]``, a view of ``bank_t``."""
+        return self.bank_t.transpose(-1, -2)
+
+    def nearest(self, queries: Tensor, k: int) -> Tensor:
+        """k smallest L2 distances, ascending, from each region's queries to that region's bank:
+        ``queries [G, Q, C]`` (in the order of :attr:`regions`) ``-> [G, Q, k]``.
+
+        ``|q - b|^2 = |q|^2 + |b|^2 - 2 q.b``: one batched matrix product gives the last two
+        terms for every pair; ``|q|^2`` is the same for all of a query's candidates, so it is
+        added after the k smallest are picked."""
+        partial = torch.baddbmm(self.sq_norms.unsqueeze(1), queries, self.bank_t, alpha=-2.0)  # [G, Q, M]
+        nearest = smallest(partial, k)
+        return nearest.add_(queries.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
+
+
+class LayerMemory(nn.Module):
+    """The memory of one backbone layer: ``R`` banks in size groups, plus coreset diagnostics.
+
+    Buffers: ``radii [R]``, the covering radius of each region at the base ratio; ``far [R]``,
+    the regions that kept ``a * r`` of their vectors; ``order [R]``, the regions in group order,
+    and ``inverse [R]``, its inverse permutation.
+    """
+
+    def __init__(self, groups: list[BankGroup], radii: Tensor, far: Tensor) -> None:
+        super().__init__()
+        self.groups = nn.ModuleList(groups)
+        order = torch.cat([g.regions for g in groups])
+        self.register_buffer("radii", radii)
+        self.register_buffer("far", far)
+        self.register_buffer("order", order)
+        self.register_buffer("inverse", torch.argsort(order))
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.radii.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.groups[0].bank_t.shape[1])
+
+    def bank_sizes(self) -> Tensor:
+        """``[R]`` number of memory vectors of each region."""
+        sizes = torch.zeros(self.n_regions, dtype=torch.long)
+        for g in self.groups:
+            sizes[g.regions.cpu()] = g.bank_t.shape[2]
+        return sizes
+
+    def n_vectors(self) -> int:
+        return int(sum(g.bank_t.shape[0] * g.bank_t.shape[2] for g in self.groups))
+
+    def megabytes(self) -> float:
+        """Size of the banks (float32)."""
+        return sum(g.bank_t.numel() * g.bank_t.element_size() for g in self.groups) / 2**20
+
+    def search(self, queries: Tensor, k: int) -> Tensor:
+        """The k smallest L2 distances from each query to its own region's bank, ascending:
+        ``queries [R, Q, C]`` (region ``r``'s queries in ``queries[r]``) ``-> [R, Q, k]``.
+
+        The regions are put in group order first, so each size group is one contiguous slice
+        and one batched product (:meth:`BankGroup.nearest`), then put back in region order."""
+        ordered = queries.index_select(0, self.order)
+        parts, start = [], 0
+        for group in self.groups:  # one or two size classes ("near", "far"), never one per region
+            size = group.regions.shape[0]
+            parts.append(group.nearest(ordered[start : start + size], k))
+            start += size
+        nearest = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return nearest.index_select(0, self.inverse)
+
+
+def smallest(values: Tensor, k: int) -> Tensor:
+    """The ``k`` smallest values along the last dimension, ascending: ``[..., M] -> [..., k]``
+    (a plain minimum for ``k = 1``, several times faster than ``topk``)."""
+    if k == 1:
+        return values.amin(-1, keepdim=True)
+    return values.topk(k, dim=-1, largest=False).values
+
+
+def build_layer_memory(
+    features: Tensor,
+    ratio: float = 0.1,
+    multiplier: float = 2.0,
+    sampling: str = "adaptive",
+    projection: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    name: str = "layer",
+) -> LayerMemory:
+    """Subsample each region's training vectors ``[R, N, C]`` into its memory bank.
+
+    ``fixed``: every region keeps ``ceil(r N)`` greedy centres. ``adaptive``: a "far" region
+    (:func:`~fapm_lib.method.coreset.far_regions`) keeps ``ceil(a r N)`` (the same greedy run,
+    continued); the others keep ``ceil(r N)``.
+    """
+    greedy = GreedyKCenter(random_projection(features, projection, seed))
+    return memory_from_greedy(features, greedy, ratio, multiplier, sampling, progress, name)
+
+
+def memory_from_greedy(
+    features: Tensor,
+    greedy: GreedyKCenter,
+    ratio: float,
+    multiplier: float,
+    sampling: str = "adaptive",
+    progress: bool = False,
+    name: str = "layer",
+) -> LayerMemory:
+    """The memory of :func:`build_layer_memory` from a greedy run over ``features [R, N, C]``
+    (or their projection) that may already hold more centres: prefixes are reused, and only
+    the far regions are extended when the run is too short."""
+    n_near, n_far = near_far_sizes(features.shape[1], ratio, multiplier, sampling)
+    greedy.extend(n_near, progress, desc=f"coreset {name} (r)")
+    radii = greedy.radii[:, n_near - 1].cpu()
+    far = far_regions(radii, n_near, n_far)
+    groups = []
+    near_ids = (~far).nonzero().flatten().to(features.device)
+    if len(near_ids):
+        groups.append(_group(features, near_ids, greedy.indices[near_ids, :n_near]))
+    if far.any():
+        far_ids = far.nonzero().flatten().to(features.device)
+        if greedy.n_selected >= n_far:
+            far_indices = greedy.indices[far_ids, :n_far]
+        else:
+            far_indices = greedy.subset(far_ids).extend(n_far, progress, desc=f"coreset {name} (a*r)").indices
+        groups.append(_group(features, far_ids, far_indices))
+    return LayerMemory(groups, radii, far)
+
+
+def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
+    """Gather ``features[regions[g], indices[g]]`` -> ``BankGroup`` with bank ``[G, M, C]``."""
+    return BankGroup(regions, features[regions[:, None], indices])
+
+
+def check_k(memories: list[LayerMemory], k: int) -> None:
+    """ConfigError when ``k`` exceeds the smallest bank of any layer."""
+    sizes = [int(mem.bank_sizes().min()) for mem in memories]
+    least = min(sizes)
+    if k > least:
+        raise ConfigError(
+            f"k={k} exceeds the smallest memory bank ({least} vectors, layer {sizes.index(least)}); "
+            "lower k, raise coreset_ratio or add training images"
+        )
+
+
+def build_memories(regions: list[Tensor], config, progress: bool = False) -> list[LayerMemory]:
+    """Every layer's memory from its region features (per layer ``[R, N, C]``) with the
+    coreset settings of ``config`` (a :class:`~fapm_lib.config.FAPMConfig`); checks that the
+    neighbours scoring reads exist."""
+    memories = [build_layer_memory(r, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
+                                   config.coreset_projection, config.seed, progress, name=f"layer {i}")
+                for i, r in enumerate(regions)]
+    check_k(memories, config.search_k)
+    return memories
+

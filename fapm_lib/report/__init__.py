@@ -1,0 +1,1 @@
+"""What people look at: overlays and panels, animated GIFs, evaluation heatmaps, results tables."""

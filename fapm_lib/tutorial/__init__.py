@@ -1,0 +1,1 @@
+"""The tutorial's helpers: notebook utilities, the widget explorer, the ablation table."""

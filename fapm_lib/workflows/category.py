@@ -1,0 +1,138 @@
+"""One category from command-line style options (an ``argparse.Namespace``): fit, or load and
+re-score, then evaluate and write ``metrics.json`` and heatmaps. Used by the ``fapm`` command and
+by the per-category jobs of :mod:`fapm_lib.workflows.categories` (nothing here imports the CLI)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import FIT_KEYS, check_k_acts, flag_name, load_yaml_config
+from ..data.mvtec import MVTecDataset
+from ..decisions.calibration import from_validation, manual, rescore
+from ..decisions.evaluate import decision_metrics, run_test_set
+from ..detectors.fapm import FAPM
+from ..errors import ConfigError
+from ..method.memory import check_k
+from ..report.heatmaps import save_heatmaps
+from ..system.atomic import write_text_atomic
+from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config
+from .options import check_device as _device
+
+MODEL_FILE = "model.safetensors"
+
+
+def datasets_from_args(model, args: argparse.Namespace, splits: tuple[str, ...]) -> list[MVTecDataset]:
+    """The ``splits`` of ``args.category`` under ``args.data_root``, read with ``model``'s transform."""
+    if not args.data_root or not args.category:
+        raise ConfigError("--data-root and --category are required (or set them in --config)")
+    out = []
+    for split in splits:
+        ds = MVTecDataset(args.data_root, args.category, split, model.transform, skip_bad=args.skip_bad)
+        for path, why in ds.skipped:
+            print(f"skipped: {why}", file=sys.stderr)
+        out.append(ds)
+    return out
+
+
+def fit_from_args(args: argparse.Namespace, model_cls: type | None = None):
+    """A fitted detector (``model_cls``, default FAPM) from the options; decision flags applied."""
+    model = (model_cls or FAPM)(build_config(args), device=_device(args.device))
+    (train,) = datasets_from_args(model, args, ("train",))
+    start = time.perf_counter()
+    model.fit(train, progress=not args.no_progress)
+    model.fit_stats.update(fit_seconds=time.perf_counter() - start, n_train=len(train))
+    apply_decision_flags(model, args)
+    return model
+
+
+def apply_decision_flags(model, args: argparse.Namespace) -> None:
+    """``--validation-root`` (F1-optimal thresholds on labelled validation images), then
+    ``--threshold`` / ``--pixel-threshold`` (manual, recorded): set ``model.calibration``."""
+    if getattr(args, "validation_root", None):
+        val = MVTecDataset(args.validation_root, args.category, "test", model.transform, skip_bad=args.skip_bad)
+        result = run_test_set(model, val, progress=not args.no_progress, metrics=False)
+        model.calibration = from_validation(model.calibration, result.scores, result.labels, result.maps,
+                                            result.masks, model.config.image_score, model.search_k)
+    if getattr(args, "threshold", None) is not None or getattr(args, "pixel_threshold", None) is not None:
+        model.calibration = manual(model.calibration, args.threshold, args.pixel_threshold,
+                                   model.config.image_score, model.search_k)
+
+
+def apply_scoring_flags(model, args: argparse.Namespace) -> None:
+    """With ``--model``: honour the scoring-time settings (``--k``, ``--image-score``,
+    ``--batch-size``, ``--false-alarm-rate``, scoring keys of ``--config``), refuse the fit-time
+    ones (:data:`~fapm_lib.config.FIT_KEYS`) with a line naming the flag; re-derive the
+    thresholds from the stored held-out scores."""
+    given = {key: getattr(args, key) for key in FIT_KEYS if getattr(args, key, None) is not None}
+    if getattr(args, "random_weights", False):
+        given["pretrained"] = False
+    for key, value in given.items():
+        flag = "--random-weights" if key == "pretrained" else flag_name(key)
+        if key != "backbone" or value != model.config.backbone:
+            raise ConfigError(f"{flag} is a fit-time setting and {args.model} is already fitted "
+                              f"(with {key}={getattr(model.config, key)!r}); refit without --model to change it")
+    changes: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values, run = load_yaml_config(args.config)
+        for key in ("category", "data_root"):
+            if getattr(args, key, None) is None and key in run:
+                setattr(args, key, run[key])
+        for key, value in values.items():
+            if key in FIT_KEYS and value != getattr(model.config, key):
+                raise ConfigError(f"{args.config}: {key}={value!r} is a fit-time setting, but {args.model} was "
+                                  f"fitted with {key}={getattr(model.config, key)!r}; refit without --model")
+            if key not in FIT_KEYS:
+                changes[key] = value
+    for key in (*TUNING_FLAGS, *CALIBRATION_FLAGS):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
+    if "k" in changes:
+        check_k_acts({"image_score": model.config.image_score, **changes}, "options", "--k")
+    if not changes:
+        return
+    old = model.config
+    new = old.replace(**changes)
+    if new.search_k > 1:  # the neighbours scoring now reads must exist
+        if isinstance(model, FAPM):
+            check_k(model.memories, new.search_k)
+        elif new.search_k > model.memory_size()["vectors"]:
+            raise ConfigError(f"k={new.search_k} exceeds the memory bank ({model.memory_size()['vectors']} vectors)")
+    model.config = new
+    scoring = ("image_score", "k", "false_alarm_rate")
+    if model.calibration is not None and any(getattr(old, f) != getattr(model.config, f) for f in scoring):
+        model.calibration = rescore(model.calibration, model.config.image_score, model.search_k,
+                                    model.config.false_alarm_rate)
+
+
+def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | None = None) -> dict[str, Any]:
+    """Fit (or load ``args.model``), evaluate, write ``metrics.json`` and heatmaps; return the metrics.
+
+    ``model_cls``: FAPM (default) or PatchCore."""
+    model_cls = model_cls or FAPM
+    if getattr(args, "model", None):
+        model = model_cls.load(args.model, device=_device(args.device))
+        apply_scoring_flags(model, args)
+        apply_decision_flags(model, args)
+        model_file = str(args.model)
+    else:
+        model = fit_from_args(args, model_cls)
+        model_file = str(model.save(output / MODEL_FILE))
+    (test,) = datasets_from_args(model, args, ("test",))
+    result = run_test_set(model, test, progress=not args.no_progress)
+    if result.masks is None:
+        print(f"pixel metrics skipped: {args.category} has no ground_truth masks", file=sys.stderr)
+    metrics = {**result.metrics, **decision_metrics(result, model.calibration),
+               "n_train": model.fit_stats.get("n_train"), "n_test": len(test),
+               "backbone": model.config.backbone, "fit_seconds": model.fit_stats.get("fit_seconds"),
+               "ms_per_image": result.ms_per_image,
+               **{f"{stage}_ms_per_image": ms for stage, ms in result.stage_ms.items()},
+               "settings": {"config": model.config.to_dict(), "model_file": model_file,
+                            "data_root": str(args.data_root), "category": args.category,
+                            "calibration": None if model.calibration is None else model.calibration.brief()}}
+    write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=2))
+    save_heatmaps(result, test, output / "heatmaps", calibration=model.calibration)
+    return metrics
