@@ -27,16 +27,40 @@ from typing import Any
 from .errors import BackboneError, ConfigError, DataError, FAPMError, ModelFileError
 
 __version__ = "0.2.0"
-#: public name -> the module that defines it
-_LAZY = {
-    "FAPM": "detectors.fapm", "PatchCore": "detectors.patchcore", "FAPMConfig": "config",
-    "FAPMModel": "method.fapm", "PatchCoreModel": "method.patchcore", "Prediction": "method.scoring",
-    "MVTecDataset": "data.mvtec", "Transform": "data.transform", "load_image": "data.images",
-    "list_images": "data.folders", "Calibration": "decisions.calibration", "Result": "decisions.results",
-    "compute_metrics": "decisions.metrics", "run_test_set": "decisions.evaluate",
-    "create_feature_extractor": "method.backbone", "export_model": "deploy.export",
-    "ExportedModel": "deploy.exported", "tune_allocator": "system.allocator",
+#: the public API, by role: module -> names (imported on first use)
+_PUBLIC = {
+    "config": ["FAPMConfig"],
+    "system.atomic": ["write_text_atomic"],
+    "system.allocator": ["tune_allocator"],
+    "data.images": ["load_image"],
+    "data.transform": ["Transform"],
+    "data.mvtec": ["MVTecDataset", "default_shared_root"],
+    "data.folders": ["list_images"],
+    "data.synthetic": ["CATEGORIES", "generate_dataset", "ensure_dataset"],
+    "method.backbone": ["create_feature_extractor"],
+    "method.regions": ["split_regions", "merge_regions", "valid_grids"],
+    "method.coreset": ["GreedyKCenter", "coreset_size"],
+    "method.memory": ["LayerMemory", "build_layer_memory"],
+    "method.scoring": ["Prediction", "anomaly_map", "fuse_layers", "image_score", "upsample_nearest",
+                       "upsample_official", "align_layer"],
+    "method.fapm": ["FAPMModel"],
+    "method.patchcore": ["PatchCoreModel"],
+    "decisions.calibration": ["Calibration"],
+    "decisions.results": ["Result"],
+    "decisions.metrics": ["compute_metrics", "image_auroc", "pixel_auroc"],
+    "decisions.evaluate": ["run_test_set", "pick_examples"],
+    "detectors.fapm": ["FAPM"],
+    "detectors.patchcore": ["PatchCore"],
+    "report.viz": ["denormalize", "overlay", "calibrated_overlay", "plot_gallery"],
+    "report.tables": ["markdown_table"],
+    "deploy.export": ["export_model"],
+    "deploy.exported": ["ExportedModel"],
+    "deploy.runtime_benchmark": ["build_runners", "single_times", "uint8_images"],
+    "tutorial.notebook": ["prepare_data", "subset", "layout_tree", "roc_points", "time_stages"],
+    "tutorial.explorer": ["Explorer", "build_widgets", "status_text"],
+    "tutorial.ablations": ["default_variants", "extract_category", "run_ablation", "summary_table"],
 }
+_LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
 __all__ = [*_LAZY, "FAPMError", "DataError", "ConfigError", "ModelFileError", "BackboneError"]
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from fapm_lib.config import FAPMConfig, load_yaml_config
 from fapm_lib.errors import ConfigError
+from tests.helpers import REPO
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mvtec"
+CONFIG_DIR = REPO / "configs" / "mvtec"
 
 
 def test_defaults_follow_the_paper() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_mvtec_tree
+from tests.helpers import build_mvtec_tree
 from fapm_lib import FAPM, FAPMConfig, MVTecDataset, PatchCore
 
 TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, k=2)

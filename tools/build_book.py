@@ -59,7 +59,7 @@ def execute_notebooks(out_dir: Path, build: Path, only: list[str] | None, jobs: 
     two-threaded kernel after the other, and never oversubscribe a loaded machine); seconds per notebook."""
     import papermill as pm
 
-    from fapm_lib.notebook_tools import prepare_data
+    from fapm_lib.tutorial.notebook import prepare_data
 
     prepare_data(ROOT / "data" / "builtin", "vial")  # generate once, before kernels run side by side
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels (and the CLI calls they make)

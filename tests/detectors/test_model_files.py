@@ -1,0 +1,293 @@
+"""Model files: damaged, tampered, foreign or malicious files are refused with a one-line
+ModelFileError; nothing is unpickled; a save/load round trip gives identical scores."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from fapm_lib import FAPM, FAPMConfig, PatchCore
+from fapm_lib.method.backbone import create_feature_extractor
+from fapm_lib.errors import ModelFileError
+from fapm_lib.detectors.model_file import save_tensors
+
+TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, k=2)
+
+
+# ---- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def extractor():
+    return create_feature_extractor(TINY.backbone)
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {"train": torch.randn(6, 3, 64, 64, generator=gen), "test": torch.randn(3, 3, 64, 64, generator=gen)}
+
+
+@pytest.fixture(scope="module")
+def fitted(extractor, images) -> dict[str, FAPM | PatchCore]:
+    return {"fapm": FAPM(TINY, extractor=extractor).fit(images["train"], progress=False),
+            "patchcore": PatchCore(TINY, extractor=extractor).fit(images["train"], progress=False)}
+
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("saved")
+    return {kind: model.save(folder / f"{kind}.safetensors") for kind, model in fitted.items()}
+
+
+@pytest.fixture
+def copy_of(saved, tmp_path: Path):
+    """``copy_of(kind)``: a fresh copy of a saved model file, to damage."""
+
+    def make(kind: str = "fapm") -> Path:
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(saved[kind].read_bytes())
+        return path
+
+    return make
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def refused(path: Path, cls=FAPM, **kwargs) -> str:
+    """Load expecting ModelFileError; return its message, checked to be one line naming the file."""
+    with pytest.raises(ModelFileError) as info:
+        cls.load(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(path)), message
+    return message
+
+
+def layout(path: Path) -> tuple[dict, int]:
+    """safetensors layout: (header JSON, offset of the data region)."""
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + size]), 8 + size
+
+
+def metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata())
+
+
+def rewrite(path: Path, **changes: str) -> None:
+    """Rewrite ``path`` with safetensors' API: some metadata entries changed, nothing recomputed."""
+    save_file(load_file(str(path)), str(path), metadata={**metadata(path), **changes})
+
+
+def craft(path: Path, edit) -> None:
+    """Rewrite ``path`` through the library's own writer after ``edit(tensors, header)``: the
+    file is well formed and its checksum is valid, whatever the checksum covers."""
+    meta, tensors = metadata(path), load_file(str(path))
+    header = json.loads(meta["header"])
+    edit(tensors, header)
+    save_tensors(path, tensors, meta["kind"], header)
+
+
+def assert_same_prediction(a, b, images: torch.Tensor) -> None:
+    pa, pb = a.predict(images), b.predict(images)
+    assert torch.equal(pa.anomaly_map, pb.anomaly_map)
+    assert torch.equal(pa.pred_score, pb.pred_score)
+    assert torch.equal(pa.patch_scores, pb.patch_scores)
+
+
+# ---- round trips -------------------------------------------------------------------------------
+def test_fapm_round_trip_gives_identical_scores(fitted, saved, extractor, images) -> None:
+    original = fitted["fapm"]
+    loaded = FAPM.load(saved["fapm"], extractor=extractor)
+    assert loaded.config == original.config and loaded.feature_sizes == original.feature_sizes
+    for a, b in zip(original.memories, loaded.memories, strict=True):
+        assert torch.equal(a.radii, b.radii) and torch.equal(a.far, b.far)
+        for ga, gb in zip(a.groups, b.groups, strict=True):
+            assert torch.equal(ga.regions, gb.regions) and torch.equal(ga.bank, gb.bank)
+    assert_same_prediction(original, loaded, images["test"])
+
+
+def test_patchcore_round_trip_gives_identical_scores(fitted, saved, extractor, images) -> None:
+    loaded = PatchCore.load(saved["patchcore"], extractor=extractor)
+    assert torch.equal(loaded.bank, fitted["patchcore"].bank)
+    assert_same_prediction(fitted["patchcore"], loaded, images["test"])
+
+
+def test_loading_never_unpickles(saved, extractor, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("model loading must not unpickle")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    assert FAPM.load(saved["fapm"], extractor=extractor).is_fitted
+    assert PatchCore.load(saved["patchcore"], extractor=extractor).is_fitted
+
+
+# ---- damaged files -----------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["empty", "length-prefix", "mid-header", "header-end", "first-data-byte",
+                                   "half", "last-byte"])
+def test_truncated_file(copy_of, where: str) -> None:
+    path = copy_of()
+    raw = path.read_bytes()
+    _, data_start = layout(path)
+    cut = {"empty": 0, "length-prefix": 5, "mid-header": data_start // 2, "header-end": data_start,
+           "first-data-byte": data_start + 1, "half": len(raw) // 2, "last-byte": len(raw) - 1}[where]
+    path.write_bytes(raw[:cut])
+    assert "not a readable model file" in refused(path)
+
+
+@pytest.mark.parametrize("tensor", ["layers.0.groups.0.bank", "layers.1.groups.1.bank", "layers.0.radii",
+                                    "layers.1.far", "layers.0.groups.1.regions"])
+def test_one_flipped_byte_in_tensor_data(copy_of, tensor: str) -> None:
+    path = copy_of()
+    header, data_start = layout(path)
+    begin, end = header[tensor]["data_offsets"]
+    raw = bytearray(path.read_bytes())
+    raw[data_start + (begin + end) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert refused(path).endswith("checksum mismatch (the file was modified or damaged)")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [('\\"grid\\": 2', '\\"grid\\": 4'), ('\\"k\\": 2', '\\"k\\": 1'), ('\\"blur_sigma\\": 4.0', '\\"blur_sigma\\": 0.0'),
+     ('\\"feature_sizes\\": [[8, 8], [4, 4]]', '\\"feature_sizes\\": [[4, 4], [8, 8]]')],
+    ids=["grid", "k", "blur_sigma", "feature_sizes"],
+)
+def test_edited_header_config_is_refused(copy_of, old: str, new: str) -> None:
+    """An edit of the JSON header (same length, so the file stays valid safetensors) must not
+    load silently: the stored config decides how the memories are searched."""
+    path = copy_of()
+    raw = path.read_bytes()
+    assert raw.count(old.encode()) == 1
+    path.write_bytes(raw.replace(old.encode(), new.encode()))
+    refused(path)
+
+
+def test_header_config_out_of_range_is_refused(copy_of) -> None:
+    path = copy_of()
+    craft(path, lambda tensors, header: header["config"].update(coreset_ratio=5.0))
+    assert "coreset_ratio=5.0 must be in (0, 1]" in refused(path)
+
+
+def test_other_format_version(copy_of) -> None:
+    path = copy_of()
+    rewrite(path, format_version="99")
+    assert refused(path) == f"{path}: model format version 99 is not supported (this library reads 1)"
+
+
+def test_not_our_safetensors_file(tmp_path: Path) -> None:
+    path = tmp_path / "weights.safetensors"
+    save_file({"conv.weight": torch.zeros(2, 3)}, str(path))
+    assert refused(path) == f"{path}: not a fapm_lib model file"
+
+
+def test_patchcore_file_loaded_as_fapm_and_back(saved) -> None:
+    assert refused(saved["patchcore"]) == f"{saved['patchcore']}: holds a patchcore model, not a fapm model"
+    assert refused(saved["fapm"], PatchCore) == f"{saved['fapm']}: holds a fapm model, not a patchcore model"
+
+
+def test_missing_tensor_with_a_valid_checksum(copy_of) -> None:
+    path = copy_of()
+    craft(path, lambda tensors, header: tensors.pop("layers.1.radii"))
+    assert "incomplete model file (missing 'layers.1.radii')" in refused(path)
+
+
+def test_header_channels_that_do_not_match_the_memory(copy_of) -> None:
+    path = copy_of()
+    craft(path, lambda tensors, header: header["backbone"].update(channels=[32, 96]))
+    message = refused(path)
+    assert "layer 0" in message and "memory does not match backbone tf_efficientnet_lite0" in message
+
+
+CRAFTED = {
+    "float16-bank": lambda t, h: t.update({"layers.0.groups.0.bank": t["layers.0.groups.0.bank"].half()}),
+    "regions-out-of-range": lambda t, h: t.update({"layers.0.groups.0.regions": t["layers.0.groups.0.regions"] + 100}),
+    "bank-without-region-axis": lambda t, h: t.update({"layers.1.groups.1.bank": t["layers.1.groups.1.bank"][0]}),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CRAFTED))
+def test_crafted_file_with_a_valid_checksum_is_refused_at_load(copy_of, change: str) -> None:
+    """A checksum only detects damage; a well-formed file with wrong dtypes or shapes must be
+    refused at load, not fail later inside predict with a traceback."""
+    path = copy_of()
+    craft(path, CRAFTED[change])
+    refused(path)
+
+
+@pytest.mark.parametrize("n_bytes", [1, 7, 8, 100, 65536])
+def test_random_bytes(tmp_path: Path, n_bytes: int) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(os.urandom(n_bytes))
+    assert "not a readable model file" in refused(path)
+
+
+def test_plausible_length_prefix_then_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", 64) + b"{" + os.urandom(200))
+    assert "not a readable model file" in refused(path)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    assert refused(tmp_path / "absent.safetensors").endswith("model file not found")
+    assert refused(tmp_path).endswith("model file not found")
+
+
+# ---- other backbones ---------------------------------------------------------------------------
+def test_extractor_with_other_channels_is_refused(saved) -> None:
+    other = create_feature_extractor("mobilenetv2_100", pretrained=False)
+    message = refused(saved["fapm"], extractor=other)
+    fitted, _, given = message.partition(", not ")
+    assert "tf_efficientnet_lite0" in fitted and "channels [40, 112]" in fitted
+    assert "mobilenetv2_100" in given and "channels [32, 96]" in given
+    assert "mobilenetv2_100" in refused(saved["patchcore"], PatchCore, extractor=other)
+
+
+@pytest.mark.parametrize(("name", "pretrained"), [("efficientnet_b0", False), ("tf_efficientnet_lite0", False)],
+                         ids=["other-architecture-same-channels", "random-weights"])
+def test_extractor_with_same_channels_but_other_weights_is_refused(saved, name: str, pretrained: bool) -> None:
+    """efficientnet_b0 has lite0's channels (40, 112); a random-weights lite0 too. Either gives
+    meaningless distances to memories made with the pretrained lite0."""
+    other = create_feature_extractor(name, pretrained=pretrained)
+    assert other.info.channels == (40, 112)
+    refused(saved["fapm"], extractor=other)
+
+
+# ---- pickles -----------------------------------------------------------------------------------
+class _Payload:
+    """Unpickling this runs ``exec`` that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_malicious_pickle_is_refused_and_never_run(tmp_path: Path) -> None:
+    control = tmp_path / "control_marker"
+    pickle.loads(pickle.dumps(_Payload(control)))
+    assert control.exists()  # the payload is live when unpickled
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps(_Payload(marker)))
+    assert "not a readable model file" in refused(path)
+    assert "not a readable model file" in refused(path, PatchCore)
+    assert not marker.exists()
+
+
+def test_torch_save_file_with_a_malicious_pickle_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / "model.safetensors"
+    torch.save({"bank": torch.zeros(2), "payload": _Payload(marker)}, path)
+    assert not marker.exists()
+    assert "not a readable model file" in refused(path)
+    assert not marker.exists()
