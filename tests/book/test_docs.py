@@ -1,0 +1,132 @@
+"""The repository's text, without building anything (fast): no merge-conflict marker and no path
+of a developer's machine in any tracked text file, the README within 200 lines, and every relative
+link of the README and the pages of docs/ pointing at a file (and heading) that exists."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+#: The Markdown pages whose links are checked: the front page, the book pages, the book's API page.
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "data" / "README.md", REPO / "book" / "api.md"]
+#: Markdown links and images: ``[text](target)`` / ``![alt](target)``.
+LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^)\s]+)\)")
+
+# Built from pieces so that this file matches neither check itself.
+CONFLICT = re.compile("^(" + "<" * 7 + " |" + "=" * 7 + "$|" + ">" * 7 + " )", re.M)
+MACHINE_PATH = re.compile("|".join(["/" + "work/", "/" + "root/", "/" + r"home/[a-z]+/", "/" + "tmp/"]))
+#: Tracked files allowed to hold a machine path, each with the reason. Empty today: the book's
+#: build script replaces such paths in what it renders, and examples use relative paths
+#: (``../shared/data/mvtec_ad_256``, ``runs/``) or ``$FAPM_SHARED_DATA``. A shell snippet that
+#: writes to a temp folder on purpose would be listed here, with its reason.
+MACHINE_PATH_EXEMPT: dict[str, str] = {}
+
+
+def tracked_text_files() -> dict[str, str]:
+    """Every file git tracks (as in the index) that decodes as UTF-8 text without NUL bytes:
+    path -> text. Skips when this is not a git checkout (a source archive)."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no tracked files to read")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    files = {}
+    for name in filter(None, names.decode().split("\0")):
+        path = REPO / name
+        if not path.is_file():  # deleted in the working tree, not yet in the index
+            continue
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue
+        try:
+            files[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return files
+
+
+def test_no_merge_conflict_marker_in_any_tracked_file() -> None:
+    found = [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}"
+             for name, text in tracked_text_files().items() for m in CONFLICT.finditer(text)]
+    assert not found, "merge-conflict markers:\n" + "\n".join(found)
+
+
+def test_no_machine_path_in_any_tracked_file() -> None:
+    found = [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: "
+             f"{text[text.rfind(chr(10), 0, m.start()) + 1:text.find(chr(10), m.start())].strip()[:120]}"
+             for name, text in tracked_text_files().items() if name not in MACHINE_PATH_EXEMPT
+             for m in MACHINE_PATH.finditer(text)]
+    assert not found, "paths of a developer's machine (write them relative to the repository):\n" + "\n".join(found)
+
+
+def test_machine_path_pattern_catches_what_it_should() -> None:
+    for text in ("/" + "work/main/x", "/" + "root/.cache", "/" + "home/ada/repo", "/" + "tmp/out"):
+        assert MACHINE_PATH.search(text), text
+    for text in ("../shared/data/mvtec_ad_256", "runs/bottle", "$FAPM_SHARED_DATA", "/shared/mvtec"):
+        assert not MACHINE_PATH.search(text), text
+    assert CONFLICT.search("x\n" + "<" * 7 + " HEAD\n") and CONFLICT.search("=" * 7 + "\n")
+    assert not CONFLICT.search("=" * 8 + "\n") and not CONFLICT.search("a " + ">" * 7 + " b")
+
+
+def test_readme_is_at_most_200_lines() -> None:
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move the details to a page of docs/"
+
+
+def prose(text: str) -> str:
+    """Markdown without fenced code blocks and inline code (links there are not links)."""
+    text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.M | re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub (and MkDocs, for headings of plain words) gives a heading."""
+    text = re.sub(r"`|\*", "", heading.strip()).lower()
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    return {github_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*$", prose(path.read_text(encoding="utf-8")), re.M)}
+
+
+def links(page: Path) -> list[str]:
+    return [m.group(2) for m in LINK.finditer(prose(page.read_text(encoding="utf-8")))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for target in links(page):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):
+            continue  # https:, mailto:
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if not path.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+            broken.append(f"{target}: no heading #{anchor} in {path.name}")
+        elif path.is_relative_to(REPO / "build"):
+            broken.append(f"{target}: points into build/ (not in a fresh clone)")
+    assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+def test_readme_links_every_docs_page() -> None:
+    readme = links(REPO / "README.md")
+    missing = [p.name for p in sorted((REPO / "docs").glob("*.md")) if f"docs/{p.name}" not in readme]
+    assert not missing, f"README.md does not link these pages of docs/: {missing}"
+
+
+def test_module_paths_named_in_the_docs_exist() -> None:
+    """Every ``fapm_lib/...`` path and ``tests/...py`` file the pages name exists in the tree."""
+    missing = set()
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for name in re.findall(r"\b((?:fapm_lib|tests|tools)/[\w/]+(?:\.py)?/?)", text):
+            if not (REPO / name).exists():
+                missing.add(f"{page.relative_to(REPO)}: {name}")
+    assert not missing, "paths that do not exist:\n" + "\n".join(sorted(missing))
