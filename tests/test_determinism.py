@@ -85,7 +85,7 @@ def test_fapm_twice_is_bit_identical(pair, root: Path, name: str) -> None:
 
 def test_patchcore_twice_is_bit_identical(pair, root: Path) -> None:
     first, second = pair(PatchCore, "adaptive")
-    assert torch.equal(first.bank, second.bank)
+    assert torch.equal(first.model.bank, second.model.bank)
     assert_same_predictions(first, second, eval_images(first, root))
 
 

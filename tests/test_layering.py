@@ -1,18 +1,24 @@
-"""The library's import graph: no cycle, and nothing imports the CLI.
+"""The library's shape: packages in layers, each importing only the layers before it; no import
+cycle; a thin top level; one module for the search arithmetic.
 
-Every ``import`` of every ``fapm_lib`` module is read from its source (``ast``), including
-the ones inside functions, so a cycle hidden behind a lazy import is found too.
+Every ``import`` of every ``fapm_lib`` module is read from its source (``ast``), including the
+ones inside functions, so an upward or cyclic import hidden behind a lazy import is found too.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import fapm_lib
 
 PACKAGE = Path(fapm_lib.__file__).parent
-#: Modules allowed to import the CLI: its entry point.
-CLI_USERS = {"fapm_lib.__main__"}
+#: The layers, lowest first. A module may import its own layer and the layers before it only.
+LAYERS = ("errors", "system", "config", "data", "method", "scale", "decisions", "detectors", "report", "deploy",
+          "tutorial", "workflows", "cli")
+#: At the top of the package: the entry points, which may import anything.
+ENTRY_POINTS = {"fapm_lib", "fapm_lib.__main__"}
+MAX_TOP_LEVEL_MODULES = 6
 
 
 def module_name(path: Path) -> str:
@@ -46,6 +52,13 @@ def imported_modules(name: str, path: Path) -> set[str]:
 GRAPH = {name: imported_modules(name, path) for name, path in MODULES.items()}
 
 
+def layer_of(name: str) -> int | None:
+    """Index in :data:`LAYERS` of ``fapm_lib.<layer>...``; None for the entry points."""
+    if name in ENTRY_POINTS:
+        return None
+    return LAYERS.index(name.split(".")[1])
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle ``[a, b, ..., a]`` of ``graph``, or None (depth-first search)."""
     state: dict[str, str] = {}
@@ -69,16 +82,36 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import of a higher layer by a lower one."""
+    bad = []
+    for name, targets in sorted(graph.items()):
+        own = layer_of(name)
+        if own is None:
+            continue
+        bad += [f"{name} -> {t}" for t in sorted(targets) if (layer_of(t) or 0) > own]
+    return bad
+
+
 def test_the_graph_is_read_from_every_module() -> None:
-    assert {"fapm_lib.cli", "fapm_lib.model", "fapm_lib.benchmark", "fapm_lib.synthetic.writer"} <= set(MODULES)
-    assert "fapm_lib.cli" in GRAPH["fapm_lib.__main__"]
-    assert "fapm_lib.benchmark" in GRAPH["fapm_lib.cli"]  # a function-level import is seen
-    assert "fapm_lib.errors" in GRAPH["fapm_lib.synthetic.catalogue"]  # `from ..errors import`
+    assert {"fapm_lib.cli.main", "fapm_lib.method.fapm", "fapm_lib.workflows.benchmark",
+            "fapm_lib.data.synthetic.writer"} <= set(MODULES)
+    assert "fapm_lib.cli.main" in GRAPH["fapm_lib.__main__"]
+    assert "fapm_lib.workflows.benchmark" in GRAPH["fapm_lib.cli.main"]  # a function-level import is seen
+    assert "fapm_lib.errors" in GRAPH["fapm_lib.data.synthetic.catalogue"]  # `from ...errors import`
 
 
-def test_find_cycle_finds_one() -> None:
+def test_every_module_belongs_to_a_layer() -> None:
+    for name in MODULES:
+        if name not in ENTRY_POINTS:
+            assert name.split(".")[1] in LAYERS, f"{name}: not in a layer of {LAYERS}"
+
+
+def test_find_cycle_and_upward_imports_find_them() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None
+    assert upward_imports({"fapm_lib.method.fapm": {"fapm_lib.decisions.calibration", "fapm_lib.errors"}}) == [
+        "fapm_lib.method.fapm -> fapm_lib.decisions.calibration"]
 
 
 def test_no_import_cycle_in_the_library() -> None:
@@ -86,6 +119,25 @@ def test_no_import_cycle_in_the_library() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_nothing_in_the_library_imports_the_cli() -> None:
-    users = {name for name, targets in GRAPH.items() if "fapm_lib.cli" in targets}
-    assert users <= CLI_USERS, f"these modules import fapm_lib.cli: {sorted(users - CLI_USERS)}"
+def test_no_lower_layer_imports_a_higher_one() -> None:
+    assert upward_imports(GRAPH) == []
+
+
+def test_the_top_level_is_thin() -> None:
+    plain = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(plain) <= MAX_TOP_LEVEL_MODULES, plain
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert subpackages == set(LAYERS) - {"errors", "config"}
+
+
+def test_the_search_arithmetic_lives_in_one_module() -> None:
+    """The distance computation (a batched matrix product against the banks) is written once,
+    in method/memory.py (FAPM) and once for PatchCore's single bank, nowhere else."""
+    pattern = re.compile(r"\b(baddbmm|addmm|cdist)\(")
+    users = sorted(name for name, path in MODULES.items() if pattern.search(path.read_text()))
+    assert users == ["fapm_lib.method.memory", "fapm_lib.method.patchcore"]
+
+
+def test_the_public_api_resolves() -> None:
+    for name in fapm_lib.__all__:
+        assert getattr(fapm_lib, name) is not None, name

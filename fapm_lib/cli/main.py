@@ -66,7 +66,8 @@ def _scheduler_option(p: argparse.ArgumentParser) -> None:
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ..workflows.category import MODEL_FILE, fit_from_args
+    from ..detectors.model_file import MODEL_FILE
+    from ..workflows.category import fit_from_args
 
     model = fit_from_args(args)
     path = model.save(Path(args.output) / MODEL_FILE)

@@ -14,6 +14,8 @@ from torch import Tensor
 from ..system.atomic import atomic_path
 from ..errors import ModelFileError
 
+#: The file name fit, evaluate and fit-all write a model to.
+MODEL_FILE = "model.safetensors"
 FORMAT_NAME = "fapm_lib"
 FORMAT_VERSION = 1
 

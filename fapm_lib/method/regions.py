@@ -34,9 +34,11 @@ def split_regions(features: Tensor, grid: int) -> Tensor:
     ``permute`` and ``-1`` for the batch, so a traced (exported) model keeps a dynamic batch.
     """
     channels, height, width = features.shape[1:]
-    side = check_grid(height, width, grid)
+    side = height // grid if torch.jit.is_tracing() else check_grid(height, width, grid)  # traced sizes are tensors
     regions = features.reshape(-1, channels, grid, side, grid, width // grid)  # b c gy sy gx sx
-    return regions.permute(2, 4, 0, 3, 5, 1).reshape(grid * grid, -1, channels)  # a contiguous copy
+    # contiguous: the same values in another memory layout would round differently in bmm (the
+    # reshape alone returns a view when a region is one cell)
+    return regions.permute(2, 4, 0, 3, 5, 1).reshape(grid * grid, -1, channels).contiguous()
 
 
 def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:

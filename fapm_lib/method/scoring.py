@@ -67,8 +67,8 @@ def align_layer(distances: Tensor, fine: int, alignment: str = "aligned", grid: 
 def fuse_layers(aligned: list[Tensor]) -> Tensor:
     """Fuse the layers: the sum of their k-NN distances, already on one grid (see
     :func:`upsample_nearest`): list of ``[B, H, W, k] -> [B, H, W, k]`` (a new tensor)."""
-    shapes = {tuple(d.shape) for d in aligned}
-    if len(shapes) != 1:
+    shapes = {tuple(d.shape) for d in aligned} if not torch.jit.is_tracing() else set()  # traced sizes are tensors
+    if len(shapes) > 1:
         raise ValueError(f"fuse_layers: the layers are on different grids {sorted(shapes)}; "
                          "bring them onto one grid first (upsample_nearest)")
     total = aligned[0].clone()
@@ -90,7 +90,7 @@ def anomaly_map(patch_scores: Tensor, size: int, sigma: float = 4.0) -> Tensor:
     ``F.interpolate(bilinear)`` followed by ``kornia.filters.gaussian_blur2d`` up to float
     rounding, at a fraction of the cost of a 33-tap blur on the full-size map.
     """
-    h, w = patch_scores.shape[-2:]
+    h, w = (int(n) for n in patch_scores.shape[-2:])  # python ints, also when traced: the operator is a constant
     rows = resize_blur_operator(h, size, sigma, patch_scores.device, patch_scores.dtype)
     cols = rows if w == h else resize_blur_operator(w, size, sigma, patch_scores.device, patch_scores.dtype)
     return rows @ patch_scores @ cols.T

@@ -18,7 +18,8 @@ from ..errors import ConfigError, DataError
 from ..report.tables import write_summary
 from ..system.atomic import write_text_atomic
 from ..system.jobs import Job, parse_scheduler, run_jobs
-from .category import MODEL_FILE, evaluate_category, fit_from_args
+from ..detectors.model_file import MODEL_FILE
+from .category import evaluate_category, fit_from_args
 from .notebook_batch import resolve_categories
 from .options import build_config
 

@@ -15,14 +15,13 @@ from ..data.mvtec import MVTecDataset
 from ..decisions.calibration import from_validation, manual, rescore
 from ..decisions.evaluate import decision_metrics, run_test_set
 from ..detectors.fapm import FAPM
+from ..detectors.model_file import MODEL_FILE
 from ..errors import ConfigError
 from ..method.memory import check_k
 from ..report.heatmaps import save_heatmaps
 from ..system.atomic import write_text_atomic
 from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config
 from .options import check_device as _device
-
-MODEL_FILE = "model.safetensors"
 
 
 def datasets_from_args(model, args: argparse.Namespace, splits: tuple[str, ...]) -> list[MVTecDataset]:
@@ -70,11 +69,12 @@ def apply_scoring_flags(model, args: argparse.Namespace) -> None:
     given = {key: getattr(args, key) for key in FIT_KEYS if getattr(args, key, None) is not None}
     if getattr(args, "random_weights", False):
         given["pretrained"] = False
-    for key, value in given.items():
+    if given.pop("backbone", model.config.backbone) != model.config.backbone:
+        raise ConfigError(f"--backbone {args.backbone} differs from the model's backbone {model.config.backbone}")
+    for key in given:
         flag = "--random-weights" if key == "pretrained" else flag_name(key)
-        if key != "backbone" or value != model.config.backbone:
-            raise ConfigError(f"{flag} is a fit-time setting and {args.model} is already fitted "
-                              f"(with {key}={getattr(model.config, key)!r}); refit without --model to change it")
+        raise ConfigError(f"{flag} is a fit-time setting and {args.model} is already fitted "
+                          f"(with {key}={getattr(model.config, key)!r}); refit without --model to change it")
     changes: dict[str, Any] = {}
     if getattr(args, "config", None):
         values, run = load_yaml_config(args.config)

@@ -18,6 +18,7 @@ from fapm_lib.detectors import base
 from fapm_lib.cli import main as cli
 from fapm_lib.method.backbone import create_feature_extractor
 from fapm_lib.method.coreset import GreedyKCenter
+from fapm_lib.detectors.model_file import MODEL_FILE
 
 CATEGORY = "widget"
 TINY_YAML = "resize: 64\ncrop_size: 64\ngrid: 2\nbatch_size: 4\ncoreset_ratio: 0.5\nimage_score: reweighted\nk: 2\n"
@@ -103,7 +104,7 @@ def test_missing_data_root_subprocess(tmp_path: Path, tiny_yaml: Path) -> None:
     proc = run_cli(*fit_args(missing, tiny_yaml, tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2
     assert one_line(proc.stderr) == f"fapm fit: error: {missing}: data root does not exist"
-    assert not (tmp_path / "out" / cli.MODEL_FILE).exists()
+    assert not (tmp_path / "out" / MODEL_FILE).exists()
 
 
 @pytest.mark.slow
@@ -160,7 +161,7 @@ def test_corrupt_training_image_stops_the_fit(capsys, tmp_path: Path, corrupt_ro
     code, _, err = run_main(capsys, *fit_args(root, tiny_yaml, tmp_path / "out"))
     assert code == 2
     assert one_line(err).startswith(f"fapm fit: error: {bad}: cannot read image")
-    assert not (tmp_path / "out" / cli.MODEL_FILE).exists()
+    assert not (tmp_path / "out" / MODEL_FILE).exists()
 
 
 def test_skip_bad_fits_on_the_rest_and_lists_the_file(capsys, tmp_path: Path, corrupt_root, tiny_yaml: Path) -> None:
@@ -169,7 +170,7 @@ def test_skip_bad_fits_on_the_rest_and_lists_the_file(capsys, tmp_path: Path, co
     assert code == 0
     assert one_line(err).startswith(f"skipped: {bad}: cannot read image")
     assert out.startswith(f"fitted {CATEGORY} on 5 images")
-    assert FAPM.load(tmp_path / "out" / cli.MODEL_FILE).fit_stats["n_train"] == 5
+    assert FAPM.load(tmp_path / "out" / MODEL_FILE).fit_stats["n_train"] == 5
 
 
 def test_missing_prediction_input(capsys, tmp_path: Path, model_files: dict) -> None:
@@ -249,7 +250,7 @@ def test_k_larger_than_a_bank(capsys, tmp_path: Path, tiny_root: Path, tiny_yaml
     code, _, err = run_main(capsys, *fit_args(tiny_root, tiny_yaml, tmp_path / "out", "--k", "10000"))
     assert code == 2
     assert one_line(err).startswith("fapm fit: error: k=10000 exceeds the smallest memory bank (12 vectors, layer 1)")
-    assert not (tmp_path / "out" / cli.MODEL_FILE).exists()
+    assert not (tmp_path / "out" / MODEL_FILE).exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

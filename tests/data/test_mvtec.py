@@ -19,6 +19,7 @@ from fapm_lib.data.images import IMAGE_EXTENSIONS, load_image, load_mask
 from fapm_lib.data.transform import IMAGENET_MEAN, IMAGENET_STD, Transform
 from fapm_lib.data.mvtec import MVTecDataset, Sample, default_shared_root, list_samples, make_loader
 from fapm_lib.errors import ConfigError, DataError
+from tests.helpers import REPO
 
 SMALL = Transform(resize=64, crop_size=56)
 

@@ -19,8 +19,9 @@ from fapm_lib.detectors import base
 from fapm_lib.cli import main as cli
 from fapm_lib.method.backbone import create_feature_extractor
 from fapm_lib.decisions.calibration import Calibration, f1_optimal_threshold, normalize_score, quantile_threshold
-from fapm_lib.decisions.heldout import fold_sets, heldout_knn, image_rows
+from fapm_lib.decisions.heldout import fold_model, fold_sets, image_rows, regions_to_maps
 from fapm_lib.method.regions import split_regions
+from fapm_lib.detectors.model_file import MODEL_FILE
 
 CATEGORY = "part"
 SIZE = 64
@@ -92,7 +93,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory, data: Path, tiny_yaml: Path
     out = tmp_path_factory.mktemp("fit")
     assert cli.main(["fit", "--config", str(tiny_yaml), "--data-root", str(data), "--category", CATEGORY,
                      "--output", str(out), "--no-progress"]) == 0
-    return out / cli.MODEL_FILE
+    return out / MODEL_FILE
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -156,7 +157,8 @@ def test_heldout_images_are_scored_by_memories_that_never_saw_them() -> None:
     regions = [split_regions(m, grid) for m in maps]
     config = TINY.replace(coreset_ratio=1.0, sampling="fixed")
     train, heldout = torch.tensor([0, 2, 3, 5]), torch.tensor([1, 4])
-    knn = heldout_knn(regions, [(4, 4), (2, 2)], config, train, heldout, k=2)
+    model = fold_model(regions, [(4, 4), (2, 2)], config, train)
+    knn = model.search([regions_to_maps(r, heldout, grid, size) for r, size in zip(regions, [(4, 4), (2, 2)])], 2)
     expected = torch.zeros(len(heldout), 4, 4)
     for layer, m in enumerate(maps):
         factor = 4 // m.shape[-1]
@@ -331,7 +333,7 @@ def test_uncalibrated_model_states_it(capsys, tmp_path: Path, data: Path, tiny_y
     assert cli.main(["fit", "--config", str(tiny_yaml), "--data-root", str(data), "--category", CATEGORY,
                      "--calibration-folds", "0", "--output", str(out), "--no-progress"]) == 0
     capsys.readouterr()
-    model_file = out / cli.MODEL_FILE
+    model_file = out / MODEL_FILE
     image = data / CATEGORY / "test" / "good" / "000.png"
     code, stdout, err = run_main(capsys, "predict", "--model", str(model_file), str(image), "--output", str(tmp_path / "p"))
     assert code == 0 and "uncalibrated" in one_line(err) and "uncalibrated" in stdout
@@ -429,5 +431,5 @@ def test_validation_root_gives_f1_thresholds(capsys, tmp_path: Path, data: Path,
     assert metrics["threshold_method"] == "f1_validation"
     val = metrics["settings"]["calibration"]["summary"]["validation"]
     assert val["n_images"] == 6 and val["n_defective"] == 3 and 0 < val["image_f1"] <= 1
-    model = FAPM.load(tmp_path / "e" / cli.MODEL_FILE)
+    model = FAPM.load(tmp_path / "e" / MODEL_FILE)
     assert model.calibration.method == "f1_validation" and model.calibration.image_threshold == metrics["threshold"]

@@ -90,7 +90,8 @@ def calibration(fitted: FAPM, test_images) -> Calibration:
 @pytest.fixture(scope="module")
 def calibrated(fitted: FAPM, calibration: Calibration, extractor) -> FAPM:
     model = FAPM(fitted.config, extractor=extractor)
-    model.memories, model.feature_sizes = fitted.memories, fitted.feature_sizes
+    model.feature_sizes = fitted.feature_sizes
+    model.set_memories(fitted.memories)
     model.calibration = calibration  # the contract H9's calibration fills in
     return model
 

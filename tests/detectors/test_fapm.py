@@ -171,7 +171,7 @@ def test_k_above_smallest_bank_via_fit_maps(extractor: FeatureExtractor, model: 
 
 def test_other_input_size_is_refused(model: FAPM) -> None:
     with pytest.raises(ConfigError, match="fitted on"):
-        model.knn([torch.zeros(1, 40, 28, 28), torch.zeros(1, 112, 14, 14)])
+        model.model.search([torch.zeros(1, 40, 28, 28), torch.zeros(1, 112, 14, 14)])
 
 
 def test_fit_on_a_dataset(tiny_mvtec: Path, extractor: FeatureExtractor) -> None:
@@ -231,7 +231,7 @@ def test_knn_equals_brute_force_per_region_and_layer(image_score: str, k: int) -
     config = FAPMConfig(grid=7, coreset_ratio=1.0, k=2, image_score=image_score)
     model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(8, 0))
     maps = synthetic_maps(2, seed=3)
-    knn = model.knn(maps)
+    knn = model.model.search(maps)
     assert model.search_k == k and knn.shape == (2, 14, 14, k)
     train = synthetic_maps(8, 0)  # ratio 1: each region's bank is all its training vectors
     expected = torch.zeros(2, 14, 14, k)
@@ -260,51 +260,59 @@ class FixedMaps(nn.Module):
 
 
 @pytest.mark.parametrize("batch, image_score", [(1, "max"), (3, "reweighted")])
-def test_knn_is_bit_identical_to_split_search_merge_upsample_fuse(batch: int, image_score: str) -> None:
-    """The fast path (index tables) equals the plain composition of the library's steps."""
+def test_predict_is_the_method_step_by_step(batch: int, image_score: str) -> None:
+    """``predict`` = the module's forward = embed, split, search each region's bank, merge, align,
+    fuse, map, score: composed here by hand from the library's functions, bit for bit."""
     from fapm_lib.method.regions import merge_regions, split_regions
-    from fapm_lib.method.scoring import fuse_layers, upsample_nearest
+    from fapm_lib.method.scoring import anomaly_map, fuse_layers, image_score as score_of, upsample_nearest
 
     config = FAPMConfig(grid=7, coreset_ratio=0.3, k=2, image_score=image_score)
     model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(12, 0))
     assert any(mem.far.any() and (~mem.far).any() for mem in model.memories)  # two size groups per layer
-    maps = synthetic_maps(batch, seed=4)
-    per_layer = [merge_regions(mem.search(split_regions(f, 7), model.search_k), 7, *f.shape[-2:])
-                 for mem, f in zip(model.memories, maps)]
-    assert torch.equal(model.knn(maps), fuse_layers([per_layer[0], upsample_nearest(per_layer[1], 2)]))
-
-
-@pytest.mark.parametrize("batch, image_score", [(1, "max"), (3, "reweighted")])
-def test_readable_and_fast_predict_are_bit_identical_on_hand_made_maps(batch: int, image_score: str) -> None:
-    config = FAPMConfig(grid=7, coreset_ratio=0.3, k=2, image_score=image_score)
-    model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(12, 0))
     maps = synthetic_maps(batch, seed=5)
     maps[1][0, :, 3, 4] += 5.0  # an anomaly, so that the score is not a tie
     model._extractor = FeatureExtractor(FixedMaps(maps), model.backbone_info)
-    images = torch.zeros(batch, 3, 112, 112)
-    assert_same_prediction(model.predict(images, fast=False), model.predict(images, fast=True))
-    assert_same_prediction(model.predict(images, fast=True), model.predict(images))  # fast is the default
+    model.model.backbone = model._extractor
+    pooled = model.embed(torch.zeros(batch, 3, 112, 112))
+    per_layer = [merge_regions(mem.search(split_regions(f, 7), model.search_k), 7, *f.shape[-2:])
+                 for mem, f in zip(model.memories, pooled)]
+    knn = fuse_layers([per_layer[0], upsample_nearest(per_layer[1], 2)])
+    assert torch.equal(model.model.search(pooled), knn)
+    pred = model.predict(torch.zeros(batch, 3, 112, 112))
+    assert torch.equal(pred.patch_scores, knn[..., 0])
+    assert torch.equal(pred.anomaly_map, anomaly_map(knn[..., 0], config.input_size, config.blur_sigma))
+    assert torch.equal(pred.pred_score, score_of(knn, image_score))
 
 
 @pytest.mark.parametrize("image_score", ["max", "reweighted"])
-def test_readable_and_fast_predict_are_bit_identical_with_the_backbone(model: FAPM, test_image: Tensor,
-                                                                        image_score: str) -> None:
+def test_the_module_traces_as_is_with_a_dynamic_batch(model: FAPM, test_image: Tensor, image_score: str) -> None:
+    """What the export relies on: torch.jit.trace of the fitted module at batch 2 gives the same
+    predictions as ``predict`` at batch 1 and 3."""
+    import warnings
+
     model = FAPM(CONFIG.replace(image_score=image_score), extractor=model.extractor).fit_maps(
         [m.clone() for m in model.extract(texture(10, seed=0), progress=False)])
-    for batch in (paste(test_image, 48, 80), torch.cat([test_image, paste(test_image, 16, 16)])):
-        readable, fast = model.predict(batch, fast=False), model.predict(batch, fast=True)
-        assert_same_prediction(readable, fast)
-    assert not torch.equal(readable.pred_score[0], readable.pred_score[1])
+    example = torch.cat([test_image, paste(test_image, 16, 16)])
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python values
+        traced = torch.jit.trace(model.model, example)
+    for batch in (paste(test_image, 48, 80), torch.cat([test_image, paste(test_image, 16, 16), test_image])):
+        with torch.no_grad():
+            got = traced(batch)
+        expected = model.predict(batch)
+        for name in ("anomaly_map", "pred_score", "patch_scores"):
+            torch.testing.assert_close(getattr(got, name) if hasattr(got, name) else got[expected._fields.index(name)],
+                                       getattr(expected, name), rtol=1e-5, atol=1e-5)
 
 
-def test_readable_predict_refuses_another_input_size(model: FAPM) -> None:
+def test_predict_refuses_another_input_size(model: FAPM) -> None:
     with pytest.raises(ConfigError, match="fitted on"):
-        model.predict(torch.zeros(1, 3, 2 * S, 2 * S), fast=False)
+        model.predict(torch.zeros(1, 3, 2 * S, 2 * S))
 
 
-def test_readable_predict_before_fit(extractor: FeatureExtractor, test_image: Tensor) -> None:
+def test_predict_before_fit(extractor: FeatureExtractor, test_image: Tensor) -> None:
     with pytest.raises(ConfigError, match="not fitted"):
-        FAPM(CONFIG, extractor=extractor).predict(test_image, fast=False)
+        FAPM(CONFIG, extractor=extractor).predict(test_image)
 
 
 # ---- PatchCore -----------------------------------------------------------------------------
@@ -316,11 +324,11 @@ def patchcore(extractor: FeatureExtractor, train_images: Tensor) -> PatchCore:
 def test_patchcore_bank_and_search(patchcore: PatchCore, model: FAPM, train_images: Tensor,
                                    test_image: Tensor) -> None:
     train_rows = concat_layers(model.extract(train_images, progress=False)).permute(0, 2, 3, 1).reshape(-1, 152)
-    bank = patchcore.bank
+    bank = patchcore.model.bank
     assert bank.shape == (-(-train_rows.shape[0] // 10), 152)
     assert bool((bank[:, None] == train_rows[None]).all(-1).any(-1).all())  # rows are training vectors
     maps = model.extract(paste(test_image, 48, 80), progress=False)
-    knn = patchcore.knn(maps)
+    knn = patchcore.model.search(maps)
     queries = concat_layers(maps).permute(0, 2, 3, 1).reshape(-1, 152)
     k = patchcore.search_k  # 1: the default max image score needs only the nearest distance
     expected = torch.cdist(queries, bank).topk(k, largest=False).values.reshape(1, 14, 14, k)
@@ -337,6 +345,6 @@ def test_patchcore_finds_planted_anomaly(patchcore: PatchCore, test_image: Tenso
 def test_patchcore_save_load(patchcore: PatchCore, extractor: FeatureExtractor, test_image: Tensor,
                              tmp_path: Path) -> None:
     loaded = PatchCore.load(patchcore.save(tmp_path / "pc.safetensors"), extractor=extractor)
-    assert torch.equal(loaded.bank, patchcore.bank) and loaded.config == patchcore.config
+    assert torch.equal(loaded.model.bank, patchcore.model.bank) and loaded.config == patchcore.config
     assert_same_prediction(patchcore.predict(test_image), loaded.predict(test_image))
     assert loaded.memory_size() == patchcore.memory_size()

@@ -114,7 +114,7 @@ def test_fapm_round_trip_gives_identical_scores(fitted, saved, extractor, images
 
 def test_patchcore_round_trip_gives_identical_scores(fitted, saved, extractor, images) -> None:
     loaded = PatchCore.load(saved["patchcore"], extractor=extractor)
-    assert torch.equal(loaded.bank, fitted["patchcore"].bank)
+    assert torch.equal(loaded.model.bank, fitted["patchcore"].model.bank)
     assert_same_prediction(fitted["patchcore"], loaded, images["test"])
 
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from fapm_lib.errors import ConfigError
-from fapm_lib.method.regions import (RegionFeatureBuffer, check_grid, merge_regions, region_lookup, region_rows, split_regions, valid_grids)
-from fapm_lib.method.scoring import upsample_nearest
+from fapm_lib.method.regions import RegionFeatureBuffer, check_grid, merge_regions, split_regions, valid_grids
 
 
 @pytest.mark.parametrize("grid", [1, 2, 7, 14])
@@ -68,24 +67,13 @@ def test_feature_buffer_equals_one_split(known_count: bool) -> None:
     assert torch.equal(buffer.result(), split_regions(x, 7))
 
 
-# ---- one-gather split and merge (the search's hot path) --------------------------------------
-@pytest.mark.parametrize("grid, batch, height, width", [(7, 1, 28, 28), (7, 3, 14, 14), (2, 2, 8, 6), (1, 1, 4, 4)])
-def test_region_rows_gather_the_split_in_any_region_order(grid: int, batch: int, height: int, width: int) -> None:
-    x = torch.randn(batch, 5, height, width)
-    order = tuple(torch.randperm(grid * grid, generator=torch.Generator().manual_seed(grid)).tolist())
-    rows = region_rows(grid, height, width, batch, order, torch.device("cpu"))
-    flat = x.permute(0, 2, 3, 1).reshape(-1, 5)
-    gathered = flat.index_select(0, rows).view(grid * grid, -1, 5)
-    assert torch.equal(gathered, split_regions(x, grid)[list(order)])
+# ---- traced (exported) models keep a dynamic batch ------------------------------------------
+def test_split_and_merge_keep_a_dynamic_batch_when_traced() -> None:
+    """Written with reshape(-1, ...) for the batch: a function traced at batch 2 runs at batch 3."""
+    def roundtrip(x: torch.Tensor) -> torch.Tensor:
+        return merge_regions(split_regions(x, 7).pow(2), 7, 14, 14)
 
-
-@pytest.mark.parametrize("factor", [1, 2, 4])
-def test_region_lookup_merges_and_upsamples_like_merge_then_upsample(factor: int) -> None:
-    grid, batch, side = 7, 2, 14
-    order = tuple(reversed(range(grid * grid)))
-    values = torch.randn(grid * grid, batch * (side // grid) ** 2, 3)  # region-ordered (in `order`) values
-    lookup = region_lookup(grid, side, side, batch, order, factor, torch.device("cpu"))
-    natural = torch.empty_like(values)
-    natural[list(order)] = values  # back to region r = gy * grid + gx
-    expected = upsample_nearest(merge_regions(natural, grid, side, side), factor)
-    assert torch.equal(values.flatten(0, 1).index_select(0, lookup).view_as(expected), expected)
+    traced = torch.jit.trace(roundtrip, torch.randn(2, 5, 14, 14))
+    x = torch.randn(3, 5, 14, 14)
+    assert torch.equal(traced(x), roundtrip(x))
+    assert torch.equal(roundtrip(x), x.pow(2).permute(0, 2, 3, 1))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fapm_lib.detectors.model_file import MODEL_FILE
 from tests.helpers import build_mvtec_tree
 from fapm_lib import FAPM, FAPMConfig
 from fapm_lib.cli import main as cli
@@ -135,8 +136,8 @@ def model_writer():
             time.sleep(2.0)
         persistence.save_file = save_then_wait
     def write(version):
-        model.memories = [LayerMemory([BankGroup(torch.arange(4), b + version)], torch.zeros(4),
-                                      torch.zeros(4, dtype=torch.bool)) for b in base]
+        model.set_memories([LayerMemory([BankGroup(torch.arange(4), b + version)], torch.zeros(4),
+                                        torch.zeros(4, dtype=torch.bool)) for b in base])
         model.fit_stats = {"version": version}
         model.save(target)
     return write
@@ -251,7 +252,7 @@ def test_ctrl_c_during_fit_exits_130_and_keeps_the_old_model(tmp_path: Path) -> 
     config.write_text("resize: 224\ncrop_size: 224\nbatch_size: 1\n")  # features alone take seconds
     output = tmp_path / "out"
     old = FAPM(FAPMConfig(resize=64, crop_size=64, grid=2, k=1)).fit(torch.randn(2, 3, 64, 64), progress=False)
-    old_bytes = old.save(output / cli.MODEL_FILE).read_bytes()
+    old_bytes = old.save(output / MODEL_FILE).read_bytes()
     proc = subprocess.Popen([sys.executable, "-m", "fapm_lib", "fit", "--data-root", str(root), "--category",
                              "widget", "--config", str(config), "--output", str(output)],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=default_sigint)
@@ -278,5 +279,5 @@ def test_ctrl_c_during_fit_exits_130_and_keeps_the_old_model(tmp_path: Path) -> 
     assert code == 130, err
     assert "Traceback" not in err
     assert lines[-1] == "fapm fit: interrupted; files already written are complete"
-    assert (output / cli.MODEL_FILE).read_bytes() == old_bytes
+    assert (output / MODEL_FILE).read_bytes() == old_bytes
     assert leftovers(output) == []

@@ -25,9 +25,10 @@ class FakeClock:
 
 
 class FakeModel:
-    """embed / knn / postprocess that take known (wall, cpu) seconds and log their calls."""
+    """embed / search / postprocess that take known (wall, cpu) seconds and log their calls; it is
+    its own fitted module (``runnable()``), as a detector's torch module would be."""
 
-    COST = {"embed": (2.0, 1.5), "knn": (0.25, 0.125), "postprocess": (0.5, 0.75)}
+    COST = {"embed": (2.0, 1.5), "search": (0.25, 0.125), "postprocess": (0.5, 0.75)}
 
     def __init__(self, clock: FakeClock, log: list[str], device: str = "cpu") -> None:
         self.clock, self.log, self.device = clock, log, torch.device(device)
@@ -40,13 +41,16 @@ class FakeModel:
     def embed(self, images):
         return self._run("embed", ["maps", images])
 
-    def knn(self, maps):
+    def search(self, maps):
         assert maps[0] == "maps"
-        return self._run("knn", "knn")
+        return self._run("search", "knn")
 
     def postprocess(self, knn):
         assert knn == "knn"
         return self._run("postprocess", "prediction")
+
+    def runnable(self) -> "FakeModel":
+        return self
 
 
 @pytest.fixture
@@ -91,7 +95,7 @@ def test_the_device_is_synchronised_at_every_stage_boundary(monkeypatch: pytest.
     model = FakeModel(FakeClock(), log, device="cuda")
     predict_by_stage(model, torch.zeros(1))
     sync = "sync cuda"
-    assert log == [sync, "embed", sync, "knn", sync, "postprocess", sync]
+    assert log == [sync, "embed", sync, "search", sync, "postprocess", sync]
 
 
 def test_no_synchronisation_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,7 +119,7 @@ def test_predict_by_stage_gives_the_numbers_of_predict() -> None:
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     model = FAPM(FAPMConfig(resize=64, crop_size=64, grid=2, coreset_ratio=0.5, k=1),
                  extractor=create_feature_extractor("tf_efficientnet_lite0")).fit(images, progress=False)
-    prediction, timer = predict_by_stage(model, images[:2])
+    prediction, timer = predict_by_stage(model.runnable(), images[:2])
     expected = model.predict(images[:2])
     for name in ("anomaly_map", "pred_score", "patch_scores"):
         assert torch.equal(getattr(prediction, name), getattr(expected, name)), name

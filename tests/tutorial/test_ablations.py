@@ -1,12 +1,13 @@
-"""Ablations: the official layer alignment, the readable search path, and the ablation table
+"""Ablations: the official layer alignment as the module's own switch, and the ablation table
 on a small generated category (features extracted once, every variant refitted from them)."""
 from __future__ import annotations
-
 
 import pytest
 import torch
 
-from fapm_lib.tutorial.ablations import (Variant, default_variants, extract_category, fuse, layer_distances, run_ablation, summary_table)
+from fapm_lib.method.scoring import align_layer
+from fapm_lib.tutorial.ablations import (Variant, default_variants, extract_category, run_ablation, score_variant,
+                                         summary_table)
 from fapm_lib.config import FAPMConfig
 from fapm_lib.detectors.fapm import FAPM
 from fapm_lib.data.synthetic import generate_category
@@ -20,16 +21,20 @@ def features(tmp_path_factory: pytest.TempPathFactory):
     return model, extract_category(model, root, "vial")
 
 
-def test_readable_path_equals_the_library_search(features) -> None:
+def test_official_fusion_is_the_module_with_its_alignment_switched(features) -> None:
     model, feats = features
     model.fit_maps(feats.train_maps)
     maps = [m[:3] for m in feats.test_maps]
-    readable = fuse(layer_distances(model, maps, model.search_k), model.config.grid)
-    torch.testing.assert_close(readable, model.knn(maps), rtol=1e-5, atol=1e-5)
-    official = fuse(layer_distances(model, maps, 1), model.config.grid, "official")
-    assert official.shape == readable.shape and not torch.equal(official, readable)
+    amaps, scores, _ = score_variant(model, maps, "aligned", batch_size=2)
+    library = model.predict_maps(maps)
+    assert torch.equal(amaps, library.anomaly_map) and torch.equal(scores, library.pred_score)
+    official_maps, _, _ = score_variant(model, maps, "official", batch_size=2)
+    assert model.model.alignment == "aligned"  # switched back after the pass
+    assert official_maps.shape == amaps.shape and not torch.equal(official_maps, amaps)
     with pytest.raises(ValueError, match="fusion"):
-        fuse(layer_distances(model, maps, 1), model.config.grid, "shifted")
+        score_variant(model, maps, "shifted")
+    coarse = torch.arange(4.0).view(1, 2, 2, 1)
+    assert not torch.equal(align_layer(coarse, 4, "official", grid=1), align_layer(coarse, 4, "aligned", grid=1))
 
 
 def test_ablation_rows(features) -> None:

@@ -15,13 +15,13 @@ from fapm_lib.cli import main as cli
 from fapm_lib.workflows.notebook_batch import resolve_categories
 from fapm_lib.errors import ConfigError, DataError
 from fapm_lib.data.synthetic import generate_category
+from tests.helpers import REPO
 
 EVALUATION = REPO / "notebooks" / "04_evaluation.ipynb"
 
 #: A stand-in notebook (starts in a second): "image AUROC" = number of training images / 100.
 COUNTING_SOURCE = '''
 import json, pathlib
-from tests.helpers import REPO
 images = sorted((pathlib.Path(data_root) / category / "train" / "good").glob("*.png"))
 assert images, f"no training images for {category}"
 if metrics_path and write_metrics:
