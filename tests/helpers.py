@@ -2,7 +2,6 @@
 (no binaries in git)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np

@@ -5,17 +5,14 @@ Errors the user can fix are one line on stderr with exit code 2; ``--debug`` sho
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
-import time
-from pathlib import Path
 from typing import Callable
 
+from ..data import BUILTIN_ROOT
 from ..errors import ConfigError, FAPMError
 from ..system.allocator import tune_allocator
 from ..workflows.options import TUNING_FLAGS
-
-from ..data import BUILTIN_ROOT
 
 
 # ---- shared options -------------------------------------------------------------------------
@@ -64,107 +61,20 @@ def _scheduler_option(p: argparse.ArgumentParser) -> None:
                    "processes) or tcp://HOST:PORT (a running scheduler); default: one after the other here")
 
 
-# ---- commands -------------------------------------------------------------------------------
-def cmd_fit(args: argparse.Namespace) -> int:
-    from ..detectors.model_file import MODEL_FILE
-    from ..workflows.category import fit_from_args
-
-    model = fit_from_args(args)
-    path = model.save(Path(args.output) / MODEL_FILE)
-    stats = model.fit_stats
-    print(f"fitted {args.category} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "
-          f"(features {stats['feature_seconds']:.1f} s, coreset {stats['coreset_seconds']:.1f} s); wrote {path}")
-    return 0
+# ---- commands: each runs one workflow function, imported when the command runs ------------------
+#: subcommand -> "module:function" under fapm_lib.workflows (``fapm --help`` imports none of them)
+HANDLERS = {
+    "fit": "category:run_fit", "fit-all": "categories:run_fit_all", "evaluate": "categories:run_evaluate",
+    "predict": "predict:run_predict", "export": "export:run_export", "synth": "synth:run_synth",
+    "demo": "demo:run_demo", "batch": "notebook_batch:run_batch", "benchmark": "benchmark:run_benchmark_command",
+    "gif": "gif:run_gif",
+}
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.categories is not None:
-        from ..workflows.categories import run_evaluate_all
-
-        return run_evaluate_all(args)
-    from ..workflows.category import evaluate_category
-
-    if args.scheduler is not None:
-        raise ConfigError("--scheduler runs several categories: add --categories a,b or --categories all")
-    metrics = evaluate_category(args, Path(args.output))
-    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
-    print(json.dumps(shown))
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from ..workflows.predict import run_predict
-
-    return run_predict(args)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy.export import run_export_cli
-
-    return run_export_cli(args)
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from ..data.synthetic import generate_dataset
-
-    cats = args.categories.split(",") if args.categories else None
-    start = time.perf_counter()
-    generate_dataset(args.output, seed=args.seed, size=args.size, categories=cats, progress=not args.no_progress)
-    print(f"wrote the built-in dataset to {args.output} in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from ..workflows.demo import run_demo
-
-    return run_demo(args)
-
-
-def cmd_batch(args: argparse.Namespace) -> int:
-    from ..workflows.notebook_batch import run_batch
-
-    return run_batch(args)
-
-
-def cmd_fit_all(args: argparse.Namespace) -> int:
-    from ..workflows.categories import run_fit_all
-
-    return run_fit_all(args)
-
-
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
-    from ..deploy.runtime_benchmark import parse_runtimes
-    from ..workflows.benchmark import benchmark_markdown, run_benchmark
-    from ..workflows.options import build_config
-    from ..workflows.options import check_device as _device
-
-    config = build_config(args)
-    if not args.data_root or not args.category:
-        raise ConfigError("--data-root and --category are required (or set them in --config)")
-    runtimes = parse_runtimes(args.runtimes)
-    report = run_benchmark(config, args.data_root, args.category, args.output, _device(args.device), args.repeats,
-                           progress=not args.no_progress, skip_bad=args.skip_bad, runtimes=runtimes)
-    print(benchmark_markdown(report))
-    return 0
-
-
-def cmd_gif(args: argparse.Namespace) -> int:
-    """``fapm gif``: load a fitted FAPM model, animate the category's test split."""
-    from ..data.mvtec import MVTecDataset
-    from ..detectors.fapm import FAPM
-    from ..report.gif import make_gif, pick_frames
-    from ..workflows.options import check_device as _device
-
-    if Path(args.output).suffix.lower() != ".gif":
-        raise ConfigError(f"--output {args.output}: expected a file name ending in .gif")
-    pick_frames(1, args.max_frames)  # validate before the slow part
-    model = FAPM.load(args.model, device=_device(args.device))
-    dataset = MVTecDataset(args.data_root, args.category, "test", model.transform)
-    path = make_gif(model, dataset, args.output, args.max_frames)
-    n = min(len(dataset), args.max_frames)
-    print(f"wrote {path} ({n} frames, {path.stat().st_size / 1024:.0f} KB)")
-    return 0
+def handler(command: str) -> Callable[[argparse.Namespace], int]:
+    """The workflow function that runs ``command``."""
+    module, function = HANDLERS[command].split(":")
+    return getattr(importlib.import_module(f"fapm_lib.workflows.{module}"), function)
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -178,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     _decision_options(p)
     _scale_options(p)
     _common(p)
-    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("fit-all", help="fit one model per category (here or on a Dask cluster)")
     _model_options(p, data_required=False)
@@ -187,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     _scale_options(p)
     _scheduler_option(p)
     _common(p)
-    p.set_defaults(func=cmd_fit_all)
 
     p = sub.add_parser("evaluate", help="fit (or load --model) and evaluate on the test split")
     _model_options(p, data_required=False)
@@ -199,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     _scale_options(p)
     _scheduler_option(p)
     _common(p)
-    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score images with a fitted model")
     p.add_argument("--model", required=True)
@@ -208,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     _decision_options(p, fitting=False)
     _common(p)
-    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a fitted model as one ONNX / OpenVINO graph (uint8 image in)")
     p.add_argument("--model", required=True, help="a fitted model.safetensors")
@@ -221,7 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="with --int8: the category whose training images calibrate")
     p.add_argument("--no-check", action="store_true", help="skip the check against the torch model")
     _common(p)
-    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="generate the built-in dataset (MVTec layout)")
     p.add_argument("--output", required=True)
@@ -229,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--categories", help="comma-separated subset")
     _common(p)
-    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the main job: every built-in category, results/summary.md")
     _model_options(p, data_required=False)
@@ -240,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate", help="target false-alarm rate (default 0.01)")
     p.add_argument("--output", default="results")
     _common(p)
-    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("batch", help="run a notebook once per category with papermill")
     p.add_argument("--notebook", required=True)
@@ -251,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     _scheduler_option(p)
     _common(p)
-    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("benchmark", help="FAPM vs PatchCore: accuracy and speed, side by side")
     _model_options(p, data_required=True)
@@ -259,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, openvino_int8")
     p.add_argument("--output", required=True)
     _common(p)
-    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("gif", help="animate test images with heatmap and mask")
     p.add_argument("--model", required=True)
@@ -269,9 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=24)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     _common(p)
-    p.set_defaults(func=cmd_gif)
     return parser
-
 
 
 def _set_threads(threads: int | None) -> None:
@@ -287,11 +186,10 @@ def _set_threads(threads: int | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.func
     try:
         tune_allocator()
         _set_threads(args.threads)
-        return handler(args)
+        return handler(args.command)(args)
     except FAPMError as exc:
         if args.debug:
             raise

@@ -1,6 +1,7 @@
 """Optional INT8: post-training quantization of the backbone of an OpenVINO export (NNCF).
 
-Only the backbone's operations (``/backbone/...``) are quantized; the memory search, the
+Only the backbone's operations (``/fapm/backbone/...``: the exported graph's FAPM module, its
+backbone) are quantized; the memory search, the
 layer fusion, the anomaly map and the score stay in float32. The activation ranges are
 calibrated on **training (normal) images only**, resized and cropped as for inference.
 """
@@ -15,7 +16,7 @@ import numpy as np
 from ..errors import ConfigError
 
 #: operations outside the backbone stay float32 (regex over OpenVINO's friendly names)
-KEEP_FLOAT = r"^(?!/backbone/).*"
+KEEP_FLOAT = r"^(?!/fapm/backbone/).*"
 
 
 def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: str | Path,

@@ -16,6 +16,7 @@ from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import BackboneInfo, FeatureExtractor, create_feature_extractor
 from ..method.features import embed
 from ..method.scoring import Prediction
+from .model_file import load_tensors
 
 ImageBatches = Iterable[Tensor | dict]
 
@@ -167,6 +168,25 @@ class Detector:
                 "backbone": {"name": info.name, "channels": list(info.channels), "pretrained": info.pretrained},
                 "feature_sizes": [list(s) for s in self.feature_sizes], "fit_stats": self.fit_stats,
                 "calibration": None if self.calibration is None else self.calibration.to_header()}
+
+    @classmethod
+    def _open(cls, path, device: str | torch.device = "cpu",
+              extractor: FeatureExtractor | None = None) -> tuple["Detector", dict[str, Tensor], dict]:
+        """A detector with the settings, sizes, fit statistics and calibration of a model file,
+        and the file's tensors and header (reading the memory is the subclass's part).
+        ModelFileError (one line) for a damaged, foreign or mismatched file."""
+        tensors, header = load_tensors(path, cls.kind)
+        try:
+            model = cls(FAPMConfig.from_dict(header["config"], source=f"{path} (config)"), device, extractor)
+            model.feature_sizes = [tuple(s) for s in header.get("feature_sizes", [])]
+            model.fit_stats = dict(header.get("fit_stats", {}))
+            model.calibration = Calibration.from_header(header.get("calibration"), f"{path}")
+            model._check_extractor(path, header["backbone"])
+        except (KeyError, TypeError) as exc:
+            raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None
+        except ConfigError as exc:
+            raise ModelFileError(str(exc)) from None
+        return model, tensors, header
 
     def _check_extractor(self, path, backbone: dict) -> None:
         """Refuse an extractor other than the one the model was fitted with (name, weights, channels)."""

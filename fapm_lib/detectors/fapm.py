@@ -12,8 +12,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..config import FAPMConfig
-from ..decisions.calibration import Calibration
 from ..decisions.heldout import calibrate_regions
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
@@ -23,7 +21,7 @@ from ..method.regions import RegionFeatureBuffer, check_grid, split_regions, val
 from ..scale.bounded import TensorRegions, build_memories_chunked, chunk_plan, write_store
 from ..scale.store import FeatureStore
 from .base import Detector, ImageBatches, iter_images
-from .model_file import load_tensors, save_tensors
+from .model_file import save_tensors
 
 
 class FAPM(Detector):
@@ -153,13 +151,9 @@ class FAPM(Detector):
     def load(cls, path: str | Path, device: str | torch.device = "cpu",
              extractor: FeatureExtractor | None = None) -> "FAPM":
         """Load a model saved by :meth:`save`; refuses damaged or mismatched files with one line."""
-        tensors, header = load_tensors(path, cls.kind)
+        model, tensors, header = cls._open(path, device, extractor)
+        config = model.config
         try:
-            config = FAPMConfig.from_dict(header["config"], source=f"{path} (config)")
-            model = cls(config, device, extractor)
-            model.feature_sizes = [tuple(s) for s in header["feature_sizes"]]
-            model.fit_stats = dict(header.get("fit_stats", {}))
-            calibration = Calibration.from_header(header.get("calibration"), f"{path}")
             channels = header["backbone"]["channels"]
             memories = []
             for l in range(header["n_layers"]):
@@ -168,17 +162,16 @@ class FAPM(Detector):
                 radii, far = tensors[f"layers.{l}.radii"], tensors[f"layers.{l}.far"]
                 _check_layer(path, l, parts, radii, far, channels[l], config.grid, header["backbone"]["name"])
                 memories.append(LayerMemory([BankGroup(r, b) for r, b in parts], radii, far.bool()))
+            if len(model.feature_sizes) != len(memories):
+                raise ModelFileError(f"{path}: {len(model.feature_sizes)} feature sizes for {len(memories)} layers")
             for i, (h, w) in enumerate(model.feature_sizes):
                 check_grid(h, w, config.grid, f"layer-{i} feature map")
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None
         except ConfigError as exc:
             raise ModelFileError(str(exc)) from None
-        model._check_extractor(path, header["backbone"])
         model.model = FAPMModel.from_config(config, extractor, memories, model.feature_sizes)
-        model.calibration = calibration
         return model.to(device)
-
 
 def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]], radii: Tensor, far: Tensor,
                  channels: int, grid: int, backbone: str) -> None:

@@ -9,13 +9,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..config import FAPMConfig
-from ..decisions.calibration import Calibration
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
 from ..method.patchcore import PATCHCORE_PROJECTION, PatchCoreModel, build_bank, patch_rows
 from .base import Detector, ImageBatches, iter_images
-from .model_file import load_tensors, save_tensors
+from .model_file import save_tensors
 
 
 class PatchCore(Detector):
@@ -62,22 +60,15 @@ class PatchCore(Detector):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu",
              extractor: FeatureExtractor | None = None) -> "PatchCore":
-        tensors, header = load_tensors(path, cls.kind)
+        """Load a model saved by :meth:`save`; refuses damaged or mismatched files with one line."""
+        model, tensors, header = cls._open(path, device, extractor)
+        bank = tensors.get("bank")
+        if bank is None or bank.dtype != torch.float32 or bank.ndim != 2 or bank.shape[0] == 0:
+            raise ModelFileError(f"{path}: malformed memory bank tensor")
+        if bank.shape[-1] != sum(header["backbone"]["channels"]):
+            raise ModelFileError(f"{path}: memory does not match backbone {header['backbone']['name']}")
         try:
-            config = FAPMConfig.from_dict(header["config"], source=f"{path} (config)")
-            model = cls(config, device, extractor)
-            bank = tensors["bank"]
-            if bank.dtype != torch.float32 or bank.ndim != 2 or bank.shape[0] == 0:
-                raise ModelFileError(f"{path}: malformed memory bank tensor")
-            if bank.shape[-1] != sum(header["backbone"]["channels"]):
-                raise ModelFileError(f"{path}: memory does not match backbone {header['backbone']['name']}")
-            model._check_extractor(path, header["backbone"])
-            model.model = PatchCoreModel.from_config(config, extractor, bank)
-        except (KeyError, TypeError) as exc:
-            raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None
+            model.model = PatchCoreModel.from_config(model.config, extractor, bank)
         except ConfigError as exc:
-            raise ModelFileError(str(exc)) from None
-        model.feature_sizes = [tuple(s) for s in header.get("feature_sizes", [])]
-        model.fit_stats = dict(header.get("fit_stats", {}))
-        model.calibration = Calibration.from_header(header.get("calibration"), f"{path}")
+            raise ModelFileError(f"{path}: {exc}") from None
         return model.to(device)

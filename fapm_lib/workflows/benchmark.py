@@ -24,7 +24,7 @@ from torch import Tensor
 from ..config import FAPMConfig
 from ..data.mvtec import MVTecDataset
 from ..decisions.metrics import compute_metrics
-from ..deploy.runtime_benchmark import measure_runtimes, runtimes_markdown
+from ..deploy.runtime_benchmark import measure_runtimes, parse_runtimes, runtimes_markdown
 from ..detectors.base import Detector
 from ..detectors.fapm import FAPM
 from ..detectors.patchcore import PatchCore
@@ -34,6 +34,7 @@ from ..report.tables import percent
 from ..system.allocator import tune_allocator
 from ..system.atomic import write_text_atomic
 from ..system.timing import STAGES, WARMUP_RUNS, predict_by_stage, timed
+from .options import build_config, check_device
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_f1_max")
 #: The per-method keys of ``benchmark.json``, in order.
@@ -280,3 +281,15 @@ def write_report(report: dict[str, Any], output: Path) -> tuple[Path, Path]:
     json_path = write_text_atomic(output / "benchmark.json", json.dumps(report, indent=2))
     md_path = write_text_atomic(output / "benchmark.md", benchmark_markdown(report))
     return json_path, md_path
+
+
+def run_benchmark_command(args) -> int:
+    """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
+    config = build_config(args)
+    if not args.data_root or not args.category:
+        raise ConfigError("--data-root and --category are required (or set them in --config)")
+    runtimes = parse_runtimes(args.runtimes)
+    report = run_benchmark(config, args.data_root, args.category, args.output, check_device(args.device), args.repeats,
+                           progress=not args.no_progress, skip_bad=args.skip_bad, runtimes=runtimes)
+    print(benchmark_markdown(report))
+    return 0

@@ -96,3 +96,14 @@ def run_evaluate_all(args: argparse.Namespace) -> int:
     print(path.read_text(encoding="utf-8"))
     print(f"wrote {path}", file=sys.stderr)
     return 1 if outcome.failures else 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``fapm evaluate``: one category (``--category``) or several (``--categories``, maybe on Dask)."""
+    if args.categories is not None:
+        return run_evaluate_all(args)
+    if args.scheduler is not None:
+        raise ConfigError("--scheduler runs several categories: add --categories a,b or --categories all")
+    metrics = evaluate_category(args, Path(args.output))
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
+    return 0

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import FIT_KEYS, check_k_acts, flag_name, load_yaml_config
+from ..config import FIT_KEYS, check_k_acts, flag_name
 from ..data.mvtec import MVTecDataset
 from ..decisions.calibration import from_validation, manual, rescore
 from ..decisions.evaluate import decision_metrics, run_test_set
@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..method.memory import check_k
 from ..report.heatmaps import save_heatmaps
 from ..system.atomic import write_text_atomic
-from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config
+from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config, read_config_file
 from .options import check_device as _device
 
 
@@ -77,11 +77,7 @@ def apply_scoring_flags(model, args: argparse.Namespace) -> None:
                           f"(with {key}={getattr(model.config, key)!r}); refit without --model to change it")
     changes: dict[str, Any] = {}
     if getattr(args, "config", None):
-        values, run = load_yaml_config(args.config)
-        for key in ("category", "data_root"):
-            if getattr(args, key, None) is None and key in run:
-                setattr(args, key, run[key])
-        for key, value in values.items():
+        for key, value in read_config_file(args).items():
             if key in FIT_KEYS and value != getattr(model.config, key):
                 raise ConfigError(f"{args.config}: {key}={value!r} is a fit-time setting, but {args.model} was "
                                   f"fitted with {key}={getattr(model.config, key)!r}; refit without --model")
@@ -136,3 +132,14 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
     write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=2))
     save_heatmaps(result, test, output / "heatmaps", calibration=model.calibration)
     return metrics
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """``fapm fit``: fit one category, write ``<output>/model.safetensors``."""
+    model = fit_from_args(args)
+    path = model.save(Path(args.output) / MODEL_FILE)
+    stats = model.fit_stats
+    print(f"fitted {args.category} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "
+          f"(features {stats['feature_seconds']:.1f} s, coreset {stats['coreset_seconds']:.1f} s); wrote {path}")
+    return 0
+

@@ -17,12 +17,7 @@ def build_config(args: Any):
     """FAPMConfig from the defaults, then ``args.config`` (a YAML file), then the flags set on
     ``args`` (an ``argparse.Namespace``); fills ``args.category`` / ``args.data_root`` from the
     YAML file's run section when they are not given."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values, run = load_yaml_config(args.config)
-        for key in ("category", "data_root"):
-            if getattr(args, key, None) is None and key in run:
-                setattr(args, key, run[key])
+    values = read_config_file(args)
     flags = {}
     for key in ("backbone", "seed", *TUNING_FLAGS, *CALIBRATION_FLAGS, "max_memory", "store_dir"):
         if getattr(args, key, None) is not None:
@@ -32,6 +27,18 @@ def build_config(args: Any):
     config = FAPMConfig.from_dict(values, source="options")
     check_k_acts(values, "options", "--k" if "k" in flags else "k")  # a k from the YAML too
     return config
+
+
+def read_config_file(args: Any) -> dict[str, Any]:
+    """The model settings of ``args.config`` (a YAML file; none without it); fills
+    ``args.category`` / ``args.data_root`` from its run section when they are not given."""
+    if not getattr(args, "config", None):
+        return {}
+    values, run = load_yaml_config(args.config)
+    for key in ("category", "data_root"):
+        if getattr(args, key, None) is None and key in run:
+            setattr(args, key, run[key])
+    return values
 
 
 def check_device(name: str) -> str:

@@ -2,6 +2,7 @@
 shows it). A few cases run the real command in a subprocess; the rest call ``cli.main``."""
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -340,3 +341,14 @@ def test_valid_predict_writes_scores(capsys, tmp_path: Path, tiny_root: Path, mo
     assert code == 0 and err == "" and out.startswith("scored 4 images")
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0] == "path,raw_score,score,decision,mask,overlay"
+
+
+def test_every_subcommand_runs_a_workflow_function() -> None:
+    """The CLI only parses and dispatches: each subcommand has a handler in fapm_lib.workflows."""
+    from fapm_lib.cli.main import HANDLERS, build_parser, handler
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(HANDLERS)
+    for command in HANDLERS:
+        assert callable(handler(command)) and handler(command).__module__.startswith("fapm_lib.workflows.")

@@ -310,11 +310,6 @@ def test_predict_refuses_another_input_size(model: FAPM) -> None:
         model.predict(torch.zeros(1, 3, 2 * S, 2 * S))
 
 
-def test_predict_before_fit(extractor: FeatureExtractor, test_image: Tensor) -> None:
-    with pytest.raises(ConfigError, match="not fitted"):
-        FAPM(CONFIG, extractor=extractor).predict(test_image)
-
-
 # ---- PatchCore -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def patchcore(extractor: FeatureExtractor, train_images: Tensor) -> PatchCore:
