@@ -231,10 +231,9 @@ def cli_page() -> str:
     main_help = subprocess.run([sys.executable, "-m", "fapm_lib", "--help"], capture_output=True, text=True,
                                env=env, check=True, cwd=ROOT).stdout
     commands = re.search(r"\{([a-z0-9_,-]+)\}", main_help).group(1).split(",")
-    parts = ["# Command-line reference", "",
-             "`fapm` (or `python -m fapm_lib`): the help of every subcommand, captured from the parser "
-             "when this book was built. What the commands do, with examples: "
-             "[Using it](docs/usage.md).", "", "```text", main_help.rstrip(), "```", ""]
+    intro = ("`fapm` (or `python -m fapm_lib`): the help of every subcommand, captured from the parser "
+             "when this book was built. What the commands do, with examples: [Using it](docs/usage.md).")
+    parts = ["# Command-line reference", "", intro, "", "```text", main_help.rstrip(), "```", ""]
     for command in commands:
         text = subprocess.run([sys.executable, "-m", "fapm_lib", command, "--help"], capture_output=True,
                               text=True, env=env, check=True, cwd=ROOT).stdout

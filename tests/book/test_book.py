@@ -119,7 +119,8 @@ def test_notebook_page_shows_its_figures_and_no_error(path: Path, server: str, d
     assert expected >= 1, f"{path.name}: the executed notebook holds no figure"
     state = _open(driver, f"{server}/notebooks/{path.stem}.html")
     assert state["cells"] > 0, f"{path.stem}: no notebook cells on the page ({state['title']!r})"
-    assert len(state["images"]) >= expected, f"{path.stem}: {len(state['images'])} figures shown, {expected} in the notebook"
+    shown = len(state["images"])
+    assert shown >= expected, f"{path.stem}: {shown} figures shown, {expected} in the notebook"
     broken = [img for img in state["images"] if not (img["complete"] and img["width"] > 0 and img["height"] > 0)]
     assert not broken, f"{path.stem}: figures not rendered: {broken}"
     assert not state["errors"], f"{path.stem}: error output on the page: {state['errors'][0][:300]}"

@@ -13,7 +13,8 @@ import pytest
 from tests.helpers import REPO
 
 #: The Markdown pages whose links are checked: the front page, the book pages, the book's API page.
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "data" / "README.md", REPO / "book" / "api.md"]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "data" / "README.md",
+         REPO / "book" / "api.md"]
 #: Markdown links and images: ``[text](target)`` / ``![alt](target)``.
 LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^)\s]+)\)")
 
@@ -91,7 +92,8 @@ def github_slug(heading: str) -> str:
 
 
 def anchors(path: Path) -> set[str]:
-    return {github_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*$", prose(path.read_text(encoding="utf-8")), re.M)}
+    text = prose(path.read_text(encoding="utf-8"))
+    return {github_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*$", text, re.M)}
 
 
 def links(page: Path) -> list[str]:
