@@ -143,6 +143,8 @@ class FAPM(Detector):
             for g, group in enumerate(mem.groups):
                 tensors[f"layers.{l}.groups.{g}.regions"] = group.regions
                 tensors[f"layers.{l}.groups.{g}.bank"] = group.bank
+                if group.sources is not None:
+                    tensors[f"layers.{l}.groups.{g}.sources"] = group.sources
         header = {**self._header(), "n_layers": len(self.memories),
                   "n_groups": [len(m.groups) for m in self.memories]}
         return save_tensors(path, tensors, self.kind, header)
@@ -159,9 +161,12 @@ class FAPM(Detector):
             for l in range(header["n_layers"]):
                 parts = [(tensors[f"layers.{l}.groups.{g}.regions"], tensors[f"layers.{l}.groups.{g}.bank"])
                          for g in range(header["n_groups"][l])]
+                sources = [tensors.get(f"layers.{l}.groups.{g}.sources") for g in range(len(parts))]
                 radii, far = tensors[f"layers.{l}.radii"], tensors[f"layers.{l}.far"]
                 _check_layer(path, l, parts, radii, far, channels[l], config.grid, header["backbone"]["name"])
-                memories.append(LayerMemory([BankGroup(r, b) for r, b in parts], radii, far.bool()))
+                _check_sources(path, l, parts, sources)
+                memories.append(LayerMemory([BankGroup(r, b, src) for (r, b), src in zip(parts, sources)], radii,
+                                            far.bool()))
             if len(model.feature_sizes) != len(memories):
                 raise ModelFileError(f"{path}: {len(model.feature_sizes)} feature sizes for {len(memories)} layers")
             for i, (h, w) in enumerate(model.feature_sizes):
@@ -191,3 +196,13 @@ def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]
         problem = "malformed radii or near/far tensors"
     if problem:
         raise ModelFileError(f"{path}: layer {layer}: {problem}")
+
+
+def _check_sources(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]], sources: list[Tensor | None]) -> None:
+    """Refuse malformed sources: one int64 row index ``>= 0`` per memory vector, or none at all
+    (format version 1)."""
+    if all(src is None for src in sources):
+        return
+    if any(src is None or src.dtype != torch.int64 or tuple(src.shape) != tuple(bank.shape[:2]) or
+           (src.numel() and int(src.min()) < 0) for src, (_, bank) in zip(sources, parts)):
+        raise ModelFileError(f"{path}: layer {layer}: malformed memory sources")

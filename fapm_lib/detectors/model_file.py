@@ -17,7 +17,10 @@ from ..errors import ModelFileError
 #: The file name fit, evaluate and fit-all write a model to.
 MODEL_FILE = "model.safetensors"
 FORMAT_NAME = "fapm_lib"
-FORMAT_VERSION = 1
+#: Version 2 adds, for every memory vector, the training row it came from (``...groups.G.sources``).
+FORMAT_VERSION = 2
+#: Versions this library reads (version 1: no sources; explanations are then refused).
+READABLE_VERSIONS = (1, 2)
 
 
 def tensors_digest(tensors: dict[str, Tensor], preamble: str = "") -> str:
@@ -65,19 +68,22 @@ def load_tensors(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[s
     if metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: not a {FORMAT_NAME} model file")
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise ModelFileError(f"{path}: model format version {version} is not supported (this library reads {FORMAT_VERSION})")
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        raise ModelFileError(f"{path}: model format version {version} is not supported (this library reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
     if metadata.get("kind") != kind:
         raise ModelFileError(f"{path}: holds a {metadata.get('kind')} model, not a {kind} model")
-    if tensors_digest(tensors, _preamble(kind, metadata.get("header", ""))) != metadata.get("sha256"):
+    if tensors_digest(tensors, _preamble(kind, metadata.get("header", ""), int(version))) != metadata.get("sha256"):
         raise ModelFileError(f"{path}: checksum mismatch (the file was modified or damaged)")
     try:
         header = json.loads(metadata["header"])
     except (KeyError, json.JSONDecodeError):
         raise ModelFileError(f"{path}: damaged header") from None
+    header["format_version"] = int(version)  # what was read, not part of the stored header
     return tensors, header
 
 
-def _preamble(kind: str, header_json: str) -> str:
-    """What the checksum covers besides the tensors: the model kind and the whole JSON header."""
-    return f"{FORMAT_NAME}|{FORMAT_VERSION}|{kind}|{header_json}|"
+def _preamble(kind: str, header_json: str, version: int = FORMAT_VERSION) -> str:
+    """What the checksum covers besides the tensors: the format version, the model kind and the
+    whole JSON header."""
+    return f"{FORMAT_NAME}|{version}|{kind}|{header_json}|"

@@ -16,18 +16,24 @@ from .coreset import GreedyKCenter, far_regions, near_far_sizes, random_projecti
 
 class BankGroup(nn.Module):
     """Regions whose banks have the same size. Buffers: ``regions [G]`` (region ids),
-    ``bank_t [G, C, M]`` (the banks, transposed) and ``sq_norms [G, M]``.
+    ``bank_t [G, C, M]`` (the banks, transposed), ``sq_norms [G, M]`` and ``sources [G, M]``:
+    where each memory vector came from, as its row among its region's training vectors
+    (``image * s*s + cell``, the order of :func:`~fapm_lib.method.regions.split_regions`), or
+    None when unknown (model files of format version 1).
 
     The bank is held transposed and contiguous, and :attr:`bank` is a view of it (no second
     copy): the search's matrix product then reads it in order (about 20% faster at batch 1 on
     a CPU)."""
 
-    def __init__(self, regions: Tensor, bank: Tensor) -> None:
-        """``regions [G]`` long, ``bank [G, M, C]`` float32."""
+    def __init__(self, regions: Tensor, bank: Tensor, sources: Tensor | None = None) -> None:
+        """``regions [G]`` long, ``bank [G, M, C]`` float32, ``sources [G, M]`` long or None."""
         super().__init__()
+        if sources is not None and tuple(sources.shape) != tuple(bank.shape[:2]):
+            raise ValueError(f"sources {tuple(sources.shape)} do not match the banks {tuple(bank.shape[:2])}")
         self.register_buffer("regions", regions)
         self.register_buffer("bank_t", bank.transpose(-1, -2).contiguous())
         self.register_buffer("sq_norms", self.bank.pow(2).sum(-1))
+        self.register_buffer("sources", sources)
 
     @property
     def bank(self) -> Tensor:
@@ -160,8 +166,9 @@ def memory_from_greedy(
 
 
 def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
-    """Gather ``features[regions[g], indices[g]]`` -> ``BankGroup`` with bank ``[G, M, C]``."""
-    return BankGroup(regions, features[regions[:, None], indices])
+    """Gather ``features[regions[g], indices[g]]`` -> ``BankGroup`` with bank ``[G, M, C]``
+    (the greedy's row ``indices [G, M]`` are the vectors' sources)."""
+    return BankGroup(regions, features[regions[:, None], indices], indices)
 
 
 def check_k(memories: list[LayerMemory], k: int) -> None:

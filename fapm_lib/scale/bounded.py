@@ -121,6 +121,7 @@ def build_layer_memory_chunked(
     if maybe_far:  # pass 2
         near_bank_t = torch.empty(len(near_ids), dim, n_near)
         far_bank_t = torch.empty(len(far_ids), dim, n_far)
+        far_sources = torch.empty(len(far_ids), n_far, dtype=torch.long)
         at = 0
         for ids in _chunks(near_ids, per_chunk):
             x = source.read(ids, images, out=buffer).to(device)
@@ -134,6 +135,7 @@ def build_layer_memory_chunked(
             state = GreedyState(indices[ids], radii_all[ids], min_sq[ids], farthest[ids])
             greedy = GreedyKCenter.resume(random_projection(x, projection, seed), state).extend(n_far)
             far_bank_t[at : at + len(ids)] = _gather_t(x, greedy.indices).cpu()
+            far_sources[at : at + len(ids)] = greedy.indices.cpu()
             at += len(ids)
             del greedy, state, x
             bar.update(len(ids))
@@ -141,9 +143,10 @@ def build_layer_memory_chunked(
     del buffer
     groups = []
     if len(near_ids):
-        groups.append(BankGroup(near_ids.to(device), near_bank_t.to(device).transpose(1, 2)))
+        groups.append(BankGroup(near_ids.to(device), near_bank_t.to(device).transpose(1, 2),
+                                indices[near_ids].to(device)))
     if len(far_ids):
-        groups.append(BankGroup(far_ids.to(device), far_bank_t.to(device).transpose(1, 2)))
+        groups.append(BankGroup(far_ids.to(device), far_bank_t.to(device).transpose(1, 2), far_sources.to(device)))
     return LayerMemory(groups, radii, far)
 
 

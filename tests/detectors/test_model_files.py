@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fapm_lib import FAPM, FAPMConfig, PatchCore
+from fapm_lib import FAPM, FAPMConfig, PatchCore, split_regions
 from fapm_lib.method.backbone import create_feature_extractor
 from fapm_lib.errors import ModelFileError
 from fapm_lib.detectors.model_file import save_tensors
@@ -179,7 +179,35 @@ def test_header_config_out_of_range_is_refused(copy_of) -> None:
 def test_other_format_version(copy_of) -> None:
     path = copy_of()
     rewrite(path, format_version="99")
-    assert refused(path) == f"{path}: model format version 99 is not supported (this library reads 1)"
+    assert refused(path) == f"{path}: model format version 99 is not supported (this library reads 1, 2)"
+
+
+def test_a_version_1_file_still_loads_and_predicts_the_same(saved, extractor, images, tmp_path: Path) -> None:
+    """Files written before the memory sources existed (format version 1) load, without sources."""
+    from fapm_lib.detectors import model_file
+
+    old = tmp_path / "v1.safetensors"
+    tensors = {k: v for k, v in load_file(str(saved["fapm"])).items() if not k.endswith(".sources")}
+    header = json.loads(metadata(saved["fapm"])["header"])
+    header_json = json.dumps(header, sort_keys=True)
+    save_file(tensors, str(old), metadata={
+        "format": "fapm_lib", "format_version": "1", "kind": "fapm", "header": header_json,
+        "sha256": model_file.tensors_digest(tensors, model_file._preamble("fapm", header_json, 1))})
+    v1, v2 = FAPM.load(old, extractor=extractor), FAPM.load(saved["fapm"], extractor=extractor)
+    assert all(g.sources is None for m in v1.memories for g in m.groups)
+    assert all(g.sources is not None for m in v2.memories for g in m.groups)
+    assert_same_prediction(v1, v2, images["test"])
+
+
+def test_sources_name_the_training_rows_of_each_memory_vector(fitted, images) -> None:
+    """Every memory vector is the training vector its source names (ratio < 1: a real subset)."""
+    model = fitted["fapm"]
+    maps = model.extract(images["train"], progress=False)
+    for memory, m in zip(model.memories, maps):
+        regions = split_regions(m, model.config.grid)
+        for group in memory.groups:
+            rows = regions[group.regions[:, None], group.sources]  # [G, M, C]
+            assert torch.equal(rows, group.bank)
 
 
 def test_not_our_safetensors_file(tmp_path: Path) -> None:

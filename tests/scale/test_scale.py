@@ -50,7 +50,7 @@ def assert_same_memory(a: list[LayerMemory], b: list[LayerMemory]) -> None:
         assert len(x.groups) == len(y.groups)
         for g, h in zip(x.groups, y.groups):
             assert torch.equal(g.regions, h.regions)
-            assert torch.equal(g.bank, h.bank) and torch.equal(g.bank_t, h.bank_t)
+            assert torch.equal(g.bank, h.bank) and torch.equal(g.bank_t, h.bank_t) and torch.equal(g.sources, h.sources)
             assert torch.equal(g.sq_norms, h.sq_norms)
 
 
