@@ -7,7 +7,7 @@ Synthetic images are cheap smooth noise textures, made batch by batch and never 
 - ``--source generator``: a plain generator of ``[B, 3, S, S]`` batches (count unknown);
 - ``--source folder``: PNG files in a temporary MVTec-layout folder read by ``MVTecDataset``.
 
-Prints one JSON line: peak RSS (``ru_maxrss``) before and after the fit, the sampled RSS peak
+Prints one JSON line: peak RSS (``VmHWM``) before and after the fit, the sampled RSS peak
 and when it happened, the size of the accumulated region features and of the memories.
 
 ``--synthetic-features`` skips images and backbone: seeded random ``wide_resnet50_2``-shaped
@@ -95,7 +95,18 @@ def current_rss() -> int:
 
 
 def max_rss() -> int:
-    """Peak resident set size of this process so far, in bytes (``ru_maxrss`` is in KiB on Linux)."""
+    """Peak resident set size of this process so far, in bytes: ``VmHWM`` of /proc/self/status.
+
+    Not ``getrusage().ru_maxrss``: Linux carries the parent's peak RSS into a child across
+    fork/vfork + exec, so a run started by a large process (pytest after the export tests, at
+    ~1.7 GB) reported the parent's peak instead of its own (``ru_maxrss`` only off Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

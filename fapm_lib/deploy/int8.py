@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .run_fapm import openvino_core
 
 #: operations outside the backbone stay float32 (regex over OpenVINO's friendly names)
 KEEP_FLOAT = r"^(?!/fapm/backbone/).*"
@@ -35,7 +36,11 @@ def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: st
     nncf.set_log_level(logging.WARNING)  # not one line per float operation kept
     n = batch_size or 1
     batches = [np.stack(images[i : i + n]) for i in range(0, len(images) - n + 1, n)]
-    model = ov.Core().read_model(str(xml_path))
+    core = openvino_core()
+    # the shared Core's CPU plugin first, so the plugins NNCF makes for its statistics (each with its
+    # own alternate signal stack, see openvino_core) are stacked on one that outlives them
+    core.get_property("CPU", "FULL_DEVICE_NAME")
+    model = core.read_model(str(xml_path))
     with contextlib.ExitStack() as quiet:
         if not progress:  # NNCF's progress bars print to the console as they go
             quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))

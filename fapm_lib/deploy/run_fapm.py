@@ -39,6 +39,29 @@ class ExportError(ValueError):
     """A problem the user can fix (bad model folder, bad image, wrong input), in one line."""
 
 
+_OPENVINO_CORE = None
+
+
+def openvino_core():
+    """The process's one ``openvino.Core``, made on first use and never released.
+
+    Every Core has its own CPU plugin, and on Linux the plugin's constructor installs an
+    alternate signal stack (``sigaltstack``) on the calling thread, remembering the previous
+    one; its destructor puts the previous one back only if its own is still current, and
+    unmaps its own either way. Two plugins released in the order they were made (not
+    last-in-first-out), or one released on another thread, leave the thread's alternate stack
+    pointing at unmapped memory, and the next signal handled there (SIGCHLD when a child
+    process ends, SIGINT, ...; CPython installs its handlers with SA_ONSTACK) kills the process
+    with SIGSEGV and no traceback. One Core for the process means one CPU plugin that lives
+    until exit, whatever order the compiled models are released in."""
+    global _OPENVINO_CORE
+    if _OPENVINO_CORE is None:
+        import openvino as ov
+
+        _OPENVINO_CORE = ov.Core()
+    return _OPENVINO_CORE
+
+
 # ---- pre-processing: the same as fapm_lib.data (images.load_image + transform.Transform) ------------
 def _to_rgb(pil: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB: alpha dropped, 16-bit scaled by 1/257, gray replicated."""
@@ -145,13 +168,13 @@ class ExportedRunner:
 
     def _open_openvino(self):
         try:
-            import openvino as ov
+            core = openvino_core()
         except ImportError:
             raise ExportError("openvino is not installed: pip install openvino") from None
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        compiled = ov.Core().compile_model(str(self.model_file), "CPU", config)
+        compiled = core.compile_model(str(self.model_file), "CPU", config)  # one Core: see openvino_core
         request = compiled.create_infer_request()
         ports = {port.get_any_name(): port for port in compiled.outputs}
         names = self.output_names
