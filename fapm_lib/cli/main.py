@@ -1,4 +1,4 @@
-"""The ``fapm`` command: fit, fit-all, evaluate, predict, export, synth, demo, batch, benchmark, gif.
+"""The ``fapm`` command: fit, fit-all, evaluate, predict, update, export, synth, demo, batch, benchmark, gif.
 
 Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the traceback.
 """
@@ -49,6 +49,13 @@ def _decision_options(p: argparse.ArgumentParser, fitting: bool = True) -> None:
     p.add_argument("--pixel-threshold", type=float, help="manual pixel threshold in raw-score units")
 
 
+def _folder_options(p: argparse.ArgumentParser) -> None:
+    """Plain labelled folders instead of the MVTec layout (evaluate, with --model)."""
+    p.add_argument("--good", help="a folder of normal test images (any depth), with --defect and --model")
+    p.add_argument("--defect", help="a folder of defective test images; the first sub-folder is the defect type")
+    p.add_argument("--masks", help="masks of the --defect images: <same sub-folder>/<stem>.png or <stem>_mask.png")
+
+
 def _scale_options(p: argparse.ArgumentParser) -> None:
     """Bounded-memory fit flags (config keys max_memory, store_dir)."""
     p.add_argument("--max-memory", dest="max_memory", help="fit within this peak RSS through a disk store, "
@@ -67,7 +74,7 @@ HANDLERS = {
     "fit": "category:run_fit", "fit-all": "categories:run_fit_all", "evaluate": "categories:run_evaluate",
     "predict": "predict:run_predict", "export": "export:run_export", "synth": "synth:run_synth",
     "demo": "demo:run_demo", "batch": "notebook_batch:run_batch", "benchmark": "benchmark:run_benchmark_command",
-    "gif": "gif:run_gif",
+    "gif": "gif:run_gif", "update": "update:run_update",
 }
 
 
@@ -82,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fapm", description="FAPM: Fast Adaptive Patch Memory anomaly detection")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", help="fit a model on <data-root>/<category>/train/good")
+    p = sub.add_parser("fit", help="fit a model on <data-root>/<category>/train/good (or --good DIR)")
     _model_options(p, data_required=False)
+    p.add_argument("--good", help="a folder of normal images (any depth, any image format) instead of "
+                   "--data-root/--category")
     p.add_argument("--output", required=True, help="folder for model.safetensors")
     _decision_options(p)
     _scale_options(p)
@@ -104,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     _decision_options(p)
     p.add_argument("--categories", help="fit + evaluate each of a,b,... or all: <output>/<category>/ and "
                    "<output>/summary.md")
+    _folder_options(p)
+    p.add_argument("--report", action="store_true", help="also write <output>/report.html (one self-contained page)")
     _scale_options(p)
     _scheduler_option(p)
     _common(p)
@@ -114,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for scores.csv, overlays/ and masks/")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     _decision_options(p, fitting=False)
+    p.add_argument("--explain", action="store_true", help="per image, the nearest normal patch of its most "
+                   "anomalous place: explanations/<name>.png and explanations.json")
+    p.add_argument("--report", action="store_true", help="also write <output>/report.html (one self-contained page)")
+    _common(p)
+
+    p = sub.add_parser("update", help="add normal images (marked false alarms) to a fitted model, no refit")
+    p.add_argument("--model", required=True, help="a fitted model.safetensors")
+    p.add_argument("--add-good", required=True, dest="add_good", help="a folder of normal images to add "
+                   "(any depth, any image format)")
+    p.add_argument("--output", required=True, help="the updated model: a .safetensors file, or a folder for "
+                   "model.safetensors")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them instead of stopping")
     _common(p)
 
     p = sub.add_parser("export", help="export a fitted model as one ONNX / OpenVINO graph (uint8 image in)")

@@ -1,7 +1,14 @@
-"""Images in plain folders (any depth), as ``fapm predict`` and ``predict_folder`` read them."""
+"""Images in plain folders (any depth), as ``fapm predict``, ``fapm fit --good`` and
+``predict_folder`` read them, and the output names ``fapm predict`` gives them.
+
+Rules: files are images by extension (``IMAGE_EXTENSIONS``, case-insensitive, any mix); hidden
+files and folders (a name starting with ``.``) are ignored; every other file is *skipped* and
+listed by :func:`scan_folder` (``notes.txt``, ``Thumbs.db``); paths are sorted.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -9,34 +16,72 @@ from ..errors import DataError
 from .images import IMAGE_EXTENSIONS
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Visible image files under ``folder`` (recursive), sorted; DataError when there are none."""
+def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """``(images, other files)`` under ``folder`` (recursive, visible files only), each sorted;
+    DataError when the folder does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not paths:
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return images, [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Visible image files under ``folder`` (recursive), sorted; DataError when there are none."""
+    images, _ = scan_folder(folder)
+    if not images:
         raise DataError(f"{folder}: no images found")
-    return paths
+    return images
 
 
-def output_names(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
-    """``(image path, relative output name)`` for files and folders given on a command line.
-    Names keep the source folder (``good/000``, ``crack/000``: a folder argument keeps its own
-    name, a file its parent's), without the suffix; a repeated name gets ``_2``, ``_3``, ..."""
-    pairs: list[tuple[Path, Path]] = []
+@dataclass
+class NamedInputs:
+    """Images given on a command line: ``pairs`` (image path, output name), ``repeats`` (files
+    given more than once, scored once) and ``skipped`` (non-image files inside folders)."""
+
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    repeats: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def output_names(inputs: Iterable[str | os.PathLike]) -> NamedInputs:
+    """Output names for files and folders given on a command line.
+
+    A name is the end of the image's path, with its extension: below a folder argument, the
+    folder's own name and the path inside it (``test/crack/000.png``); for a file argument, its
+    parent folder and its name (``crack/000.png``). Where two different files would get the
+    same name (``a/good/1.png`` and ``b/good/1.png``), both take parent folders in front until
+    the names differ (``a/good/1.png``, ``b/good/1.png``). ``part1.png`` and ``part1.jpg`` keep
+    apart by their extensions. A file given twice is scored once (listed in ``repeats``)."""
+    found: list[tuple[Path, int]] = []  # (image path as given, parts of its resolved path the name keeps)
+    named = NamedInputs()
     for item in map(Path, inputs):
         if item.is_dir():
-            base = Path(item.resolve().name)
-            pairs += [(p, base / p.relative_to(item).with_suffix("")) for p in list_images(item)]
+            images, others = scan_folder(item)
+            found += [(p, len(p.relative_to(item).parts) + 1) for p in images]
+            named.skipped += others
         elif item.is_file():
-            pairs.append((item, Path(item.resolve().parent.name) / item.stem))
+            found.append((item, 2))
         else:
             raise DataError(f"{item}: no such file or folder")
-    seen: dict[Path, int] = {}
-    named = []
-    for path, name in pairs:
-        seen[name] = seen.get(name, 0) + 1
-        named.append((path, name if seen[name] == 1 else name.with_name(f"{name.name}_{seen[name]}")))
+    given: dict[Path, Path] = {}  # resolved -> as given (the first time)
+    depth: dict[Path, int] = {}
+    for path, parts in found:
+        resolved = path.resolve()
+        if resolved in depth:
+            named.repeats.append(path)
+        else:
+            given[resolved], depth[resolved] = path, parts
+    while True:
+        names: dict[tuple[str, ...], list[Path]] = {}
+        for resolved, parts in depth.items():
+            names.setdefault(resolved.parts[-parts:], []).append(resolved)
+        clashes = [paths for paths in names.values() if len(paths) > 1]
+        if not clashes:
+            break
+        for resolved in (p for paths in clashes for p in paths):  # distinct paths differ below the root
+            depth[resolved] = min(depth[resolved] + 1, len(resolved.parts) - 1)
+    named.pairs = [(given[resolved], Path(*resolved.parts[-parts:])) for resolved, parts in depth.items()]
     return named

@@ -16,17 +16,14 @@ Images are decoded by :mod:`fapm_lib.data.images`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-from PIL import Image
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
-from .images import IMAGE_EXTENSIONS, decode, load_mask
+from .images import IMAGE_EXTENSIONS
+from .samples import Sample, SampleDataset
 from .transform import Transform
 
 SHARED_DATA_ENV = "FAPM_SHARED_DATA"
@@ -34,16 +31,6 @@ GOOD = "good"
 MASK_SUFFIX = "_mask.png"
 
 Split = Literal["train", "test"]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of a split: label 0 good, 1 defect; ``mask_path`` None when it has no mask."""
-
-    path: Path
-    label: int
-    defect_type: str
-    mask_path: Path | None
 
 
 def _is_visible(path: Path) -> bool:
@@ -135,7 +122,7 @@ def list_samples(root: str | os.PathLike, category: str, split: Split) -> list[S
 
 
 
-class MVTecDataset(Dataset):
+class MVTecDataset(SampleDataset):
     """One split of one category. Items are dicts of tensors; S = ``transform.output_size``.
 
     ``has_masks`` is False when the category has no ground_truth folder (masks all False then).
@@ -153,57 +140,9 @@ class MVTecDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         self.category = category
-        self.split = split
-        self.transform = transform
-        self.samples: list[Sample] = list_samples(self.root, category, split)
-        self.has_masks: bool = (self.root / category / "ground_truth").is_dir()
-        self.skipped: list[tuple[Path, str]] = []
-        if skip_bad:
-            self._drop_unreadable()
-
-    def _drop_unreadable(self) -> None:
-        """Decode every sample; keep the readable ones, record the others in ``skipped``."""
-        kept = []
-        for sample in self.samples:
-            try:
-                self._read(sample)
-                kept.append(sample)
-            except DataError as exc:
-                self.skipped.append((sample.path, str(exc)))
-        if not kept:
-            raise DataError(
-                f"{self.root / self.category}: no readable {self.split} images "
-                f"({len(self.skipped)} skipped)"
-            )
-        self.samples = kept
-
-    def _read(self, sample: Sample) -> tuple[Image.Image, Image.Image | None]:
-        """Sample -> (RGB image, 0/255 mask or None); DataError if either is unreadable."""
-        image, full_size = decode(sample.path, self.transform.resize)
-        mask = None if sample.mask_path is None else load_mask(sample.mask_path, full_size)
-        return image, mask
-
-    def _mask_tensor(self, mask: Image.Image | None) -> Tensor:
-        """[S, S] bool; all False without a mask."""
-        if mask is None:
-            size = self.transform.output_size
-            return torch.zeros((size, size), dtype=torch.bool)
-        return self.transform.mask(mask)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor | int | str]:
-        """{"image": [3,S,S] float32, "mask": [S,S] bool, "label", "defect_type", "path": str}."""
-        sample = self.samples[index]
-        image, mask = self._read(sample)
-        return {
-            "image": self.transform.image(image),
-            "mask": self._mask_tensor(mask),
-            "label": sample.label,
-            "defect_type": sample.defect_type,
-            "path": str(sample.path),
-        }
+        samples = list_samples(self.root, category, split)
+        super().__init__(samples, transform, (self.root / category / "ground_truth").is_dir(), skip_bad,
+                         str(self.root / category), split)
 
 
 def make_loader(dataset: Dataset, batch_size: int = 8, num_workers: int = 0) -> DataLoader:

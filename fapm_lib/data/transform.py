@@ -56,6 +56,27 @@ class Transform:
         resized = self._geometry(Image.fromarray(unit))
         return torch.from_numpy(np.asarray(resized) > 0.5)
 
+    def crop_geometry(self, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int], int]:
+        """For an input of ``size`` (width, height): the resized size, the crop's (left, top) in
+        it, and the crop side (the whole resized square without a crop)."""
+        if self.crop_size is None:
+            return (self.resize, self.resize), (0, 0), self.resize
+        rw, rh = self._resized_size(size)
+        side = self.crop_size
+        return (rw, rh), (round((rw - side) / 2.0), round((rh - side) / 2.0)), side
+
+    def box_on_input(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[float, ...]:
+        """A box (left, top, right, bottom) in the model's ``S x S`` view -> the same area in the
+        pixels of the input of ``size`` (width, height)."""
+        (rw, rh), (left, top), _ = self.crop_geometry(size)
+        width, height = size
+        return ((box[0] + left) * width / rw, (box[1] + top) * height / rh,
+                (box[2] + left) * width / rw, (box[3] + top) * height / rh)
+
+    def view(self, pil: Image.Image) -> np.ndarray:
+        """What the model sees of an image, before normalisation: uint8 ``[S, S, 3]`` RGB."""
+        return np.asarray(self._geometry(pil if pil.mode == "RGB" else to_rgb(pil)))
+
     def _geometry(self, pil: Image.Image) -> Image.Image:
         """Bilinear resize, then centre crop."""
         resized = pil.resize(self._resized_size(pil.size), Image.Resampling.BILINEAR)

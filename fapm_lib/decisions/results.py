@@ -13,9 +13,10 @@ which area was analysed).
 """
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ from torch import Tensor
 from ..data.folders import list_images
 from ..data.images import ImageInput, as_pil
 from ..data.transform import Transform
+from ..errors import ConfigError
 from .calibration import Calibration, manual
+from .explain import Explanation, explain_images
 
 UNCALIBRATED = "uncalibrated"
 
@@ -44,6 +47,17 @@ class Result:
     box: tuple[float, float, float, float]  # analysed area: left, top, right, bottom (input pixels)
     path: str | None = None
     calibration: Calibration | None = None
+    #: computes the explanation on demand (:meth:`explain`); set by :func:`predict_images`
+    explainer: Callable[[], Explanation] | None = field(default=None, repr=False, compare=False)
+
+    def explain(self) -> Explanation:
+        """The nearest normal patch at this image's most anomalous place: test crop, nearest
+        training crop, distance and region per layer (:mod:`fapm_lib.decisions.explain`).
+        Computed on first call (one more pass of this image); ConfigError (one line) for a model
+        that cannot explain."""
+        if self.explainer is None:
+            raise ConfigError("this result has no model to explain it with; use model.predict_image or predict_folder")
+        return self.explainer()
 
     def score_map(self) -> np.ndarray | None:
         """``[H, W]`` normalised pixel scores in (0, 1), 0.5 at the pixel threshold (0 outside ``box``)."""
@@ -59,27 +73,17 @@ class Result:
         return ((ys >= top) & (ys <= bottom))[:, None] & ((xs >= left) & (xs <= right))[None, :]
 
 
-def analysed_geometry(transform: Transform, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int], int]:
-    """For an input of ``size`` (width, height): the resized size, the crop's (left, top) in it,
-    and the crop side (the whole resized square without a crop)."""
-    if transform.crop_size is None:
-        return (transform.resize, transform.resize), (0, 0), transform.resize
-    rw, rh = transform._resized_size(size)
-    side = transform.crop_size
-    return (rw, rh), (round((rw - side) / 2.0), round((rh - side) / 2.0)), side
-
-
 def map_to_input(amap: Tensor, size: tuple[int, int], transform: Transform) -> tuple[np.ndarray, tuple[float, ...]]:
     """``[S, S]`` map on the model's crop -> ``[H, W]`` on the input of ``size`` (width, height),
     bilinear, 0 outside the analysed area; and that area (left, top, right, bottom)."""
     width, height = size
-    (rw, rh), (left, top), side = analysed_geometry(transform, size)
+    (rw, rh), (left, top), side = transform.crop_geometry(size)
     gx = ((torch.arange(width) + 0.5) * rw / width - left) / side * 2 - 1  # crop coordinates in [-1, 1]
     gy = ((torch.arange(height) + 0.5) * rh / height - top) / side * 2 - 1
     grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(amap.dtype)  # [1, H, W, 2]
     out = F.grid_sample(amap[None, None].cpu(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
     inside = (gy.abs() <= 1)[:, None] & (gx.abs() <= 1)[None, :]
-    box = (left * width / rw, top * height / rh, (left + side) * width / rw, (top + side) * height / rh)
+    box = transform.box_on_input((0, 0, side, side), size)
     return torch.where(inside, out, torch.zeros(())).numpy().astype(np.float32), box
 
 
@@ -105,7 +109,12 @@ def predict_images(model, images: Sequence[ImageInput], threshold: float | None 
             raw = float(pred.pred_score[j])
             path = str(item) if isinstance(item, (str, os.PathLike)) else None
             results.append(decide(raw, amap, box, calibration, path))
+            results[-1].explainer = functools.partial(_explain_one, model, item)
     return results
+
+
+def _explain_one(model, image: ImageInput) -> Explanation:
+    return explain_images(model, [image])[0]
 
 
 def decide(raw: float, amap: np.ndarray, box: tuple[float, ...], calibration: Calibration | None,

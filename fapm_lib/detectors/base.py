@@ -53,6 +53,9 @@ class Detector:
         self.fit_stats: dict[str, float] = {}
         #: thresholds from normal images (see :mod:`fapm_lib.decisions.calibration`); None: uncalibrated
         self.calibration: Calibration | None = None
+        #: the training images, in fit order (image ``i`` of the memories' sources); None: unknown
+        #: (fitted from tensors or maps, or a model file of format version 1 or 2)
+        self.train_images: list[str] | None = None
 
     # ---- settings ------------------------------------------------------------------------------
     @property
@@ -167,7 +170,8 @@ class Detector:
         return {"config": self.config.to_dict(),
                 "backbone": {"name": info.name, "channels": list(info.channels), "pretrained": info.pretrained},
                 "feature_sizes": [list(s) for s in self.feature_sizes], "fit_stats": self.fit_stats,
-                "calibration": None if self.calibration is None else self.calibration.to_header()}
+                "calibration": None if self.calibration is None else self.calibration.to_header(),
+                "train_images": self.train_images}
 
     @classmethod
     def _open(cls, path, device: str | torch.device = "cpu",
@@ -181,6 +185,10 @@ class Detector:
             model.feature_sizes = [tuple(s) for s in header.get("feature_sizes", [])]
             model.fit_stats = dict(header.get("fit_stats", {}))
             model.calibration = Calibration.from_header(header.get("calibration"), f"{path}")
+            model.train_images = header.get("train_images")
+            if model.train_images is not None and not (isinstance(model.train_images, list) and all(
+                    isinstance(p, str) for p in model.train_images)):
+                raise ModelFileError(f"{path}: malformed train_images (expected a list of paths)")
             model._check_extractor(path, header["backbone"])
         except (KeyError, TypeError) as exc:
             raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None

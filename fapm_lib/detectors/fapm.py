@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..data.samples import sample_paths
 from ..decisions.heldout import calibrate_regions
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
@@ -47,7 +48,9 @@ class FAPM(Detector):
         total = None if n is None else -(-n // self.config.batch_size)
         # the bar is closed (its line cleared) however the fit ends, Ctrl-C included
         with tqdm(batches, desc="features", total=total, disable=not progress, leave=False) as bar:
-            return self.fit_map_batches((self.embed(images) for images in bar), n, progress)
+            self.fit_map_batches((self.embed(images) for images in bar), n, progress)
+        self.train_images = sample_paths(data)  # image i of the memories' sources; None for tensors
+        return self
 
     def fit_map_batches(self, batches: Iterable[list[Tensor]], n_images: int | None = None,
                         progress: bool = False) -> "FAPM":
@@ -96,6 +99,7 @@ class FAPM(Detector):
         check_k(memories, self.search_k)  # before assigning: a refused fit leaves the old memories
         self.model = FAPMModel.from_config(self.config, self._extractor, memories, self.feature_sizes).to(self.device)
         self.calibration = None
+        self.train_images = None  # FAPM.fit sets them after; other fits do not know them
 
     def calibrate_regions(self, regions: list[Tensor], progress: bool = False) -> "FAPM":
         """k-fold thresholds from the training region features (per layer ``[R, N*s*s, C]``),
@@ -131,6 +135,15 @@ class FAPM(Detector):
         for i, (h, w) in enumerate(sizes):
             check_grid(h, w, self.config.grid, f"layer-{i} feature map (stride {self.backbone_info.strides[i]})", options)
         self.feature_sizes = sizes
+
+    # ---- adding normal images (fapm update) -------------------------------------------------
+    def add_good(self, data: ImageBatches | Tensor, progress: bool = False):
+        """Add normal images (a dataset, loader or ``[N, 3, S, S]`` tensor) to the fitted memories
+        without a refit and refresh the calibration (:mod:`fapm_lib.detectors.update`); returns
+        its :class:`~fapm_lib.detectors.update.UpdateReport`."""
+        from .update import add_good
+
+        return add_good(self, data, progress)
 
     # ---- save / load -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

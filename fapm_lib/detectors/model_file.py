@@ -17,10 +17,13 @@ from ..errors import ModelFileError
 #: The file name fit, evaluate and fit-all write a model to.
 MODEL_FILE = "model.safetensors"
 FORMAT_NAME = "fapm_lib"
-#: Version 2 adds, for every memory vector, the training row it came from (``...groups.G.sources``).
-FORMAT_VERSION = 2
-#: Versions this library reads (version 1: no sources; explanations are then refused).
-READABLE_VERSIONS = (1, 2)
+#: Version 2 adds, for every memory vector, the training row it came from (``...groups.G.sources``);
+#: version 3 the training image paths (header ``train_images``, null when unknown) and the
+#: updates that added normal images (``fit_stats["updates"]``, ``fapm update``).
+FORMAT_VERSION = 3
+#: Versions this library reads (version 1: no sources; 1 and 2: no training image paths;
+#: explanations are then refused).
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def tensors_digest(tensors: dict[str, Tensor], preamble: str = "") -> str:

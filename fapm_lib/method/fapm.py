@@ -88,6 +88,20 @@ class FAPMModel(nn.Module):
         # 6. Fuse: the sum of the layers' distances, [B, H8, W8, k].
         return fuse_layers(aligned)
 
+    def nearest_sources(self, maps: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, each position's nearest memory vector in its own region's bank: aggregated
+        maps (per layer ``[B, C, h, w]``) -> ``[(1-NN distance [B, h, w], source row [B, h, w])]``.
+        The source row is the vector's row among its region's training vectors (``image * s*s +
+        cell``, see :class:`~fapm_lib.method.memory.BankGroup`); the distances are those
+        :meth:`search` fuses. ConfigError for a memory without sources."""
+        self.check_feature_sizes(maps)
+        located = []
+        for memory, f in zip(self.memories, maps):
+            distances, sources = memory.search_sources(split_regions(f, self.grid))  # [R, B*s*s] each
+            h, w = f.shape[-2:]
+            located.append((merge_regions(distances, self.grid, h, w), merge_regions(sources, self.grid, h, w)))
+        return located
+
     def postprocess(self, knn: Tensor) -> Prediction:
         """Steps 7 and 8: fused 1-NN distances, bilinear to S x S, Gaussian blur -> anomaly map
         ``[B, S, S]``; the image score ``[B]`` (max, or the official re-weighted score)."""

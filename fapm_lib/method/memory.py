@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .coreset import GreedyKCenter, far_regions, near_far_sizes, random_projection
+from .coreset import GreedyKCenter, GreedyState, far_regions, near_far_sizes, random_projection
 
 
 class BankGroup(nn.Module):
@@ -47,9 +47,23 @@ class BankGroup(nn.Module):
         ``|q - b|^2 = |q|^2 + |b|^2 - 2 q.b``: one batched matrix product gives the last two
         terms for every pair; ``|q|^2`` is the same for all of a query's candidates, so it is
         added after the k smallest are picked."""
-        partial = torch.baddbmm(self.sq_norms.unsqueeze(1), queries, self.bank_t, alpha=-2.0)  # [G, Q, M]
-        nearest = smallest(partial, k)
-        return nearest.add_(queries.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
+        return _finish(smallest(self._partial(queries), k), queries)
+
+    def nearest_indexed(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """:meth:`nearest` and the bank index of each neighbour: ``queries [G, Q, C] ->``
+        (distances ``[G, Q, k]``, ascending; indices ``[G, Q, k]`` into the banks' ``M`` rows).
+        The same product as :meth:`nearest`; the distances are equal to its own."""
+        values, index = self._partial(queries).topk(k, dim=-1, largest=False)
+        return _finish(values, queries), index
+
+    def _partial(self, queries: Tensor) -> Tensor:
+        """``|b|^2 - 2 q.b`` for every query and bank vector: ``[G, Q, C] -> [G, Q, M]``."""
+        return torch.baddbmm(self.sq_norms.unsqueeze(1), queries, self.bank_t, alpha=-2.0)
+
+
+def _finish(partial: Tensor, queries: Tensor) -> Tensor:
+    """Add ``|q|^2`` to the picked partial distances ``[G, Q, k]`` and take the root (in place)."""
+    return partial.add_(queries.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
 
 
 class LayerMemory(nn.Module):
@@ -105,6 +119,24 @@ class LayerMemory(nn.Module):
             start += size
         nearest = parts[0] if len(parts) == 1 else torch.cat(parts)
         return nearest.index_select(0, self.inverse)
+
+    def search_sources(self, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """The nearest memory vector of each query in its own region's bank, and where it came
+        from: ``queries [R, Q, C] ->`` (1-NN distance ``[R, Q]``, equal to :meth:`search` with
+        ``k = 1``; source row ``[R, Q]`` among that region's training vectors, see
+        :class:`BankGroup`). ConfigError when the memory records no sources (format version 1)."""
+        if any(g.sources is None for g in self.groups):
+            raise ConfigError("this memory does not record where its vectors came from (a model file of "
+                              "format version 1); refit it to explain predictions")
+        ordered = queries.index_select(0, self.order)
+        distances, sources, start = [], [], 0
+        for group in self.groups:
+            size = group.regions.shape[0]
+            dist, index = group.nearest_indexed(ordered[start : start + size], 1)
+            distances.append(dist[..., 0])
+            sources.append(group.sources.gather(1, index[..., 0]))
+            start += size
+        return torch.cat(distances).index_select(0, self.inverse), torch.cat(sources).index_select(0, self.inverse)
 
 
 def smallest(values: Tensor, k: int) -> Tensor:
@@ -192,3 +224,41 @@ def build_memories(regions: list[Tensor], config, progress: bool = False) -> lis
     check_k(memories, config.search_k)
     return memories
 
+
+
+def extend_layer_memory(memory: LayerMemory, features: Tensor, n_old_rows: int, ratio: float = 0.1,
+                        multiplier: float = 2.0, sampling: str = "adaptive", projection: int | None = None,
+                        seed: int = 0) -> tuple[LayerMemory, Tensor, Tensor]:
+    """Add new normal vectors to a fitted memory without refitting it.
+
+    ``features [R, N, C]``: region ``r``'s new vectors in ``features[r]`` (rows ordered as
+    :func:`~fapm_lib.method.regions.split_regions` orders them). Per region, a greedy k-center
+    run starts with *all* of the region's old bank vectors as its centres and the new vectors as
+    its candidates (each candidate's distance to the old bank, then the farthest candidate each
+    step), and adds ``ceil(r N)`` centres, ``ceil(a r N)`` in a "far" region: the rule and the
+    ratios of the fit applied to the new rows. The near / far classes and the radii stay as
+    fitted. A new vector's source is ``n_old_rows + its row`` (the new images continue the old
+    image numbering). Returns the new memory and, per region ``[R]``, the covering radius of the
+    new vectors by the old bank and by the extended one (in the projected space when
+    ``projection`` is set, as the greedy selection runs there)."""
+    n_near, n_far = near_far_sizes(features.shape[1], ratio, multiplier, sampling)
+    before = torch.zeros(memory.n_regions)
+    after = torch.zeros(memory.n_regions)
+    groups = []
+    for group in memory.groups:
+        regions, bank = group.regions, group.bank
+        candidates = features.index_select(0, regions.to(features.device)).to(bank.device)  # [G, N, C]
+        projected = random_projection(candidates, projection, seed)
+        probe = group if projected is candidates else BankGroup(regions, random_projection(bank, projection, seed))
+        distance = probe.nearest(projected, 1)[..., 0]  # [G, N]: each candidate to the old bank
+        state = GreedyState(torch.zeros(len(regions), 0, dtype=torch.long, device=bank.device),
+                            distance.new_zeros(len(regions), 0), distance.square(), distance.argmax(dim=1))
+        far = bool(memory.far[regions[0]])  # a group holds one size class
+        greedy = GreedyKCenter.resume(projected, state).extend(n_far if far else n_near)
+        index = greedy.indices  # [G, m]
+        added = candidates[torch.arange(len(regions), device=bank.device)[:, None], index]
+        sources = None if group.sources is None else torch.cat([group.sources, index + n_old_rows], dim=1)
+        groups.append(BankGroup(regions, torch.cat([bank, added], dim=1), sources))
+        before[regions.cpu()] = distance.max(dim=1).values.cpu()
+        after[regions.cpu()] = greedy.radii[:, -1].cpu()
+    return LayerMemory(groups, memory.radii, memory.far), before, after

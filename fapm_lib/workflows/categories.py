@@ -20,6 +20,7 @@ from ..system.atomic import write_text_atomic
 from ..system.jobs import Job, parse_scheduler, run_jobs
 from ..detectors.model_file import MODEL_FILE
 from .category import evaluate_category, fit_from_args
+from .folders import uses_folders
 from .notebook_batch import resolve_categories
 from .options import build_config
 
@@ -101,6 +102,8 @@ def run_evaluate_all(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     """``fapm evaluate``: one category (``--category``) or several (``--categories``, maybe on Dask)."""
     if args.categories is not None:
+        if uses_folders(args):
+            raise ConfigError("--good / --defect evaluate one model on one set of folders: drop --categories")
         return run_evaluate_all(args)
     if args.scheduler is not None:
         raise ConfigError("--scheduler runs several categories: add --categories a,b or --categories all")

@@ -20,12 +20,17 @@ from ..errors import ConfigError
 from ..method.memory import check_k
 from ..report.heatmaps import save_heatmaps
 from ..system.atomic import write_text_atomic
+from ..report.evaluation import write_evaluation_report
+from .folders import data_name, data_settings, folder_datasets, uses_folders
 from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config, read_config_file
 from .options import check_device as _device
 
 
 def datasets_from_args(model, args: argparse.Namespace, splits: tuple[str, ...]) -> list[MVTecDataset]:
-    """The ``splits`` of ``args.category`` under ``args.data_root``, read with ``model``'s transform."""
+    """The ``splits`` of ``args.category`` under ``args.data_root`` (or of ``--good`` / ``--defect``
+    folders, :mod:`~fapm_lib.workflows.folders`), read with ``model``'s transform."""
+    if uses_folders(args):
+        return folder_datasets(model, args, splits)
     if not args.data_root or not args.category:
         raise ConfigError("--data-root and --category are required (or set them in --config)")
     out = []
@@ -120,17 +125,19 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
     (test,) = datasets_from_args(model, args, ("test",))
     result = run_test_set(model, test, progress=not args.no_progress)
     if result.masks is None:
-        print(f"pixel metrics skipped: {args.category} has no ground_truth masks", file=sys.stderr)
+        print(f"pixel metrics skipped: {data_name(args)} has no ground_truth masks (--masks)", file=sys.stderr)
     metrics = {**result.metrics, **decision_metrics(result, model.calibration),
                "n_train": model.fit_stats.get("n_train"), "n_test": len(test),
                "backbone": model.config.backbone, "fit_seconds": model.fit_stats.get("fit_seconds"),
                "ms_per_image": result.ms_per_image,
                **{f"{stage}_ms_per_image": ms for stage, ms in result.stage_ms.items()},
                "settings": {"config": model.config.to_dict(), "model_file": model_file,
-                            "data_root": str(args.data_root), "category": args.category,
+                            **data_settings(args),
                             "calibration": None if model.calibration is None else model.calibration.brief()}}
     write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=2))
     save_heatmaps(result, test, output / "heatmaps", calibration=model.calibration)
+    if getattr(args, "report", False):
+        write_evaluation_report(output / "report.html", model, result, test, metrics)
     return metrics
 
 
@@ -139,7 +146,7 @@ def run_fit(args: argparse.Namespace) -> int:
     model = fit_from_args(args)
     path = model.save(Path(args.output) / MODEL_FILE)
     stats = model.fit_stats
-    print(f"fitted {args.category} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "
+    print(f"fitted {data_name(args)} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "
           f"(features {stats['feature_seconds']:.1f} s, coreset {stats['coreset_seconds']:.1f} s); wrote {path}")
     return 0
 

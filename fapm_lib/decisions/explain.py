@@ -1,0 +1,151 @@
+"""Why a part was flagged: at its most anomalous place, the nearest normal patch in memory.
+
+Every memory vector records its source (:class:`~fapm_lib.method.memory.BankGroup`: its row
+among its region's training vectors, ``image * s*s + cell``) and the model file the training
+image paths, so a prediction can show *which* training image and *where* its nearest normal
+patch came from:
+
+1. the position: the largest fused 1-NN distance on the layer-2 grid (``patch_scores``, what the
+   ``max`` image score reads), ``(y, x)`` on the ``28 x 28`` grid of a 224 input;
+2. per layer, the cell above it (layer 3: ``(y // 2, x // 2)``, the 2x2 tiling the fusion
+   uses), its region, the nearest vector of that region's bank (:meth:`FAPMModel.nearest_sources
+   <fapm_lib.method.fapm.FAPMModel.nearest_sources>`, the search kernel with the index kept),
+   the distance (the layers' distances add up to the fused score there) and the source: training
+   image ``row // (s*s)``, cell ``row % (s*s)`` of the same region;
+3. the crops: the ``pool x pool`` cells around each cell (3 x 3: what the feature averaged;
+   24 px at stride 8, 48 px at stride 16) in the model's 224 view of the test image and of the
+   training image, side by side; and the boxes of the cells in each image's own pixels.
+
+Refused with one line for a model file without sources (format version 1) or without training
+image paths (fitted from tensors, or a file of format version 1 or 2), and for other models.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.images import ImageInput, as_pil, load_image
+from ..errors import ConfigError
+from ..method.fapm import FAPMModel
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom
+
+
+@dataclass
+class LayerMatch:
+    """One layer's nearest normal vector at the explained position. Cells are ``(y, x)`` on the
+    layer's feature map; boxes ``(left, top, right, bottom)``: ``*_box`` in the model's ``S x S``
+    view, ``*_box_input`` in the image's own pixels; crops uint8 ``[c, c, 3]`` of that view."""
+
+    layer: int
+    stride: int
+    region: int
+    region_yx: tuple[int, int]
+    distance: float
+    test_cell: tuple[int, int]
+    train_cell: tuple[int, int]
+    train_index: int
+    train_image: str
+    test_box: Box
+    train_box: Box
+    test_box_input: Box
+    train_box_input: Box
+    test_crop: np.ndarray = field(repr=False)
+    train_crop: np.ndarray = field(repr=False)
+    train_view: np.ndarray = field(repr=False)  # the training image as the model saw it, [S, S, 3]
+
+
+@dataclass
+class Explanation:
+    """The explained position ``(y, x)`` on the layer-2 grid, the fused 1-NN score there
+    (``patch_score``, the sum of the layers' distances), the image's raw score, one
+    :class:`LayerMatch` per layer, and the test image as the model saw it (``test_view [S, S, 3]``)."""
+
+    path: str | None
+    raw_score: float
+    position: tuple[int, int]
+    patch_score: float
+    layers: list[LayerMatch]
+    test_view: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict:
+        """JSON-ready, without the pictures."""
+        out = {k: v for k, v in asdict(self).items() if k != "test_view"}
+        for layer in out["layers"]:
+            for picture in ("test_crop", "train_crop", "train_view"):
+                layer.pop(picture)
+        return out
+
+
+def check_explainable(model) -> FAPMModel:
+    """The fitted FAPM module of ``model``; ConfigError (one line) when it cannot explain."""
+    fapm = getattr(model, "model", None)
+    if getattr(model, "kind", None) != "fapm" or not isinstance(fapm, FAPMModel):
+        raise ConfigError("explanations need a fitted FAPM model in PyTorch (a .safetensors model file), "
+                          f"not {type(model).__name__}")
+    if any(g.sources is None for m in fapm.memories for g in m.groups):
+        raise ConfigError("this model file does not record where its memory vectors came from (format version 1); "
+                          "refit it to explain predictions")
+    if model.train_images is None:
+        raise ConfigError("this model does not record its training image paths (fitted from tensors, or a model "
+                          "file of format version 1 or 2); refit it from image files to explain predictions")
+    return fapm
+
+
+def _crop(view: np.ndarray, cell: tuple[int, int], stride: int, pool: int) -> tuple[np.ndarray, Box]:
+    """The ``pool x pool`` cells around ``cell`` (shifted inside the view), and the cell's box."""
+    side, size = pool * stride, view.shape[0]
+    y, x = cell
+    top = int(min(max(y * stride + stride // 2 - side // 2, 0), size - side))
+    left = int(min(max(x * stride + stride // 2 - side // 2, 0), size - side))
+    box = (float(x * stride), float(y * stride), float((x + 1) * stride), float((y + 1) * stride))
+    return view[top : top + side, left : left + side].copy(), box
+
+
+@torch.inference_mode()
+def explain_images(model, images: Sequence[ImageInput]) -> list[Explanation]:
+    """One :class:`Explanation` per image (a path, PIL image or numpy array, any size)."""
+    fapm = check_explainable(model)
+    transform, grid, pool = model.transform, fapm.grid, fapm.pool_size
+    pils = [as_pil(x) for x in images]
+    batch = torch.stack([transform.image(p) for p in pils]).to(model.device)
+    maps = model.runnable().embed(batch)
+    knn = fapm.search(maps)
+    raw, patch = fapm.postprocess(knn).pred_score.cpu(), knn[..., 0].cpu()
+    located = [(d.cpu(), s.cpu()) for d, s in fapm.nearest_sources(maps)]
+    fine_h, fine_w = patch.shape[1:]
+    views: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}  # training image -> (view, its size)
+    out = []
+    for b, (item, pil) in enumerate(zip(images, pils)):
+        y, x = divmod(int(patch[b].flatten().argmax()), fine_w)
+        test_view = transform.view(pil)
+        layers = []
+        for l, (distances, sources) in enumerate(located):
+            h, w = distances.shape[1:]
+            sy, sx = h // grid, w // grid
+            cy, cx = y * h // fine_h, x * w // fine_w
+            gy, gx = cy // sy, cx // sx
+            index, cell = divmod(int(sources[b, cy, cx]), sy * sx)
+            if index >= len(model.train_images):
+                raise ConfigError(f"a memory vector's source is training image {index}, but the model records "
+                                  f"{len(model.train_images)} training images: a damaged model file?")
+            train_cell = (gy * sy + cell // sx, gx * sx + cell % sx)
+            if index not in views:
+                train_pil = load_image(model.train_images[index])
+                views[index] = transform.view(train_pil), train_pil.size
+            train_view, train_size = views[index]
+            stride = fapm.input_size // h
+            test_crop, test_box = _crop(test_view, (cy, cx), stride, pool)
+            train_crop, train_box = _crop(train_view, train_cell, stride, pool)
+            layers.append(LayerMatch(l, stride, gy * grid + gx, (gy, gx), float(distances[b, cy, cx]), (cy, cx),
+                                     train_cell, index, model.train_images[index], test_box, train_box,
+                                     transform.box_on_input(test_box, pil.size),
+                                     transform.box_on_input(train_box, train_size), test_crop, train_crop,
+                                     train_view))
+        path = str(item) if isinstance(item, (str, os.PathLike)) else None
+        out.append(Explanation(path, float(raw[b]), (y, x), float(patch[b, y, x]), layers, test_view))
+    return out
