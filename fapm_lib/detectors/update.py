@@ -2,13 +2,19 @@
 ``fapm update``): the false alarms an operator marks become part of the normal memory.
 
 1. The added images' features are extracted once (the backbone only sees the new images).
-2. They are scored by the memory *before* the update, which never saw them: held-out
-   predictions, kept for the calibration (:mod:`fapm_lib.decisions.refresh`).
-3. Each region's bank, per layer, grows by a greedy k-center run that starts from all of its old
+2. Each region's bank, per layer, grows by a greedy k-center run that starts from all of its old
    vectors and picks among the new ones (:func:`~fapm_lib.method.memory.extend_layer_memory`):
-   ``ceil(r N)`` new centres per region (``ceil(a r N)`` in a far region), N the new rows.
-4. The thresholds are refreshed from the old and new held-out scores; the image paths and the
-   sources of the new vectors continue the old numbering; ``fit_stats["updates"]`` records it.
+   ``ceil(r N)`` new centres per region (``ceil(a r N)`` in a far region), N the new rows. The
+   near / far classes and the covering radii stay as fitted.
+3. Held-out scores of the added images, as the fit's k-fold gives the old ones: image ``j`` is
+   scored by the old memory extended with the *other* added images (interleaved folds, image
+   ``j`` in fold ``j % calibration_folds``; leave-one-out for up to ``calibration_folds``
+   images; one image alone: the old memory). Scoring them by the old memory only would put the
+   marked false alarms, by construction above the threshold, into the held-out set, and lift the
+   threshold to their level (with 10 images on the tests' data, a real defect then passed OK).
+4. The thresholds are refreshed from the old and new held-out scores
+   (:mod:`fapm_lib.decisions.refresh`); the image paths and the sources of the new vectors
+   continue the old numbering; ``fit_stats["updates"]`` records the update.
 """
 from __future__ import annotations
 
@@ -20,10 +26,11 @@ from torch import Tensor
 
 from ..data.samples import sample_paths
 from ..decisions.calibration import K_KEPT
+from ..decisions.heldout import fold_sets, image_rows
 from ..decisions.refresh import refresh
 from ..errors import ConfigError
 from ..method.fapm import FAPMModel
-from ..method.memory import check_k, extend_layer_memory
+from ..method.memory import LayerMemory, check_k, extend_layer_memory
 from ..method.regions import split_regions
 from ..method.scoring import top_neighbours
 
@@ -32,9 +39,9 @@ from ..method.scoring import top_neighbours
 class UpdateReport:
     """What an update did: the added images (``paths``, None for tensors), their raw scores and
     decisions by the model before (``before``) and after (``after``) it, the thresholds
-    before and after, the time (features + scoring + memory + calibration, no file I/O), and
-    per layer the largest distance of a new vector to its region's bank, before and after
-    (``radius_before`` / ``radius_after``, the mean over regions)."""
+    before and after, the time (features + memory + held-out scores + calibration, no file
+    I/O), and per layer the largest distance of a new vector to its region's bank before and
+    after (``radius_before`` / ``radius_after``, the mean over regions)."""
 
     paths: list[str] | None
     before: list[tuple[float, str]]
@@ -54,8 +61,9 @@ def _decisions(model, scores: Tensor) -> list[tuple[float, str]]:
 
 
 @torch.inference_mode()
-def _heldout(fapm: FAPMModel, maps: list[Tensor], batch: int, search_k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Predictions of the model before the update: neighbours ``[N, k']``, maps ``[N, S, S]``, scores ``[N]``."""
+def predict_maps(fapm: FAPMModel, maps: list[Tensor], batch: int, search_k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Predictions from aggregated maps (per layer ``[N, C, h, w]``), batched: neighbours
+    ``[N, k']`` (up to :data:`~fapm_lib.decisions.calibration.K_KEPT`), maps ``[N, S, S]``, scores ``[N]``."""
     k = min(K_KEPT, *(int(m.bank_sizes().min()) for m in fapm.memories))
     neighbours, amaps, scores = [], [], []
     for start in range(0, maps[0].shape[0], batch):
@@ -65,6 +73,44 @@ def _heldout(fapm: FAPMModel, maps: list[Tensor], batch: int, search_k: int) -> 
         amaps.append(pred.anomaly_map.cpu())
         scores.append(pred.pred_score.cpu())
     return torch.cat(neighbours), torch.cat(amaps), torch.cat(scores)
+
+
+def extend_memories(memories: list[LayerMemory], regions: list[Tensor], first_rows: list[int],
+                    config) -> tuple[list[LayerMemory], list[Tensor], list[Tensor]]:
+    """Every layer's memory extended with its new region features (per layer ``[R, N*s*s, C]``;
+    their sources start at ``first_rows[layer]``); the new vectors' covering radii before and after."""
+    out, before, after = [], [], []
+    for memory, features, first in zip(memories, regions, first_rows):
+        extended, r_before, r_after = extend_layer_memory(
+            memory, features, first, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
+            config.coreset_projection, config.seed)
+        out.append(extended)
+        before.append(r_before)
+        after.append(r_after)
+    return out, before, after
+
+
+def heldout_added(fapm: FAPMModel, regions: list[Tensor], maps: list[Tensor], cells: list[int],
+                  config, feature_sizes) -> tuple[Tensor, Tensor]:
+    """Held-out predictions of the added images (step 3 of the module): neighbours ``[N, k']``
+    and anomaly maps ``[N, S, S]``, image ``j`` scored without its own fold."""
+    n = maps[0].shape[0]
+    everyone, sets = torch.arange(n), fold_sets(n, max(config.calibration_folds, 1))
+    amaps, parts = torch.empty(n, config.input_size, config.input_size), []
+    for f, held in enumerate(sets):
+        others = everyone[everyone % len(sets) != f]
+        model = fapm
+        if len(others):
+            rows = [image_rows(others, c).to(r.device) for r, c in zip(regions, cells)]
+            memories = extend_memories(list(fapm.memories), [r.index_select(1, i) for r, i in zip(regions, rows)],
+                                       [0] * len(regions), config)[0]
+            model = FAPMModel.from_config(config, None, memories, feature_sizes).to(fapm.device)
+        near, amaps[held], _ = predict_maps(model, [m[held] for m in maps], config.batch_size, config.search_k)
+        parts.append((held, near))
+    neighbours = torch.empty(n, min(near.shape[1] for _, near in parts))
+    for held, near in parts:
+        neighbours[held] = near[:, : neighbours.shape[1]]
+    return neighbours, amaps
 
 
 def _old_image_count(model, per_image: int) -> int:
@@ -93,41 +139,26 @@ def add_good(model, data, progress: bool = False) -> UpdateReport:
     size_before = int(fapm.memory_size()["vectors"])
     maps = model.extract(data, progress, desc="features (added images)")
     fapm.check_feature_sizes(maps)
-    neighbours, heldout_maps, scores = _heldout(fapm, maps, config.batch_size, config.search_k)
-    before = _decisions(model, scores)
-    threshold_before = None if model.calibration is None else model.calibration.image_threshold
-    grid, memories, radius_before, radius_after = config.grid, [], [], []
-    cells = [(h // grid) * (w // grid) for h, w in model.feature_sizes]  # rows per image and region
+    scores_before = predict_maps(fapm, maps, config.batch_size, config.search_k)[2]
+    before, threshold_before = _decisions(model, scores_before), getattr(model.calibration, "image_threshold", None)
+    cells = [(h // config.grid) * (w // config.grid) for h, w in model.feature_sizes]  # rows per image and region
+    regions = [split_regions(m.to(fapm.device), config.grid) for m in maps]
     n_old = _old_image_count(model, cells[0])
-    for memory, f, per_image in zip(fapm.memories, maps, cells):
-        extended, r_before, r_after = extend_layer_memory(
-            memory, split_regions(f.to(fapm.device), grid), n_old * per_image, config.coreset_ratio,
-            config.adaptive_multiplier, config.sampling, config.coreset_projection, config.seed)
-        memories.append(extended)
-        radius_before.append(float(r_before.mean()))
-        radius_after.append(float(r_after.mean()))
+    memories, r_before, r_after = extend_memories(list(fapm.memories), regions, [n_old * c for c in cells], config)
     check_k(memories, config.search_k)
-    model.model = FAPMModel.from_config(config, fapm.backbone, memories, model.feature_sizes).to(model.device)
     if model.calibration is not None:
+        neighbours, heldout_maps = heldout_added(fapm, regions, maps, cells, config, model.feature_sizes)
         model.calibration = refresh(model.calibration, neighbours, heldout_maps)
+    model.model = FAPMModel.from_config(config, fapm.backbone, memories, model.feature_sizes).to(model.device)
     if model.train_images is not None and paths is not None:
         model.train_images = [*model.train_images, *paths]
     seconds = time.perf_counter() - start
-    after = _decisions(model, _heldout(model.model, maps, config.batch_size, config.search_k)[2])
-    updates = list(model.fit_stats.get("updates", []))
-    model.fit_stats["updates"] = [*updates, {"n_added": len(before), "seconds": round(seconds, 3)}]
+    after = _decisions(model, predict_maps(model.model, maps, config.batch_size, config.search_k)[2])
+    model.fit_stats["updates"] = [*model.fit_stats.get("updates", []), {"n_added": len(before),
+                                                                        "seconds": round(seconds, 3)}]
     if model.fit_stats.get("n_train"):
         model.fit_stats["n_train"] = int(model.fit_stats["n_train"]) + len(before)
-    return UpdateReport(paths, before, after, threshold_before,
-                        None if model.calibration is None else model.calibration.image_threshold, seconds,
-                        radius_before, radius_after, size_before, int(model.model.memory_size()["vectors"]))
-
-
-def summary_rows(report: UpdateReport) -> list[dict[str, object]]:
-    """One row per added image: its name, raw score and decision before and after."""
-    names = report.paths or [f"image {i}" for i in range(len(report.before))]
-    return [{"image": name, "raw before": round(b[0], 3), "before": b[1], "raw after": round(a[0], 3), "after": a[1]}
-            for name, b, a in zip(names, report.before, report.after)]
-
-
+    return UpdateReport(paths, before, after, threshold_before, getattr(model.calibration, "image_threshold", None),
+                        seconds, [float(r.mean()) for r in r_before], [float(r.mean()) for r in r_after],
+                        size_before, int(model.model.memory_size()["vectors"]))
 
