@@ -6,6 +6,8 @@ baseline, thin and tested.
 >>> model.fit(MVTecDataset("data/builtin", "vial", "train", model.transform))
 >>> prediction = model.predict(images)        # anomaly_map [B, 224, 224], pred_score [B]
 >>> result = model.predict_image("part.png")  # score, OK/NG decision, map and mask
+>>> result.explain()                          # the nearest normal patch of its most anomalous place
+>>> model.add_good(FolderDataset(good="false_alarms/", transform=model.transform))  # no refit
 
 The package, by role (each layer imports only the layers before it; ``tests/test_layering.py``):
 ``errors``, ``system`` (atomic files, allocator, budgets, timing, jobs), ``config``, ``data``
@@ -36,6 +38,7 @@ _PUBLIC = {
     "data.transform": ["Transform"],
     "data.mvtec": ["MVTecDataset", "default_shared_root"],
     "data.folders": ["list_images"],
+    "data.flat": ["FolderDataset"],
     "data.synthetic": ["CATEGORIES", "generate_dataset", "ensure_dataset"],
     "method.backbone": ["create_feature_extractor"],
     "method.regions": ["split_regions", "merge_regions", "valid_grids"],
@@ -47,12 +50,15 @@ _PUBLIC = {
     "method.patchcore": ["PatchCoreModel"],
     "decisions.calibration": ["Calibration"],
     "decisions.results": ["Result"],
+    "decisions.explain": ["Explanation", "explain_images"],
     "decisions.metrics": ["compute_metrics", "image_auroc", "pixel_auroc"],
     "decisions.evaluate": ["run_test_set", "pick_examples"],
     "detectors.fapm": ["FAPM"],
     "detectors.patchcore": ["PatchCore"],
     "report.viz": ["denormalize", "overlay", "calibrated_overlay", "plot_gallery"],
     "report.tables": ["markdown_table"],
+    "report.explain": ["explanation_panel"],
+    "report.html": ["write_report"],
     "deploy.export": ["export_model"],
     "deploy.exported": ["ExportedModel"],
     "deploy.runtime_benchmark": ["build_runners", "single_times", "uint8_images"],

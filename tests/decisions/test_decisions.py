@@ -289,7 +289,7 @@ def test_predict_cli_writes_scores_masks_and_calibrated_overlays(capsys, tmp_pat
         assert reader.fieldnames[:4] == ["path", "raw_score", "score", "decision"]
         rows = list(reader)
     names = [r["overlay"] for r in rows]
-    assert len(set(names)) == 6 and "overlays/good/000.png" in names and "overlays/crack/000.png" in names
+    assert len(set(names)) == 6 and "overlays/good/000.png.png" in names and "overlays/crack/000.png.png" in names
     model = FAPM.load(fitted)
     for row in rows:
         raw, score = float(row["raw_score"]), float(row["score"])
@@ -319,12 +319,17 @@ def test_predict_cli_writes_scores_masks_and_calibrated_overlays(capsys, tmp_pat
 def test_predict_cli_keeps_source_folders_apart(capsys, tmp_path: Path, data: Path, fitted: Path) -> None:
     test = data / CATEGORY / "test"
     out = tmp_path / "pred"
-    code, _, _ = run_main(capsys, "predict", "--model", str(fitted), str(test / "good" / "000.png"),
-                          str(test / "crack" / "000.png"), str(test / "good" / "000.png"), "--output", str(out))
-    assert code == 0
+    Image.fromarray(part_image(3)).save(tmp_path / "000.jpg")  # same stem, another format, another folder
+    shutil.copy(tmp_path / "000.jpg", test / "good" / "000.jpg")
+    code, _, err = run_main(capsys, "predict", "--model", str(fitted), str(test / "good" / "000.png"),
+                            str(test / "crack" / "000.png"), str(test / "good" / "000.png"),
+                            str(test / "good" / "000.jpg"), str(tmp_path / "000.jpg"), "--output", str(out))
+    (test / "good" / "000.jpg").unlink()
+    assert code == 0 and one_line(err) == f"skipped: {test / 'good' / '000.png'}: given more than once (scored once)"
     with open(out / "scores.csv", newline="") as fh:
         overlays = [r["overlay"] for r in csv.DictReader(fh)]
-    assert overlays == ["overlays/good/000.png", "overlays/crack/000.png", "overlays/good/000_2.png"]
+    assert overlays == ["overlays/good/000.png.png", "overlays/crack/000.png.png", "overlays/good/000.jpg.png",
+                        f"overlays/{tmp_path.name}/000.jpg.png"]  # the extension kept, never a counter
     assert all((out / o).is_file() for o in overlays)
 
 
