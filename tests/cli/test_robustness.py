@@ -338,7 +338,9 @@ def test_valid_predict_writes_scores(capsys, tmp_path: Path, tiny_root: Path, mo
     image_dir = tiny_root / CATEGORY / "test"
     code, out, err = run_main(capsys, "predict", "--model", str(model_files["fapm"]), str(image_dir),
                               "--output", str(tmp_path / "out"))
-    assert code == 0 and err == "" and out.startswith("scored 4 images")
+    assert code == 0 and out.startswith("scored 4 images")
+    assert all(line.startswith("skipped: ") and line.endswith(": not an image file") for line in err.splitlines())
+    assert len(err.splitlines()) == 4  # the junk files of the two test folders, listed
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0] == "path,raw_score,score,decision,mask,overlay"
 
