@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..data.images import ImageInput, as_pil, load_image
 from ..errors import ConfigError
@@ -110,42 +111,58 @@ def _crop(view: np.ndarray, cell: tuple[int, int], stride: int, pool: int) -> tu
 def explain_images(model, images: Sequence[ImageInput]) -> list[Explanation]:
     """One :class:`Explanation` per image (a path, PIL image or numpy array, any size)."""
     fapm = check_explainable(model)
-    transform, grid, pool = model.transform, fapm.grid, fapm.pool_size
+    transform = model.transform
     pils = [as_pil(x) for x in images]
     batch = torch.stack([transform.image(p) for p in pils]).to(model.device)
     maps = model.runnable().embed(batch)
     knn = fapm.search(maps)
     raw, patch = fapm.postprocess(knn).pred_score.cpu(), knn[..., 0].cpu()
     located = [(d.cpu(), s.cpu()) for d, s in fapm.nearest_sources(maps)]
-    fine_h, fine_w = patch.shape[1:]
-    views: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}  # training image -> (view, its size)
+    views = TrainingViews(model)
     out = []
     for b, (item, pil) in enumerate(zip(images, pils)):
-        y, x = divmod(int(patch[b].flatten().argmax()), fine_w)
+        y, x = divmod(int(patch[b].flatten().argmax()), patch.shape[2])
         test_view = transform.view(pil)
-        layers = []
-        for l, (distances, sources) in enumerate(located):
-            h, w = distances.shape[1:]
-            sy, sx = h // grid, w // grid
-            cy, cx = y * h // fine_h, x * w // fine_w
-            gy, gx = cy // sy, cx // sx
-            index, cell = divmod(int(sources[b, cy, cx]), sy * sx)
-            if index >= len(model.train_images):
-                raise ConfigError(f"a memory vector's source is training image {index}, but the model records "
-                                  f"{len(model.train_images)} training images: a damaged model file?")
-            train_cell = (gy * sy + cell // sx, gx * sx + cell % sx)
-            if index not in views:
-                train_pil = load_image(model.train_images[index])
-                views[index] = transform.view(train_pil), train_pil.size
-            train_view, train_size = views[index]
-            stride = fapm.input_size // h
-            test_crop, test_box = _crop(test_view, (cy, cx), stride, pool)
-            train_crop, train_box = _crop(train_view, train_cell, stride, pool)
-            layers.append(LayerMatch(l, stride, gy * grid + gx, (gy, gx), float(distances[b, cy, cx]), (cy, cx),
-                                     train_cell, index, model.train_images[index], test_box, train_box,
-                                     transform.box_on_input(test_box, pil.size),
-                                     transform.box_on_input(train_box, train_size), test_crop, train_crop,
-                                     train_view))
+        layers = [_layer_match(model, fapm.grid, fapm.pool_size, l, distances[b], sources[b], (y, x), patch.shape[1:],
+                               test_view, pil.size, views) for l, (distances, sources) in enumerate(located)]
         path = str(item) if isinstance(item, (str, os.PathLike)) else None
         out.append(Explanation(path, float(raw[b]), (y, x), float(patch[b, y, x]), layers, test_view))
     return out
+
+
+class TrainingViews:
+    """The model's view of each training image, read once: index -> (view ``[S, S, 3]``, its size)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.views = model, {}
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        paths = self.model.train_images
+        if index >= len(paths):
+            raise ConfigError(f"a memory vector's source is training image {index}, but the model records "
+                              f"{len(paths)} training images: a damaged model file?")
+        if index not in self.views:
+            pil = load_image(paths[index])
+            self.views[index] = self.model.transform.view(pil), pil.size
+        return self.views[index]
+
+
+def _layer_match(model, grid: int, pool: int, layer: int, distances: Tensor, sources: Tensor,
+                 position: tuple[int, int], fine: tuple[int, int], test_view: np.ndarray, size: tuple[int, int],
+                 views: TrainingViews) -> LayerMatch:
+    """One layer's :class:`LayerMatch` at the fine ``position``, from its 1-NN ``distances`` and
+    ``sources`` ``[h, w]`` (of one image)."""
+    h, w = distances.shape
+    sy, sx = h // grid, w // grid
+    cy, cx = position[0] * h // fine[0], position[1] * w // fine[1]  # the coarse cell tiling the fine one
+    gy, gx = cy // sy, cx // sx
+    index, cell = divmod(int(sources[cy, cx]), sy * sx)
+    train_cell = (gy * sy + cell // sx, gx * sx + cell % sx)  # the same region, the recorded cell
+    train_view, train_size = views[index]
+    stride = test_view.shape[0] // h
+    test_crop, test_box = _crop(test_view, (cy, cx), stride, pool)
+    train_crop, train_box = _crop(train_view, train_cell, stride, pool)
+    transform = model.transform
+    return LayerMatch(layer, stride, gy * grid + gx, (gy, gx), float(distances[cy, cx]), (cy, cx), train_cell, index,
+                      model.train_images[index], test_box, train_box, transform.box_on_input(test_box, size),
+                      transform.box_on_input(train_box, train_size), test_crop, train_crop, train_view)

@@ -103,3 +103,26 @@ def test_update_refusals_are_one_line(capsys, root: Path, fitted: Path, tmp_path
     code, _, err = run_main(capsys, "update", "--model", str(pc), "--add-good", str(root / "marked"),
                             "--output", str(tmp_path / "o"))
     assert code == 2 and "holds a patchcore model, not a fapm model" in one_line(err)
+
+
+def test_each_added_image_is_scored_without_its_own_fold(root: Path, fitted: Path) -> None:
+    from fapm_lib.detectors.update import extend_memories, heldout_added, predict_maps
+    from fapm_lib.method.fapm import FAPMModel
+    from fapm_lib.method.regions import split_regions
+
+    model = FAPM.load(fitted)
+    config, fapm = model.config, model.model
+    maps = model.extract(FolderDataset(good=root / "marked", transform=model.transform), progress=False)
+    regions = [split_regions(m, config.grid) for m in maps]
+    cells = [16, 4]
+    neighbours, amaps = heldout_added(fapm, regions, maps, cells, config, model.feature_sizes)
+    old = predict_maps(fapm, maps, config.batch_size, config.search_k)
+    # image 0 against the old memory plus image 1 only, built by hand
+    with_other = extend_memories(list(fapm.memories), [r[:, c:] for r, c in zip(regions, cells)], [0, 0], config)[0]
+    by_hand = predict_maps(FAPMModel.from_config(config, None, with_other, model.feature_sizes),
+                           [m[:1] for m in maps], config.batch_size, config.search_k)
+    assert torch.allclose(neighbours[0], by_hand[0][0, : neighbours.shape[1]]) and torch.allclose(amaps[0], by_hand[1][0])
+    assert neighbours[0, 0] < old[0][0, 0]  # the other label is in memory: lower than by the old memory alone
+    alone, _ = heldout_added(fapm, [r[:, :c] for r, c in zip(regions, cells)], [m[:1] for m in maps],
+                                      cells, config, model.feature_sizes)
+    assert torch.allclose(alone[0], old[0][0, : alone.shape[1]])  # one image alone: the old memory
