@@ -21,6 +21,9 @@ def folder_datasets(model, args: argparse.Namespace, splits: tuple[str, ...]) ->
     read with ``model``'s transform; skipped files listed on stderr, one line each."""
     if getattr(args, "data_root", None) or getattr(args, "category", None):
         raise ConfigError("give --good (with --defect, --masks) or --data-root with --category, not both")
+    if getattr(args, "validation_root", None):
+        raise ConfigError("--validation-root reads the MVTec layout of --category; with --good, set the thresholds "
+                          "with --false-alarm-rate, --threshold or --pixel-threshold")
     out = []
     for split in splits:
         if split == "train":

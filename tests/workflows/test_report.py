@@ -10,9 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
+from fapm_lib import FAPM, FolderDataset
 from fapm_lib.detectors.model_file import MODEL_FILE
-from tests.decisions.test_decisions import CATEGORY, TINY_YAML, cached_extractors, one_line, run_main, write_tree  # noqa: F401
+from tests.decisions.test_decisions import (CATEGORY, TINY, TINY_YAML, cached_extractors, one_line,  # noqa: F401
+                                            run_main, write_tree)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +27,6 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(part / "train" / "good", flat / "train")
     (flat / "train" / "line2").mkdir()
     for png in sorted((flat / "train").glob("00[0-2].png")):
-        from PIL import Image
-
         Image.open(png).save(flat / "train" / "line2" / f"{png.stem}.jpg", quality=95)
         png.unlink()
     (flat / "train" / "notes.txt").write_text("shift 3")
@@ -85,7 +87,7 @@ def test_predict_explains_and_reports(capsys, folders: Path, model: Path, tmp_pa
     assert (tmp_path / "report.html").read_text() == first  # deterministic
 
 
-@pytest.mark.parametrize("case", ["both", "no_model", "no_defect", "categories", "masks_alone"])
+@pytest.mark.parametrize("case", ["both", "no_model", "no_defect", "categories", "masks_alone", "validation"])
 def test_folder_flags_that_cannot_act_are_refused(capsys, folders: Path, model: Path, tmp_path: Path,
                                                   case: str) -> None:
     base = ["evaluate", "--output", str(tmp_path), "--no-progress"]
@@ -98,25 +100,20 @@ def test_folder_flags_that_cannot_act_are_refused(capsys, folders: Path, model: 
         "categories": (base + ["--good", str(folders / "ok"), "--categories", "all"], "drop --categories"),
         "masks_alone": (base + ["--model", str(model), "--good", str(folders / "ok"), "--masks", str(folders / "gt")],
                         "needs both --good DIR"),
+        "validation": (["fit", "--good", str(folders / "train"), "--validation-root", str(folders), "--output",
+                        str(tmp_path)], "--validation-root reads the MVTec layout"),
     }[case]
     code, _, err = run_main(capsys, *argv)
     assert code == 2 and expected in one_line(err)
 
 
 def test_explain_is_refused_for_a_model_without_image_paths(capsys, folders: Path, tmp_path: Path) -> None:
-    from fapm_lib import FAPM, FolderDataset
-    from tests.decisions.test_decisions import TINY
-
     model = FAPM(TINY)
     train = FolderDataset(good=folders / "train", transform=model.transform)
-    path = model.fit(torch_stack(train), progress=False).save(tmp_path / "m.safetensors")
+    images = torch.stack([train[i]["image"] for i in range(len(train))])  # tensors: no paths to record
+    path = model.fit(images, progress=False).save(tmp_path / "m.safetensors")
     code, _, err = run_main(capsys, "predict", "--model", str(path), str(folders / "ok"), "--explain", "--output",
                             str(tmp_path / "p"))
     assert code == 2 and "does not record its training image paths" in one_line(err)
     assert not (tmp_path / "p").exists()  # refused before scoring anything
 
-
-def torch_stack(dataset):
-    import torch
-
-    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
