@@ -131,11 +131,11 @@ def test_the_top_level_is_thin() -> None:
 
 
 def test_the_search_arithmetic_lives_in_one_module() -> None:
-    """The distance computation (a batched matrix product against the banks) is written once,
-    in method/memory.py (FAPM) and once for PatchCore's single bank, nowhere else."""
+    """The distance computation (a batched matrix product against the banks) is written once, in
+    method/memory.py: FAPM's region banks and PatchCore's single bank both search through it."""
     pattern = re.compile(r"\b(baddbmm|addmm|cdist)\(")
     users = sorted(name for name, path in MODULES.items() if pattern.search(path.read_text()))
-    assert users == ["fapm_lib.method.memory", "fapm_lib.method.patchcore"]
+    assert users == ["fapm_lib.method.memory"]
 
 
 def test_the_public_api_resolves() -> None:

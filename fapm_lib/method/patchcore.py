@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from .backbone import FeatureExtractor
 from .coreset import GreedyKCenter, coreset_size, random_projection
 from .features import embed
-from .memory import smallest
+from .memory import BankGroup
 from .scoring import Prediction, postprocess
 
 #: PatchCore's random-projection dimension for the greedy coreset.
@@ -47,8 +47,8 @@ class PatchCoreModel(nn.Module):
         if k > bank.shape[0]:
             raise ConfigError(f"k={k} exceeds the memory bank ({bank.shape[0]} vectors)")
         self.backbone = backbone
-        self.register_buffer("bank", bank)
-        self.register_buffer("bank_sq", bank.pow(2).sum(-1))
+        # one bank for every position: a single "region", searched by the same kernel as FAPM's banks
+        self.memory = BankGroup(torch.zeros(1, dtype=torch.long, device=bank.device), bank.unsqueeze(0))
         self.pool_size, self.input_size, self.blur_sigma = pool_size, input_size, blur_sigma
         self.image_score, self.k, self.query_chunk = image_score, k, query_chunk
 
@@ -58,8 +58,13 @@ class PatchCoreModel(nn.Module):
                    blur_sigma=config.blur_sigma, image_score=config.image_score, k=config.search_k)
 
     @property
+    def bank(self) -> Tensor:
+        """``[M, C8 + C16]``."""
+        return self.memory.bank[0]
+
+    @property
     def device(self) -> torch.device:
-        return self.bank.device
+        return self.memory.bank_t.device
 
     def forward(self, images: Tensor) -> Prediction:
         return self.postprocess(self.search(self.embed(images)))
@@ -74,15 +79,12 @@ class PatchCoreModel(nn.Module):
         k = self.k if k is None else k
         b, _, h, w = maps[0].shape
         queries = patch_rows(maps)
-        out = torch.cat([self._nearest(q, k) for q in queries.split(self.query_chunk)])
+        out = torch.cat([self.memory.nearest(q.unsqueeze(0), k)[0] for q in queries.split(self.query_chunk)])
         return rearrange(out, "(b h w) k -> b h w k", b=b, h=h, w=w)
-
-    def _nearest(self, q: Tensor, k: int) -> Tensor:
-        partial = torch.addmm(self.bank_sq.unsqueeze(0), q, self.bank.T, alpha=-2.0)  # d2 - |q|^2
-        return (smallest(partial, k) + q.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
 
     def postprocess(self, knn: Tensor) -> Prediction:
         return postprocess(knn, self.input_size, self.blur_sigma, self.image_score)
 
     def memory_size(self) -> dict[str, float]:
-        return {"vectors": int(self.bank.shape[0]), "megabytes": self.bank.numel() * self.bank.element_size() / 2**20}
+        bank = self.memory.bank_t
+        return {"vectors": int(bank.shape[2]), "megabytes": bank.numel() * bank.element_size() / 2**20}

@@ -95,7 +95,8 @@ def test_keyboard_interrupt_in_a_command_is_one_line_and_exit_130(capsys, monkey
     def interrupted(args) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_fit", interrupted)
+    monkeypatch.setitem(cli.HANDLERS, "fit", "category:run_fit")
+    monkeypatch.setattr("fapm_lib.workflows.category.run_fit", interrupted)
     code = cli.main(["fit", "--output", "unused", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 130 and "Traceback" not in err

@@ -35,13 +35,16 @@ UPDATED = re.compile(r"updated in (\d+\.\d\d) s$")
 RUN_TIMEOUT = 300.0      # the whole notebook, on 2 loaded cores
 SLIDER_TIMEOUT = 120.0   # one refit + rescore + redraw
 
-# JupyterLab state through the app object (--expose-app-in-browser); the notebook is the current widget.
+# JupyterLab state through the app object (--expose-app-in-browser). The notebook is the main area's
+# widget with a session: `shell.currentWidget` follows the focus, which a headless window may never
+# give (it stays null in JupyterLab 4.6 under headless Chromium).
+JS_NOTEBOOK = "[...window.jupyterapp.shell.widgets('main')].find(w => w.sessionContext)"
 JS_KERNEL_STATUS = """
-const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+const panel = window.jupyterapp && """ + JS_NOTEBOOK + """;
 const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
 return kernel ? kernel.status : null;"""
 JS_RUN_STATE = """
-const panel = window.jupyterapp.shell.currentWidget;
+const panel = """ + JS_NOTEBOOK + """;
 const cells = [...panel.content.model.cells].filter(c => c.type === 'code');
 for (const cell of cells) {
   for (let j = 0; j < cell.outputs.length; j++) {
