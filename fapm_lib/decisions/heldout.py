@@ -15,8 +15,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..method.fapm import FAPMModel
-from ..method.memory import build_layer_memory
-from ..method.regions import merge_regions
+from ..method.memory import build_layer_memory, memory_from_selection
+from ..method.regions import image_rows, merge_regions
 from ..method.scoring import top_neighbours
 from .calibration import (K_KEPT, PIXEL_TABLE_RATES, QUANTILE_RULE, Calibration, describe, image_scores,
                           quantile_threshold, spread)
@@ -25,11 +25,6 @@ from .calibration import (K_KEPT, PIXEL_TABLE_RATES, QUANTILE_RULE, Calibration,
 def fold_sets(n_images: int, folds: int) -> list[Tensor]:
     """Image indices of each fold, interleaved: image ``i`` is in fold ``i % folds``."""
     return [torch.arange(f, n_images, folds) for f in range(min(folds, n_images))]
-
-
-def image_rows(images: Tensor, per_image: int) -> Tensor:
-    """Rows of ``images`` in a region tensor ``[R, N*per_image, C]`` (image-major rows)."""
-    return (images[:, None] * per_image + torch.arange(per_image)).flatten()
 
 
 def regions_to_maps(regions: Tensor, images: Tensor, grid: int, size: tuple[int, int]) -> Tensor:
@@ -41,10 +36,15 @@ def regions_to_maps(regions: Tensor, images: Tensor, grid: int, size: tuple[int,
 
 
 def fold_model(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config, train: Tensor,
-               progress: bool = False) -> FAPMModel:
-    """A model (no backbone) whose memories are built from the ``train`` images' rows only."""
+               progress: bool = False, fold: int | None = None, runs: list | None = None) -> FAPMModel:
+    """A model (no backbone) whose memories are built from the ``train`` images' rows only.
+    ``runs``: per layer, the chunked coreset's runs of the whole fit (or None): that layer's
+    memory is then the union of the chunks outside ``fold`` (``train``'s complement), no greedy."""
     memories = []
     for layer, (features, (h, w)) in enumerate(zip(regions, feature_sizes)):
+        if runs is not None and runs[layer] is not None:
+            memories.append(memory_from_selection(features, runs[layer].select(fold, config.sampling)))
+            continue
         rows = image_rows(train, (h // config.grid) * (w // config.grid)).to(features.device)
         memories.append(build_layer_memory(features.index_select(1, rows), config.coreset_ratio,
                                            config.adaptive_multiplier, config.sampling, config.coreset_projection,
@@ -65,10 +65,11 @@ class HeldOut:
 
 @torch.inference_mode()
 def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config,
-                        progress: bool = False) -> HeldOut:
+                        progress: bool = False, runs: list | None = None) -> HeldOut:
     """k-fold held-out predictions of every training image from per-layer region features
     ``[R, N*s*s, C]`` (``config.calibration_folds`` folds). Up to :data:`K_KEPT` neighbours
-    are kept, so that ``k`` and the image score can change after fitting."""
+    are kept, so that ``k`` and the image score can change after fitting. ``runs``: see
+    :func:`fold_model`."""
     h, w = feature_sizes[0]
     n_images = regions[0].shape[1] // ((h // config.grid) * (w // config.grid))
     sets = fold_sets(n_images, config.calibration_folds)
@@ -76,7 +77,7 @@ def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, in
     maps = torch.empty(n_images, config.input_size, config.input_size)
     everyone = torch.arange(n_images)
     for f, heldout in enumerate(sets):
-        model = fold_model(regions, feature_sizes, config, everyone[everyone % len(sets) != f], progress)
+        model = fold_model(regions, feature_sizes, config, everyone[everyone % len(sets) != f], progress, f, runs)
         k = min(K_KEPT, *(int(m.bank_sizes().min()) for m in model.memories))
         queries = [regions_to_maps(r, heldout, config.grid, size) for r, size in zip(regions, feature_sizes)]
         knn = model.search(queries, k)
@@ -108,14 +109,15 @@ def from_heldout(heldout: HeldOut, image_score: str, k: int, false_alarm_rate: f
 
 
 def calibrate_regions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config,
-                      progress: bool = False) -> Calibration | None:
+                      progress: bool = False, runs: list | None = None) -> Calibration | None:
     """k-fold calibration of a fit from its per-layer region features ``[R, N*s*s, C]``; None
-    when ``config.calibration_folds`` is 0 or there are fewer than 2 images."""
+    when ``config.calibration_folds`` is 0 or there are fewer than 2 images. ``runs``: per
+    layer the chunked coreset's runs of the fit (:attr:`~fapm_lib.method.memory.LayerMemory.runs`)."""
     h, w = feature_sizes[0]
     n_images = regions[0].shape[1] // ((h // config.grid) * (w // config.grid))
     if config.calibration_folds == 0 or n_images < 2:
         return None
-    held = heldout_predictions(regions, feature_sizes, config, progress)
+    held = heldout_predictions(regions, feature_sizes, config, progress, runs)
     if config.search_k > held.neighbours.shape[1]:
         raise ConfigError(f"k={config.search_k} exceeds the smallest calibration fold memory "
                           f"({held.neighbours.shape[1]} vectors); lower k or calibration_folds, or add training images")

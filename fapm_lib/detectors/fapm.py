@@ -86,8 +86,9 @@ class FAPM(Detector):
                                                     self.config, self.feature_sizes, self.device, progress)
             self.fit_stats["regions_per_chunk"] = plan
         else:
-            memories = build_memories([r.to(self.device) for r in regions], self.config, progress)
+            memories = build_memories([r.to(self.device) for r in regions], self.config, progress, self._rows_per_image())
         self.set_memories(memories)
+        self.fit_stats["coreset_method"] = "chunked" if memories[0].runs is not None else "exact"
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         return self
 
@@ -101,7 +102,8 @@ class FAPM(Detector):
         """k-fold thresholds from the training region features (per layer ``[R, N*s*s, C]``),
         see :mod:`fapm_lib.decisions.heldout`; ``calibration`` stays None with ``calibration_folds 0``."""
         start = time.perf_counter()
-        self.calibration = calibrate_regions(regions, self.feature_sizes, self.config, progress)
+        self.calibration = calibrate_regions(regions, self.feature_sizes, self.config, progress,
+                                             [m.runs for m in self.memories])
         self.fit_stats["calibration_seconds"] = time.perf_counter() - start
         return self
 
@@ -124,6 +126,10 @@ class FAPM(Detector):
         self.fit_stats["coreset_seconds"] = time.perf_counter() - began
         self.fit_stats["regions_per_chunk"] = plan
         return self
+
+    def _rows_per_image(self) -> list[int]:
+        """Vectors per image in one region, per layer (``s*s``)."""
+        return [(h // self.config.grid) * (w // self.config.grid) for h, w in self.feature_sizes]
 
     def _set_feature_sizes(self, maps: list[Tensor]) -> None:
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]

@@ -182,6 +182,24 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @dataclass
+class Selection:
+    """Which of its training vectors each region of a layer keeps: ``radii [R]`` (the covering
+    radius, or its bound, at the base ratio), ``far [R]``, and the rows kept by the near regions
+    ``near_rows [Gn, n_near]`` and the far ones ``far_rows [Gf, n_far]``, in region order."""
+
+    radii: Tensor
+    far: Tensor
+    near_rows: Tensor
+    far_rows: Tensor
+
+    def groups(self) -> list[tuple[Tensor, Tensor]]:
+        """``(region ids [G], rows [G, M])`` of each non-empty size class: near, then far."""
+        ids = torch.arange(self.far.shape[0])
+        parts = [(ids[~self.far], self.near_rows), (ids[self.far], self.far_rows)]
+        return [(regions, rows) for regions, rows in parts if len(regions)]
+
+
+@dataclass
 class GreedyState:
     """A paused :class:`GreedyKCenter` run over R sets of N vectors: ``indices [R, m]``,
     ``radii [R, m]``, ``min_sq [R, N]`` (squared distance to the nearest centre), ``farthest [R]``."""

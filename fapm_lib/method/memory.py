@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .coreset import GreedyKCenter, far_regions, near_far_sizes, random_projection
+from .composable import chunk_images, image_chunks, resolve_method, run_chunks
+from .coreset import GreedyKCenter, Selection, far_regions, near_far_sizes, random_projection
 
 
 class BankGroup(nn.Module):
@@ -55,13 +56,17 @@ class BankGroup(nn.Module):
 class LayerMemory(nn.Module):
     """The memory of one backbone layer: ``R`` banks in size groups, plus coreset diagnostics.
 
-    Buffers: ``radii [R]``, the covering radius of each region at the base ratio; ``far [R]``,
-    the regions that kept ``a * r`` of their vectors; ``order [R]``, the regions in group order,
-    and ``inverse [R]``, its inverse permutation.
+    Buffers: ``radii [R]``, the covering radius of each region at the base ratio (with the
+    chunked coreset, its bound: the largest radius of the region's chunks); ``far [R]``, the
+    regions that kept ``a * r`` of their vectors; ``order [R]``, the regions in group order, and
+    ``inverse [R]``, its inverse permutation. ``runs``: the chunked coreset's greedy runs
+    (:class:`~fapm_lib.method.composable.ChunkRuns`), from which the calibration folds' memories
+    are taken; None for the exact greedy and for loaded models (not saved).
     """
 
     def __init__(self, groups: list[BankGroup], radii: Tensor, far: Tensor) -> None:
         super().__init__()
+        self.runs = None
         self.groups = nn.ModuleList(groups)
         order = torch.cat([g.regions for g in groups])
         self.register_buffer("radii", radii)
@@ -165,6 +170,13 @@ def memory_from_greedy(
     return LayerMemory(groups, radii, far)
 
 
+def memory_from_selection(features: Tensor, selection: Selection) -> LayerMemory:
+    """The memory keeping ``features[r, rows]`` for each region ``r`` of ``selection``
+    (``features [R, N, C]``)."""
+    groups = [_group(features, ids.to(features.device), rows.to(features.device)) for ids, rows in selection.groups()]
+    return LayerMemory(groups, selection.radii, selection.far)
+
+
 def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
     """Gather ``features[regions[g], indices[g]]`` -> ``BankGroup`` with bank ``[G, M, C]``
     (the greedy's row ``indices [G, M]`` are the vectors' sources)."""
@@ -182,13 +194,32 @@ def check_k(memories: list[LayerMemory], k: int) -> None:
         )
 
 
-def build_memories(regions: list[Tensor], config, progress: bool = False) -> list[LayerMemory]:
+def build_memories(regions: list[Tensor], config, progress: bool = False,
+                   rows_per_image: list[int] | None = None) -> list[LayerMemory]:
     """Every layer's memory from its region features (per layer ``[R, N, C]``) with the
     coreset settings of ``config`` (a :class:`~fapm_lib.config.FAPMConfig`); checks that the
-    neighbours scoring reads exist."""
-    memories = [build_layer_memory(r, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
-                                   config.coreset_projection, config.seed, progress, name=f"layer {i}")
-                for i, r in enumerate(regions)]
+    neighbours scoring reads exist. ``rows_per_image``: per layer (``s*s``); needed by the
+    chunked coreset (chunks of images), None: exact."""
+    if rows_per_image is not None and resolve_method(config, regions[0].shape[1] // rows_per_image[0], [
+            (per_image, r.shape[2]) for per_image, r in zip(rows_per_image, regions)]) == "chunked":
+        memories = [build_layer_memory_chunked_images(r, per_image, config, progress, name=f"layer {i}")
+                    for i, (r, per_image) in enumerate(zip(regions, rows_per_image))]
+    else:
+        memories = [build_layer_memory(r, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
+                                       config.coreset_projection, config.seed, progress, name=f"layer {i}")
+                    for i, r in enumerate(regions)]
     check_k(memories, config.search_k)
     return memories
+
+
+def build_layer_memory_chunked_images(features: Tensor, per_image: int, config, progress: bool = False,
+                                      name: str = "layer") -> LayerMemory:
+    """One layer's memory by the chunked coreset (:mod:`~fapm_lib.method.composable`) from
+    ``features [R, N * per_image, C]``; its :attr:`LayerMemory.runs` hold the chunks' runs."""
+    chunks, folds = image_chunks(features.shape[1] // per_image, chunk_images(config), config.calibration_folds)
+    runs = run_chunks(features, chunks, folds, per_image, config.coreset_ratio, config.adaptive_multiplier,
+                      config.sampling, config.coreset_projection, config.seed, progress, name)
+    memory = memory_from_selection(features, runs.select(None, config.sampling))
+    memory.runs = runs
+    return memory
 
