@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..method.fapm import FAPMModel
-from ..method.memory import build_layer_memory, memory_from_selection
+from ..method.memory import build_layer_memory, check_fold_k, memory_from_selection
 from ..method.regions import image_rows, merge_regions
 from ..method.scoring import top_neighbours
-from .calibration import (K_KEPT, PIXEL_TABLE_RATES, QUANTILE_RULE, Calibration, describe, image_scores,
-                          quantile_threshold, spread)
+from .calibration import (K_KEPT, PIXEL_TABLE_RATES, QUANTILE_RULE, Calibration, describe, floor_spread,
+                          image_scores, quantile_threshold, spread)
+from .quantiles import ValueFile
 
 
 def fold_sets(n_images: int, folds: int) -> list[Tensor]:
@@ -55,11 +55,12 @@ def fold_model(regions: list[Tensor], feature_sizes: list[tuple[int, int]], conf
 @dataclass
 class HeldOut:
     """Held-out normal predictions: ``neighbours [N, k']`` (see
-    :func:`~fapm_lib.method.scoring.top_neighbours`) and anomaly ``maps [N, S, S]``, image ``i``
+    :func:`~fapm_lib.method.scoring.top_neighbours`) and anomaly ``maps [N, S, S]`` (or their
+    pixels in a :class:`~fapm_lib.decisions.quantiles.ValueFile`, for a bounded fit), image ``i``
     scored by the memory of the folds without it."""
 
     neighbours: Tensor
-    maps: Tensor
+    maps: Tensor | ValueFile
     folds: int
 
 
@@ -94,17 +95,24 @@ def from_heldout(heldout: HeldOut, image_score: str, k: int, false_alarm_rate: f
     """Thresholds at ``false_alarm_rate`` from held-out normal predictions (``k``: the
     neighbours the image score reads)."""
     scores = image_scores(heldout.neighbours, image_score, k).numpy()
-    pixels = heldout.maps.numpy().ravel()
-    table = np.quantile(pixels, [1.0 - r for r in PIXEL_TABLE_RATES])
+    rates = [1.0 - r for r in PIXEL_TABLE_RATES]
+    if isinstance(heldout.maps, ValueFile):  # a bounded fit's pixels: the same figures, from the file
+        pixels = heldout.maps
+        table, pixel_summary = pixels.quantiles(rates, np.float32), pixels.describe()
+        threshold = float(pixels.quantiles([1.0 - false_alarm_rate])[0])
+        pixel_scale = floor_spread(pixel_summary["std"], pixel_summary["mean"])
+    else:
+        values = heldout.maps.numpy().ravel()
+        table, pixel_summary = np.quantile(values, rates), describe(values)
+        threshold, pixel_scale = quantile_threshold(values, false_alarm_rate), spread(values)
     summary = {
         "folds": heldout.folds, "n_images": int(heldout.neighbours.shape[0]), "rule": QUANTILE_RULE,
         "image": describe(scores, keep_values=True),
-        "pixel": {**describe(pixels), "table": {"false_alarm_rate": list(PIXEL_TABLE_RATES),
-                                                "threshold": [float(v) for v in table]}},
+        "pixel": {**pixel_summary, "table": {"false_alarm_rate": list(PIXEL_TABLE_RATES),
+                                             "threshold": [float(v) for v in table]}},
         "neighbours": heldout.neighbours.tolist(),
     }
-    return Calibration(quantile_threshold(scores, false_alarm_rate), spread(scores),
-                       quantile_threshold(pixels, false_alarm_rate), spread(pixels),
+    return Calibration(quantile_threshold(scores, false_alarm_rate), spread(scores), threshold, pixel_scale,
                        "false_alarm_rate", false_alarm_rate, summary, image_score, k)
 
 
@@ -118,7 +126,5 @@ def calibrate_regions(regions: list[Tensor], feature_sizes: list[tuple[int, int]
     if config.calibration_folds == 0 or n_images < 2:
         return None
     held = heldout_predictions(regions, feature_sizes, config, progress, runs)
-    if config.search_k > held.neighbours.shape[1]:
-        raise ConfigError(f"k={config.search_k} exceeds the smallest calibration fold memory "
-                          f"({held.neighbours.shape[1]} vectors); lower k or calibration_folds, or add training images")
+    check_fold_k(config.search_k, held.neighbours.shape[1])
     return from_heldout(held, config.image_score, config.search_k, config.false_alarm_rate)

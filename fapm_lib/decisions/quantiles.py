@@ -114,7 +114,7 @@ class ValueFile:
     def std(self) -> float:
         """Population standard deviation (float64, one more pass)."""
         mean = self.total / self.n
-        return math.sqrt(sum(float(np.square(v - mean, dtype=np.float64).sum()) for v in self.batches()) / self.n)
+        return math.sqrt(sum(float(np.square(v.astype(np.float64) - mean).sum()) for v in self.batches()) / self.n)
 
     def describe(self) -> dict[str, Any]:
         """What :func:`~fapm_lib.decisions.calibration.describe` gives for these values."""

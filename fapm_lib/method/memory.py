@@ -194,6 +194,13 @@ def check_k(memories: list[LayerMemory], k: int) -> None:
         )
 
 
+def check_fold_k(k: int, kept: int) -> None:
+    """ConfigError when ``k`` exceeds the ``kept`` neighbours the calibration folds' memories give."""
+    if k > kept:
+        raise ConfigError(f"k={k} exceeds the smallest calibration fold memory ({kept} vectors); lower k or "
+                          "calibration_folds, or add training images")
+
+
 def build_memories(regions: list[Tensor], config, progress: bool = False,
                    rows_per_image: list[int] | None = None) -> list[LayerMemory]:
     """Every layer's memory from its region features (per layer ``[R, N, C]``) with the

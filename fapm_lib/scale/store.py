@@ -54,6 +54,24 @@ class LayerStore:
         self.path, self.n_regions, self.rows_per_image, self.dim = path, n_regions, rows_per_image, dim
         self.capacity, self.n_images = capacity, n_images
 
+    @classmethod
+    def create(cls, path: Path, n_regions: int, rows_per_image: int, dim: int, n_images: int) -> "LayerStore":
+        """A new zero-filled store of ``[n_regions, n_images * rows_per_image, dim]`` (filled region
+        by region with :meth:`write_region`; e.g. held-out distances, ``dim`` = neighbours kept)."""
+        with open(path, "wb") as fh:
+            fh.truncate(n_regions * n_images * rows_per_image * dim * FLOAT_BYTES)
+        return cls(path, n_regions, rows_per_image, dim, n_images, n_images)
+
+    def write_region(self, region: int, values: Tensor) -> None:
+        """Region ``region``'s rows, all images: ``values [n_rows, dim]`` float32 (CPU)."""
+        if tuple(values.shape) != (self.n_rows, self.dim):
+            raise ValueError(f"expected [{self.n_rows}, {self.dim}], got {tuple(values.shape)}")
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            pwrite_all(fd, byte_view(values.float().contiguous()), self._offset(region, 0))
+        finally:
+            os.close(fd)
+
     @property
     def n_rows(self) -> int:
         """Rows (vectors) per region: ``n_images * s*s``."""

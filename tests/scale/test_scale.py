@@ -18,7 +18,7 @@ from fapm_lib.method.backbone import BackboneInfo
 from fapm_lib.system.budget import parse_size
 from fapm_lib.errors import ConfigError, DataError
 from fapm_lib.method.memory import LayerMemory, build_layer_memory
-from fapm_lib.scale.bounded import TensorRegions, build_layer_memory_chunked
+from fapm_lib.scale.bounded import TensorRegions
 from fapm_lib.method.regions import split_regions
 from fapm_lib.scale.store import FeatureStore, image_runs
 from fapm_lib.data.synthetic import generate_category
