@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for model.safetensors")
     _decision_options(p)
     _scale_options(p)
+    p.add_argument("--scheduler", help="with --max-memory: run this category's region jobs on Dask: local[:N] or "
+                   "tcp://HOST:PORT (then --store-dir must be a folder every worker reads)")
     _common(p)
 
     p = sub.add_parser("fit-all", help="fit one model per category (here or on a Dask cluster)")

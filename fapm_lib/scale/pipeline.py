@@ -85,6 +85,7 @@ class _Fit:
     rows_per_image: list[int]
     runner: JobRunner
     progress: bool
+    regions_per_job: int | None = None
     reports: list[dict] = field(default_factory=list)
     plan: dict = field(default_factory=dict)
 
@@ -102,6 +103,7 @@ class _Fit:
         if self.runner.client is not None:  # at least one job per worker
             workers = max(1, len(self.runner.client.scheduler_info().get("workers", {})))
             per_job = min(per_job, -(-len(ids) // workers))
+        per_job = min(per_job, self.regions_per_job or per_job)
         self.plan.setdefault(stage, {})[l] = per_job
         return [part.tolist() for part in ids.split(max(1, per_job))] if len(ids) else []
 
@@ -121,17 +123,20 @@ def check_scheduler(config, scheduler: str | None) -> None:
 
 
 def fit_layers(layers: list[Any], rows_per_image: list[int], config, workdir: Path | None = None,
-               scheduler: str | None = None, keep_neighbours: int = 0, progress: bool = False) -> RegionFit:
+               scheduler: str | None = None, keep_neighbours: int = 0, progress: bool = False,
+               regions_per_job: int | None = None) -> RegionFit:
     """Every layer's memory from region features read a chunk of regions at a time (per layer a
     :class:`~fapm_lib.scale.bounded.RegionSource` of ``[R, N * s*s, C]``; ``rows_per_image``:
     ``s*s`` per layer), within ``config.max_memory``. ``keep_neighbours``: with the k-fold
     calibration (``config.calibration_folds``), the held-out rows' nearest distances to keep
     (written under ``workdir``); 0: none. ``scheduler``: run the jobs on Dask (the workers read
-    the same files: ``workdir`` and the store must be on a filesystem they share)."""
+    the same files: ``workdir`` and the store must be on a filesystem they share).
+    ``regions_per_job``: at most this many regions per job (default: as many as the budget allows,
+    and on Dask at least one job per worker)."""
     check_scheduler(config, scheduler)
     began = time.perf_counter()
     with JobRunner(scheduler, label="regions", quiet=True) as runner:
-        fit = _Fit(config, layers, rows_per_image, runner, progress)
+        fit = _Fit(config, layers, rows_per_image, runner, progress, regions_per_job)
         n = fit.n_images
         method = resolve_method(config, n, [(p, src.dim) for p, src in zip(rows_per_image, layers)])
         folds = min(config.calibration_folds, n) if keep_neighbours and n >= 2 else 0
