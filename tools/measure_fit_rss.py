@@ -259,6 +259,7 @@ def measure_synthetic(args: argparse.Namespace) -> dict:
     stats, cal = model.fit_stats, model.calibration
     return {**settings, "unknown_count": args.unknown_count,
             "peak_rss_mb": round(peak / 1e6, 1), "sampled_peak_mb": round(sampler.peak / 1e6, 1),
+            "sampled_peak_at_s": round(sampler.peak_at, 1),
             "rss_before_fit_mb": round(before_now / 1e6, 1), "seconds": round(seconds, 1),
             **{key: round(stats[key], 1) for key in ("feature_seconds", "coreset_seconds", "region_pass_seconds",
                                                     "calibration_seconds") if key in stats},

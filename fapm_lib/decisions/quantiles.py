@@ -22,8 +22,8 @@ from torch import Tensor
 
 from ..system.positional import byte_view, drop_cache, pread_into, pwrite_all
 
-#: Values per read when passing over the file (64 MB).
-READ_VALUES = 16 * 2**20
+#: Values per read when passing over the file (8 MB; each pass makes a few temporaries of that size).
+READ_VALUES = 2 * 2**20
 BINS = 1 << 16
 
 
@@ -84,11 +84,13 @@ class ValueFile:
         before = np.concatenate([[0], np.cumsum(upper)])
         bins = {r: int(np.searchsorted(before, r, side="right")) - 1 for r in ranks}
         wanted = np.array(sorted(set(bins.values())), dtype=np.int64)
+        slot_of = np.full(BINS, -1, dtype=np.int64)  # upper 16 bits -> row of `lower`, -1: not needed
+        slot_of[wanted] = np.arange(len(wanted))
         lower = np.zeros((len(wanted), BINS), dtype=np.int64)
         for values in self.batches():
             keys = sort_keys(values)
-            slot = np.searchsorted(wanted, keys >> 16)
-            hit = (slot < len(wanted)) & (wanted[np.minimum(slot, len(wanted) - 1)] == keys >> 16)
+            slot = slot_of[keys >> 16]
+            hit = slot >= 0
             lower += np.bincount(slot[hit] * BINS + (keys[hit] & 0xFFFF), minlength=len(wanted) * BINS).reshape(-1, BINS)
         out = {}
         for rank, b in bins.items():
