@@ -185,7 +185,11 @@ def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
 
 def check_k(memories: list[LayerMemory], k: int) -> None:
     """ConfigError when ``k`` exceeds the smallest bank of any layer."""
-    sizes = [int(mem.bank_sizes().min()) for mem in memories]
+    check_k_sizes([int(mem.bank_sizes().min()) for mem in memories], k)
+
+
+def check_k_sizes(sizes: list[int], k: int) -> None:
+    """:func:`check_k` from each layer's smallest bank size."""
     least = min(sizes)
     if k > least:
         raise ConfigError(

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DataError
 from ..method.composable import SET_BATCH_BYTES, ChunkRuns, chunk_images, image_chunks, resolve_method
 from ..method.coreset import GreedyState, Selection, far_regions, near_far_sizes
-from ..method.memory import BankGroup, LayerMemory, check_fold_k, check_k
+from ..method.memory import BankGroup, LayerMemory, check_fold_k, check_k_sizes
 from ..method.regions import image_rows
 from ..system.budget import current_rss, parse_size, regions_per_chunk
 from ..system.jobs import Job, JobRunner, parse_scheduler
@@ -150,6 +150,7 @@ def fit_layers(layers: list[Any], rows_per_image: list[int], config, workdir: Pa
                 final.append(_select_exact(fit, l, None, f"coreset layer {l}"))
                 by_fold.append([_select_exact(fit, l, f, f"calibration coreset layer {l}, fold {f}")
                                 for f in range(folds)])
+        check_k_sizes([_smallest(s) for s in final], config.search_k)  # before any search, as in RAM
         k = 0
         if folds:
             k = min(keep_neighbours, *(_smallest(s) for layer in by_fold for s in layer))
@@ -158,7 +159,6 @@ def fit_layers(layers: list[Any], rows_per_image: list[int], config, workdir: Pa
         memories, knn = _region_passes(fit, final, by_fold, k, folds, workdir)
     for memory, runs in zip(memories, all_runs):
         memory.runs = runs  # the folds' memories of an in-RAM calibration come from them
-    check_k(memories, config.search_k)
     stats = {"coreset_method": method, "coreset_seconds": selected - began,
              "region_pass_seconds": time.perf_counter() - selected, "regions_per_chunk": fit.plan,
              "jobs": summarize(fit.reports)}

@@ -19,6 +19,7 @@ from ..detectors.model_file import MODEL_FILE
 from ..errors import ConfigError
 from ..method.memory import check_k
 from ..report.heatmaps import save_heatmaps
+from ..scale.pipeline import check_scheduler
 from ..system.atomic import write_text_atomic
 from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config, read_config_file
 from .options import check_device as _device
@@ -41,6 +42,7 @@ def fit_from_args(args: argparse.Namespace, model_cls: type | None = None, sched
     """A fitted detector (``model_cls``, default FAPM) from the options; decision flags applied.
     ``scheduler``: run this category's region jobs on Dask (``fapm fit --scheduler``)."""
     model = (model_cls or FAPM)(build_config(args), device=_device(args.device))
+    check_scheduler(model.config, scheduler)  # before reading any image
     (train,) = datasets_from_args(model, args, ("train",))
     start = time.perf_counter()
     model.fit(train, progress=not args.no_progress, **({"scheduler": scheduler} if scheduler else {}))
