@@ -37,7 +37,7 @@ from .regionjobs import (BankFile, BankSlots, HeldOutTask, chunk_runs_job, greed
 from .store import LayerStore
 
 #: Bytes of the batched products of held-out queries against a fold's banks, per job.
-PARTIAL_BYTES = 64 * 2**20
+PARTIAL_BYTES = 128 * 2**20
 
 
 @dataclass
