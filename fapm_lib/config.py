@@ -16,9 +16,9 @@ from .errors import ConfigError
 
 SAMPLING_MODES = ("adaptive", "fixed")
 IMAGE_SCORES = ("max", "reweighted")
-#: ``exact``: one greedy run per region; ``chunked``: composable coresets over chunks of images
-#: (:mod:`fapm_lib.method.composable`); ``auto``: exact unless its estimated work is large.
-CORESET_METHODS = ("auto", "exact", "chunked")
+#: ``exact``: one greedy run per region; ``cells``: the greedy within cells of each region's vectors
+#: (:mod:`fapm_lib.method.cells`); ``auto``: exact unless its estimated work is large.
+CORESET_METHODS = ("auto", "exact", "cells")
 
 
 @dataclass
@@ -36,8 +36,8 @@ class FAPMConfig:
     coreset_ratio: float = 0.1       # base ratio r
     adaptive_multiplier: float = 2.0  # far regions keep a * r
     coreset_projection: int | None = None  # random-projection dim for greedy selection; None: raw features
-    coreset_method: str = "auto"     # "exact", "chunked" (greedy within chunks of images) or "auto"
-    coreset_chunk_images: int | None = None  # images per chunk and fold with chunked (None: 100)
+    coreset_method: str = "auto"     # "exact", "cells" (greedy within cells of each region) or "auto"
+    coreset_cell_size: int | None = None  # vectors per cell with cells (None: 250)
     k: int = 4                       # neighbours the reweighted image score reads (>= 2); max reads only the nearest
     image_score: str = "max"         # "max" or "reweighted" (the official code's)
     blur_sigma: float = 4.0          # Gaussian blur of the upsampled map
@@ -67,10 +67,9 @@ class FAPMConfig:
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("coreset_projection", self.coreset_projection is None or self.coreset_projection >= 1, "must be >= 1"),
             ("coreset_method", self.coreset_method in CORESET_METHODS, f"must be one of {', '.join(CORESET_METHODS)}"),
-            ("coreset_chunk_images", self.coreset_chunk_images is None or self.coreset_chunk_images >= 1,
-             "must be >= 1"),
-            ("coreset_chunk_images", self.coreset_chunk_images is None or self.coreset_method != "exact",
-             "acts only with coreset_method chunked or auto (exact runs one greedy over every image)"),
+            ("coreset_cell_size", self.coreset_cell_size is None or self.coreset_cell_size >= 1, "must be >= 1"),
+            ("coreset_cell_size", self.coreset_cell_size is None or self.coreset_method != "exact",
+             "acts only with coreset_method cells or auto (exact runs one greedy over each whole region)"),
             ("k", self.image_score != "reweighted" or self.k >= 2,
              "must be >= 2 with image_score reweighted (with one neighbour its weight is 0 for every image)"),
             ("calibration_folds", self.calibration_folds == 0 or self.calibration_folds >= 2,
@@ -145,7 +144,7 @@ def check_k_acts(values: dict[str, Any], source: str = "options", flag: str = "k
 
 #: Settings that shape the memories (fixed once fitted); the others act when scoring.
 FIT_KEYS = ("backbone", "pretrained", "resize", "crop_size", "pool_size", "grid", "sampling", "coreset_ratio",
-            "adaptive_multiplier", "coreset_projection", "coreset_method", "coreset_chunk_images", "seed",
+            "adaptive_multiplier", "coreset_projection", "coreset_method", "coreset_cell_size", "seed",
             "calibration_folds", "blur_sigma")
 
 

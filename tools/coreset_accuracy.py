@@ -1,13 +1,13 @@
-"""The chunked (composable) coreset against the exact greedy on real categories: image and pixel
+"""The greedy within cells (``coreset_method cells``) against the exact greedy on real categories: image and pixel
 AUROC of the test set, and the covering radius of every region's memory.
 
 Each category's backbone features are extracted once; the memory is fitted with the exact greedy
-and with ``coreset_method chunked`` at each ``--chunk-images`` (forced, however small the
+and with ``coreset_method cells`` at each ``--cell-sizes`` (forced, however small the
 category), and the test set is scored by each. The covering radius of a memory is measured, not
 bounded: for every region and layer, the largest distance from a training vector to its nearest
-memory vector; the table gives the mean and the largest ratio chunked / exact over the regions,
-and checks that the chunked memory's stated radius (``LayerMemory.radii``, the largest radius of
-a region's chunks at the base ratio) holds. One JSON line per category and chunk size, then a
+memory vector; the table gives the mean and the largest ratio cells / exact over the regions,
+and checks that the cells memory's stated radius (``LayerMemory.radii``, the largest radius of
+a region's cells at the base ratio) holds. One JSON line per category and chunk size, then a
 Markdown table (the built-in categories also as their mean).
 
     python tools/coreset_accuracy.py --data-root /work/shared/data/mvtec_ad_256 --categories bottle,screw
@@ -42,23 +42,23 @@ def evaluate(model: FAPM, features) -> dict:
             "pixel_auroc": None if features.masks is None else 100 * pixel_auroc(maps, features.masks)}
 
 
-def compare(features, config: FAPMConfig, chunk_images: list[int]) -> list[dict]:
+def compare(features, config: FAPMConfig, cell_sizes: list[int]) -> list[dict]:
     exact = FAPM(config.replace(coreset_method="exact")).fit_maps(features.train_maps)
     exact_radii = [covering_radii(m, t, config.grid) for m, t in zip(exact.memories, features.train_maps)]
     base = {"category": features.name, "n_train": int(features.train_maps[0].shape[0]), **{
         f"exact_{k}": v for k, v in evaluate(exact, features).items()},
             "exact_vectors": exact.memory_size()["vectors"], "exact_coreset_s": exact.fit_stats["coreset_seconds"]}
     rows = []
-    for chunk in chunk_images:
-        fast = FAPM(config.replace(coreset_method="chunked", coreset_chunk_images=chunk)).fit_maps(features.train_maps)
+    for size in cell_sizes:
+        fast = FAPM(config.replace(coreset_method="cells", coreset_cell_size=size)).fit_maps(features.train_maps)
         ratios, bound_holds = [], True
         for memory, train_map, ref in zip(fast.memories, features.train_maps, exact_radii):
             radii = covering_radii(memory, train_map, config.grid)
             bound_holds &= bool((radii <= memory.radii * (1 + 1e-5) + 1e-5).all())
             ratios.append(radii / ref)
         ratio = torch.cat(ratios)
-        rows.append({**base, "chunk_images": chunk, **{f"chunked_{k}": v for k, v in evaluate(fast, features).items()},
-                     "chunked_vectors": fast.memory_size()["vectors"], "chunked_coreset_s": fast.fit_stats["coreset_seconds"],
+        rows.append({**base, "cell_size": size, **{f"cells_{k}": v for k, v in evaluate(fast, features).items()},
+                     "cells_vectors": fast.memory_size()["vectors"], "cells_coreset_s": fast.fit_stats["coreset_seconds"],
                      "radius_ratio_mean": float(ratio.mean()), "radius_ratio_max": float(ratio.max()),
                      "stated_radius_holds": bound_holds})
         print(json.dumps(rows[-1]), flush=True)
@@ -66,21 +66,21 @@ def compare(features, config: FAPMConfig, chunk_images: list[int]) -> list[dict]
 
 
 def table(rows: list[dict], builtin: bool) -> str:
-    keys = ("exact_image_auroc", "chunked_image_auroc", "exact_pixel_auroc", "chunked_pixel_auroc",
+    keys = ("exact_image_auroc", "cells_image_auroc", "exact_pixel_auroc", "cells_pixel_auroc",
             "radius_ratio_mean", "radius_ratio_max")
-    lines = ["| category | chunk images | image AUROC exact / chunked | pixel AUROC exact / chunked | "
-             "covering radius chunked / exact, mean (max) | memory vectors exact / chunked |", "|---|---|---|---|---|---|"]
+    lines = ["| category | cell size | image AUROC exact / cells | pixel AUROC exact / cells | "
+             "covering radius cells / exact, mean (max) | memory vectors exact / cells |", "|---|---|---|---|---|---|"]
     groups = [[r] for r in rows]
     if builtin:
-        by_chunk: dict[int, list[dict]] = {}
+        by_size: dict[int, list[dict]] = {}
         for r in rows:
-            by_chunk.setdefault(r["chunk_images"], []).append(r)
-        groups += [[{"category": f"built-in mean ({len(g)})", "chunk_images": c, "exact_vectors": "", "chunked_vectors": "",
-                     **{k: statistics.fmean(r[k] for r in g) for k in keys}}] for c, g in by_chunk.items()]
+            by_size.setdefault(r["cell_size"], []).append(r)
+        groups += [[{"category": f"built-in mean ({len(g)})", "cell_size": c, "exact_vectors": "", "cells_vectors": "",
+                     **{k: statistics.fmean(r[k] for r in g) for k in keys}}] for c, g in by_size.items()]
     for (r,) in groups:
-        lines.append(f"| {r['category']} | {r['chunk_images']} | {r['exact_image_auroc']:.2f} / {r['chunked_image_auroc']:.2f} | "
-                     f"{r['exact_pixel_auroc']:.2f} / {r['chunked_pixel_auroc']:.2f} | "
-                     f"{r['radius_ratio_mean']:.3f} ({r['radius_ratio_max']:.3f}) | {r['exact_vectors']} / {r['chunked_vectors']} |")
+        lines.append(f"| {r['category']} | {r['cell_size']} | {r['exact_image_auroc']:.2f} / {r['cells_image_auroc']:.2f} | "
+                     f"{r['exact_pixel_auroc']:.2f} / {r['cells_pixel_auroc']:.2f} | "
+                     f"{r['radius_ratio_mean']:.3f} ({r['radius_ratio_max']:.3f}) | {r['exact_vectors']} / {r['cells_vectors']} |")
     return "\n".join(lines)
 
 
@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--categories", default="all", help="a,b,... or all (every folder with train/good)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
-    p.add_argument("--chunk-images", default="5,20", help="images per chunk and fold, comma list")
+    p.add_argument("--cell-sizes", default="25,100", help="vectors per cell, comma list")
     args = p.parse_args()
     root = Path(args.data_root)
     names = sorted(d.name for d in root.iterdir() if (d / "train" / "good").is_dir()) if args.categories == "all" \
@@ -99,7 +99,7 @@ def main() -> None:
     rows = []
     for name in names:
         rows += compare(extract_category(extractor_model, root, name), config,
-                        [int(c) for c in args.chunk_images.split(",")])
+                        [int(c) for c in args.cell_sizes.split(",")])
     print(table(rows, builtin=args.categories == "all"))
 
 

@@ -228,13 +228,13 @@ def measure_synthetic(args: argparse.Namespace) -> dict:
                         coreset_ratio=args.coreset_ratio, coreset_projection=args.coreset_projection,
                         sampling=args.sampling, max_memory=args.max_memory, store_dir=args.store_dir,
                         calibration_folds=args.calibration_folds, coreset_method=args.coreset_method,
-                        coreset_chunk_images=args.coreset_chunk_images)
+                        coreset_cell_size=args.coreset_cell_size)
     per_image = 4 * sum(c * h * w for c, h, w in WRN_SHAPES)
     settings = {"mode": "synthetic-features", "n_images": args.n_images, "max_memory": args.max_memory,
                 "coreset_ratio": args.coreset_ratio, "coreset_projection": args.coreset_projection,
                 "sampling": args.sampling, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
                 "calibration_folds": args.calibration_folds, "scheduler": args.scheduler,
-                "coreset_chunk_images": args.coreset_chunk_images,
+                "coreset_cell_size": args.coreset_cell_size,
                 "malloc_tuned": malloc_tuned, "features_mb": round(per_image * args.n_images / 1e6, 1)}
     limit = args.rss_limit_gib * 2**30
     if args.max_memory is None:
@@ -291,16 +291,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--unknown-count", action="store_true", help="do not tell the fit the image count up front")
     g.add_argument("--calibration-folds", type=int, default=5, help="k-fold calibration (0: the memory fit alone)")
-    g.add_argument("--coreset-method", choices=["auto", "exact", "chunked"], default="auto")
-    g.add_argument("--coreset-chunk-images", type=int)
+    g.add_argument("--coreset-method", choices=["auto", "exact", "cells"], default="auto")
+    g.add_argument("--coreset-cell-size", type=int)
     g.add_argument("--scheduler", help="with --max-memory: the region jobs on Dask, e.g. local:2")
     args = p.parse_args(argv)
     synthetic_only = (args.max_memory or args.store_dir or args.coreset_projection or args.unknown_count
                       or args.coreset_ratio != 0.1 or args.sampling != "adaptive" or args.scheduler
-                      or args.calibration_folds != 5 or args.coreset_method != "auto" or args.coreset_chunk_images)
+                      or args.calibration_folds != 5 or args.coreset_method != "auto" or args.coreset_cell_size)
     if not args.synthetic_features and synthetic_only:
         p.error("--max-memory, --store-dir, --coreset-ratio, --coreset-projection, --sampling, --unknown-count, "
-                "--calibration-folds, --coreset-method, --coreset-chunk-images and --scheduler need --synthetic-features")
+                "--calibration-folds, --coreset-method, --coreset-cell-size and --scheduler need --synthetic-features")
     return args
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..method.fapm import FAPMModel
-from ..method.memory import build_layer_memory, check_fold_k, memory_from_selection
+from ..method.memory import build_layer_memory, build_layer_memory_cells, check_fold_k
 from ..method.regions import image_rows, merge_regions
 from ..method.scoring import top_neighbours
 from .calibration import (K_KEPT, PIXEL_TABLE_RATES, QUANTILE_RULE, Calibration, describe, floor_spread,
@@ -36,16 +36,16 @@ def regions_to_maps(regions: Tensor, images: Tensor, grid: int, size: tuple[int,
 
 
 def fold_model(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config, train: Tensor,
-               progress: bool = False, fold: int | None = None, runs: list | None = None) -> FAPMModel:
-    """A model (no backbone) whose memories are built from the ``train`` images' rows only.
-    ``runs``: per layer, the chunked coreset's runs of the whole fit (or None): that layer's
-    memory is then the union of the chunks outside ``fold`` (``train``'s complement), no greedy."""
+               progress: bool = False, method: str = "exact") -> FAPMModel:
+    """A model (no backbone) whose memories are built from the ``train`` images' rows only, by
+    the coreset ``method`` of the fit (``exact`` or ``cells``)."""
     memories = []
     for layer, (features, (h, w)) in enumerate(zip(regions, feature_sizes)):
-        if runs is not None and runs[layer] is not None:
-            memories.append(memory_from_selection(features, runs[layer].select(fold, config.sampling)))
+        per_image = (h // config.grid) * (w // config.grid)
+        if method == "cells":
+            memories.append(build_layer_memory_cells(features, per_image, config, train, f"calibration layer {layer}"))
             continue
-        rows = image_rows(train, (h // config.grid) * (w // config.grid)).to(features.device)
+        rows = image_rows(train, per_image).to(features.device)
         memories.append(build_layer_memory(features.index_select(1, rows), config.coreset_ratio,
                                            config.adaptive_multiplier, config.sampling, config.coreset_projection,
                                            config.seed, progress, name=f"calibration layer {layer}"))
@@ -66,11 +66,11 @@ class HeldOut:
 
 @torch.inference_mode()
 def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config,
-                        progress: bool = False, runs: list | None = None) -> HeldOut:
+                        progress: bool = False, method: str = "exact") -> HeldOut:
     """k-fold held-out predictions of every training image from per-layer region features
     ``[R, N*s*s, C]`` (``config.calibration_folds`` folds). Up to :data:`K_KEPT` neighbours
-    are kept, so that ``k`` and the image score can change after fitting. ``runs``: see
-    :func:`fold_model`."""
+    are kept, so that ``k`` and the image score can change after fitting. ``method``: the fit's
+    coreset method (:func:`fold_model`)."""
     h, w = feature_sizes[0]
     n_images = regions[0].shape[1] // ((h // config.grid) * (w // config.grid))
     sets = fold_sets(n_images, config.calibration_folds)
@@ -78,7 +78,7 @@ def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, in
     maps = torch.empty(n_images, config.input_size, config.input_size)
     everyone = torch.arange(n_images)
     for f, heldout in enumerate(sets):
-        model = fold_model(regions, feature_sizes, config, everyone[everyone % len(sets) != f], progress, f, runs)
+        model = fold_model(regions, feature_sizes, config, everyone[everyone % len(sets) != f], progress, method)
         k = min(K_KEPT, *(int(m.bank_sizes().min()) for m in model.memories))
         queries = [regions_to_maps(r, heldout, config.grid, size) for r, size in zip(regions, feature_sizes)]
         knn = model.search(queries, k)
@@ -117,14 +117,14 @@ def from_heldout(heldout: HeldOut, image_score: str, k: int, false_alarm_rate: f
 
 
 def calibrate_regions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config,
-                      progress: bool = False, runs: list | None = None) -> Calibration | None:
+                      progress: bool = False, method: str = "exact") -> Calibration | None:
     """k-fold calibration of a fit from its per-layer region features ``[R, N*s*s, C]``; None
-    when ``config.calibration_folds`` is 0 or there are fewer than 2 images. ``runs``: per
-    layer the chunked coreset's runs of the fit (:attr:`~fapm_lib.method.memory.LayerMemory.runs`)."""
+    when ``config.calibration_folds`` is 0 or there are fewer than 2 images. ``method``: the
+    fit's coreset method, ``exact`` or ``cells`` (the folds' memories are built the same way)."""
     h, w = feature_sizes[0]
     n_images = regions[0].shape[1] // ((h // config.grid) * (w // config.grid))
     if config.calibration_folds == 0 or n_images < 2:
         return None
-    held = heldout_predictions(regions, feature_sizes, config, progress, runs)
+    held = heldout_predictions(regions, feature_sizes, config, progress, method)
     check_fold_k(config.search_k, held.neighbours.shape[1])
     return from_heldout(held, config.image_score, config.search_k, config.false_alarm_rate)

@@ -17,6 +17,7 @@ from ..decisions.heldout import calibrate_regions
 from ..decisions.heldout_store import calibrate_from_knn
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
+from ..method.cells import resolve_method
 from ..method.fapm import FAPMModel
 from ..method.memory import BankGroup, LayerMemory, build_memories, check_k
 from ..method.regions import RegionFeatureBuffer, check_grid, split_regions, valid_grids
@@ -86,15 +87,15 @@ class FAPM(Detector):
     def fit_regions(self, regions: list[Tensor], progress: bool = False) -> "FAPM":
         """Coreset-subsample region features (per layer ``[R, N, C]``) into the memories."""
         start = time.perf_counter()
+        rows = self._rows_per_image()
+        method = resolve_method(self.config, regions[0].shape[1] // rows[0], [(p, r.shape[2]) for p, r in zip(rows, regions)])
         if self.config.max_memory is not None:  # already in RAM: the coreset still runs chunk by chunk
-            rows = self._rows_per_image()
             fitted = fit_layers([TensorRegions(r.cpu(), n) for r, n in zip(regions, rows)], rows, self.config,
                                 progress=progress)
-            memories, method = [m.to(self.device) for m in fitted.memories], fitted.method
+            memories = [m.to(self.device) for m in fitted.memories]
             self.fit_stats.update(regions_per_chunk=fitted.stats["regions_per_chunk"])
         else:
-            memories = build_memories([r.to(self.device) for r in regions], self.config, progress, self._rows_per_image())
-            method = "chunked" if memories[0].runs is not None else "exact"
+            memories = build_memories([r.to(self.device) for r in regions], self.config, progress, rows, method)
         self.set_memories(memories)
         self.fit_stats["coreset_method"] = method
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
@@ -111,7 +112,7 @@ class FAPM(Detector):
         see :mod:`fapm_lib.decisions.heldout`; ``calibration`` stays None with ``calibration_folds 0``."""
         start = time.perf_counter()
         self.calibration = calibrate_regions(regions, self.feature_sizes, self.config, progress,
-                                             [m.runs for m in self.memories])
+                                             self.fit_stats.get("coreset_method", "exact"))
         self.fit_stats["calibration_seconds"] = time.perf_counter() - start
         return self
 

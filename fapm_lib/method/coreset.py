@@ -35,9 +35,11 @@ class GreedyKCenter:
     so ``radii[:, -1]`` is the current radius and ``radii`` never increases along a row.
     """
 
-    def __init__(self, x: Tensor) -> None:
+    def __init__(self, x: Tensor, first: Tensor | None = None) -> None:
+        """``first [R]``: each set's first centre (default: the vector nearest to the set's mean)."""
         self._prepare(x)
-        first = self._sq_dist_to(x.mean(dim=1)).argmin(dim=1)  # [R]
+        if first is None:
+            first = self._sq_dist_to(x.mean(dim=1)).argmin(dim=1)  # [R]
         self.min_sq = torch.full_like(self.sq, float("inf"))
         self._index_chunks: list[Tensor] = []
         self._radius_chunks: list[Tensor] = []

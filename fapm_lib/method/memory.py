@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .composable import chunk_images, image_chunks, resolve_method, run_chunks
+from .cells import choose_regions, select_layer
 from .coreset import GreedyKCenter, Selection, far_regions, near_far_sizes, random_projection
 
 
@@ -57,16 +57,13 @@ class LayerMemory(nn.Module):
     """The memory of one backbone layer: ``R`` banks in size groups, plus coreset diagnostics.
 
     Buffers: ``radii [R]``, the covering radius of each region at the base ratio (with the
-    chunked coreset, its bound: the largest radius of the region's chunks); ``far [R]``, the
+    greedy within cells, its bound: the largest radius of the region's cells); ``far [R]``, the
     regions that kept ``a * r`` of their vectors; ``order [R]``, the regions in group order, and
-    ``inverse [R]``, its inverse permutation. ``runs``: the chunked coreset's greedy runs
-    (:class:`~fapm_lib.method.composable.ChunkRuns`), from which the calibration folds' memories
-    are taken; None for the exact greedy and for loaded models (not saved).
+    ``inverse [R]``, its inverse permutation.
     """
 
     def __init__(self, groups: list[BankGroup], radii: Tensor, far: Tensor) -> None:
         super().__init__()
-        self.runs = None
         self.groups = nn.ModuleList(groups)
         order = torch.cat([g.regions for g in groups])
         self.register_buffer("radii", radii)
@@ -205,16 +202,15 @@ def check_fold_k(k: int, kept: int) -> None:
                           "calibration_folds, or add training images")
 
 
-def build_memories(regions: list[Tensor], config, progress: bool = False,
-                   rows_per_image: list[int] | None = None) -> list[LayerMemory]:
+def build_memories(regions: list[Tensor], config, progress: bool = False, rows_per_image: list[int] | None = None,
+                   method: str = "exact") -> list[LayerMemory]:
     """Every layer's memory from its region features (per layer ``[R, N, C]``) with the
     coreset settings of ``config`` (a :class:`~fapm_lib.config.FAPMConfig`); checks that the
-    neighbours scoring reads exist. ``rows_per_image``: per layer (``s*s``); needed by the
-    chunked coreset (chunks of images), None: exact."""
-    if rows_per_image is not None and resolve_method(config, regions[0].shape[1] // rows_per_image[0], [
-            (per_image, r.shape[2]) for per_image, r in zip(rows_per_image, regions)]) == "chunked":
-        memories = [build_layer_memory_chunked_images(r, per_image, config, progress, name=f"layer {i}")
-                    for i, (r, per_image) in enumerate(zip(regions, rows_per_image))]
+    neighbours scoring reads exist. ``method``: ``exact`` or ``cells`` (which needs
+    ``rows_per_image``, ``s*s`` per layer)."""
+    if method == "cells":
+        memories = [build_layer_memory_cells(r, per_image, config, name=f"layer {i}")
+                    for i, (r, per_image) in enumerate(zip(regions, rows_per_image or []))]
     else:
         memories = [build_layer_memory(r, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
                                        config.coreset_projection, config.seed, progress, name=f"layer {i}")
@@ -223,14 +219,12 @@ def build_memories(regions: list[Tensor], config, progress: bool = False,
     return memories
 
 
-def build_layer_memory_chunked_images(features: Tensor, per_image: int, config, progress: bool = False,
-                                      name: str = "layer") -> LayerMemory:
-    """One layer's memory by the chunked coreset (:mod:`~fapm_lib.method.composable`) from
-    ``features [R, N * per_image, C]``; its :attr:`LayerMemory.runs` hold the chunks' runs."""
-    chunks, folds = image_chunks(features.shape[1] // per_image, chunk_images(config), config.calibration_folds)
-    runs = run_chunks(features, chunks, folds, per_image, config.coreset_ratio, config.adaptive_multiplier,
-                      config.sampling, config.coreset_projection, config.seed, progress, name)
-    memory = memory_from_selection(features, runs.select(None, config.sampling))
-    memory.runs = runs
-    return memory
-
+def build_layer_memory_cells(features: Tensor, per_image: int, config, images: Tensor | None = None,
+                             name: str = "layer") -> LayerMemory:
+    """One layer's memory by the greedy within cells (:mod:`~fapm_lib.method.cells`) from
+    ``features [R, N * per_image, C]``, over the rows of ``images`` (default: every image; e.g.
+    the images outside a calibration fold). The cells depend on the region only, so a fold's
+    memory uses the same cells as the whole fit's."""
+    images = torch.arange(features.shape[1] // per_image) if images is None else images
+    choices = choose_regions(features, list(range(features.shape[0])), [images], per_image, config)[0]
+    return memory_from_selection(features, select_layer(choices, config.sampling))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from ..method.composable import resolve_method
+from ..method.cells import resolve_method
 from ..method.coreset import near_far_sizes
 from ..method.regions import image_rows
 from ..system.budget import current_rss, parse_size, regions_per_chunk

@@ -2,9 +2,9 @@
 (``fit --max-memory B [--scheduler local:N | tcp://HOST:PORT]``).
 
 1. coreset, layer by layer: which rows each region keeps. ``exact``: every region's greedy run
-   to ``r`` (paused), the far regions' runs resumed to ``a r``. ``chunked``: every chunk's run
-   (:mod:`fapm_lib.method.composable`). The calibration folds' selections come with them
-   (chunked: from the same runs; exact: one more greedy per fold, on the other folds' images).
+   to ``r`` (paused), the far regions' runs resumed to ``a r``; for the calibration, the same
+   per fold, on the other folds' images. ``cells``: every region's cells
+   (:mod:`fapm_lib.method.cells`), the whole fit's memory and every fold's from one read.
 2. one region pass per layer: each job reads its regions once, writes their memory banks and,
    for the k-fold calibration, the distances of every fold's held-out rows to that fold's
    memory (``[R, N * s*s, k]`` beside the store), merged into maps afterwards
@@ -26,13 +26,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from ..method.composable import SET_BATCH_BYTES, ChunkRuns, chunk_images, image_chunks, resolve_method
+from ..method.cells import SET_BATCH_BYTES, resolve_method, select_layer
 from ..method.coreset import GreedyState, Selection, far_regions, near_far_sizes
 from ..method.memory import BankGroup, LayerMemory, check_fold_k, check_k_sizes
 from ..method.regions import image_rows
 from ..system.budget import current_rss, parse_size, regions_per_chunk
 from ..system.jobs import Job, JobRunner, parse_scheduler
-from .regionjobs import (BankFile, BankSlots, HeldOutTask, chunk_runs_job, greedy_first_job, greedy_resume_job,
+from .regionjobs import (BankFile, BankSlots, HeldOutTask, cells_job, greedy_first_job, greedy_resume_job,
                          region_pass_job)
 from .store import LayerStore
 
@@ -140,12 +140,12 @@ def fit_layers(layers: list[Any], rows_per_image: list[int], config, workdir: Pa
         n = fit.n_images
         method = resolve_method(config, n, [(p, src.dim) for p, src in zip(rows_per_image, layers)])
         folds = min(config.calibration_folds, n) if keep_neighbours and n >= 2 else 0
-        final, by_fold, all_runs = [], [], []
+        final, by_fold = [], []
         for l in range(len(layers)):
-            if method == "chunked":
-                all_runs.append(runs := _chunk_runs(fit, l, folds))
-                final.append(runs.select(None, config.sampling))
-                by_fold.append([runs.select(f, config.sampling) for f in range(folds)])
+            if method == "cells":
+                final_and_folds = _cell_selections(fit, l, folds)
+                final.append(final_and_folds[0])
+                by_fold.append(final_and_folds[1:])
             else:
                 final.append(_select_exact(fit, l, None, f"coreset layer {l}"))
                 by_fold.append([_select_exact(fit, l, f, f"calibration coreset layer {l}, fold {f}")
@@ -157,8 +157,6 @@ def fit_layers(layers: list[Any], rows_per_image: list[int], config, workdir: Pa
             check_fold_k(config.search_k, k)
         selected = time.perf_counter()
         memories, knn = _region_passes(fit, final, by_fold, k, folds, workdir)
-    for memory, runs in zip(memories, all_runs):
-        memory.runs = runs  # the folds' memories of an in-RAM calibration come from them
     stats = {"coreset_method": method, "coreset_seconds": selected - began,
              "region_pass_seconds": time.perf_counter() - selected, "regions_per_chunk": fit.plan,
              "jobs": summarize(fit.reports)}
@@ -180,19 +178,18 @@ def _smallest(selection: Selection) -> int:
     return min(rows.shape[1] for _, rows in selection.groups())
 
 
-def _chunk_runs(fit: _Fit, l: int, folds: int) -> ChunkRuns:
-    """The chunked coreset's runs of every region of layer ``l``."""
+def _cell_selections(fit: _Fit, l: int, folds: int) -> list[Selection]:
+    """The greedy within cells for layer ``l``: the whole fit's selection, then each fold's."""
     config, src, per_image = fit.config, fit.layers[l], fit.rows_per_image[l]
-    chunks, fold_of = image_chunks(fit.n_images, chunk_images(config), folds)
-    per_region = 4 * src.rows() * src.dim
-    parts = fit.chunks_of(l, "coreset", per_region, {"greedy batches": 3 * SET_BATCH_BYTES})
+    everyone = torch.arange(fit.n_images)
+    variants = [everyone] + [everyone[everyone % folds != f] for f in range(folds)]
+    parts = fit.chunks_of(l, "coreset", 4 * src.rows() * src.dim, {"greedy batches": 3 * SET_BATCH_BYTES})
     stage = _Stage(fit, f"coreset layer {l}", src.n_regions)
-    args = (chunks, fold_of, per_image, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
-            config.coreset_projection, config.seed)
-    jobs = [Job(f"coreset-l{l}-r{ids[0]}", chunk_runs_job, (src, ids, *args)) for ids in parts]
+    jobs = [Job(f"coreset-l{l}-r{ids[0]}", cells_job, (src, ids, variants, per_image, config)) for ids in parts]
     results = stage.run(jobs, lambda job: len(job.args[1]))
     stage.close()
-    return ChunkRuns.cat([runs for runs, _ in results])
+    return [select_layer([c for choices, _ in results for c in choices[v]], config.sampling)
+            for v in range(len(variants))]
 
 
 def _select_exact(fit: _Fit, l: int, fold: int | None, name: str) -> Selection:

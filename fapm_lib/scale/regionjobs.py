@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..method.composable import ChunkRuns, run_chunks
+from ..method.cells import CellChoice, choose_regions
 from ..method.coreset import GreedyKCenter, GreedyState, random_projection
 from ..method.memory import BankGroup
 from ..method.regions import image_rows
@@ -30,13 +30,13 @@ def _report(began: float, source: Any, ids: Sequence[int], images: Tensor | None
             "read_bytes": 4 * len(ids) * source.rows(images) * source.dim}
 
 
-def chunk_runs_job(source: Any, ids: list[int], chunks: list[Tensor], folds: list[int], per_image: int,
-                   ratio: float, multiplier: float, sampling: str, projection: int | None,
-                   seed: int) -> tuple[ChunkRuns, dict]:
-    """The chunked coreset's runs (:func:`~fapm_lib.method.composable.run_chunks`) of regions ``ids``."""
+def cells_job(source: Any, ids: list[int], variants: list[Tensor], per_image: int,
+              config: Any) -> tuple[list[list[CellChoice]], dict]:
+    """The greedy within cells (:func:`~fapm_lib.method.cells.choose_regions`) of regions ``ids``,
+    for each variant (image set: every image, or the images outside one calibration fold)."""
     began = time.perf_counter()
-    runs = run_chunks(source.read(ids), chunks, folds, per_image, ratio, multiplier, sampling, projection, seed)
-    return runs, _report(began, source, ids)
+    choices = choose_regions(source.read(ids), ids, variants, per_image, config)
+    return choices, _report(began, source, ids)
 
 
 def greedy_first_job(source: Any, ids: list[int], images: Tensor | None, n_near: int, projection: int | None,

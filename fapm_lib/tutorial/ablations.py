@@ -91,7 +91,7 @@ COLUMNS = ("image AUROC", "pixel AUROC", "search ms/image", "memory MB", "corese
 
 #: settings that change the memory itself (the others act at scoring time only)
 MEMORY_KEYS = ("grid", "sampling", "coreset_ratio", "adaptive_multiplier", "coreset_projection", "coreset_method",
-               "coreset_chunk_images", "calibration_folds", "seed")
+               "coreset_cell_size", "seed")
 
 
 @torch.inference_mode()

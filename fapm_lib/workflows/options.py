@@ -9,7 +9,7 @@ from ..errors import ConfigError
 #: Option name -> FAPMConfig field type, for the optional tuning flags (``--coreset-ratio`` ...).
 TUNING_FLAGS = {"coreset_ratio": float, "adaptive_multiplier": float, "grid": int, "k": int,
                 "sampling": str, "image_score": str, "batch_size": int, "coreset_method": str,
-                "coreset_chunk_images": int}
+                "coreset_cell_size": int}
 #: Calibration flags of fit / evaluate / demo -> FAPMConfig field.
 CALIBRATION_FLAGS = {"calibration_folds": int, "false_alarm_rate": float}
 
