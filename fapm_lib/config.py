@@ -44,6 +44,7 @@ class FAPMConfig:
     batch_size: int = 16
     seed: int = 0
     calibration_folds: int = 5       # k-fold calibration of the thresholds on train/good; 0: uncalibrated
+    calibration_images: int | None = 2000  # held-out images scored (a seeded sample of larger fits); None: all
     false_alarm_rate: float = 0.01   # target fraction of normal images (and pixels) flagged
     max_memory: str | int | None = None  # e.g. "4GB": fit through a disk store within this peak RSS
     store_dir: str | None = None     # where that store's temporary folder goes (default: the temp dir)
@@ -74,6 +75,8 @@ class FAPMConfig:
              "must be >= 2 with image_score reweighted (with one neighbour its weight is 0 for every image)"),
             ("calibration_folds", self.calibration_folds == 0 or self.calibration_folds >= 2,
              "must be 0 (no calibration) or >= 2"),
+            ("calibration_images", self.calibration_images is None or self.calibration_images >= 2,
+             "must be >= 2, or None (score every training image)"),
             ("false_alarm_rate", 0.0 < self.false_alarm_rate < 1.0, "must be in (0, 1)"),
         ]
         if self.max_memory is not None:
@@ -145,7 +148,7 @@ def check_k_acts(values: dict[str, Any], source: str = "options", flag: str = "k
 #: Settings that shape the memories (fixed once fitted); the others act when scoring.
 FIT_KEYS = ("backbone", "pretrained", "resize", "crop_size", "pool_size", "grid", "sampling", "coreset_ratio",
             "adaptive_multiplier", "coreset_projection", "coreset_method", "coreset_cell_size", "seed",
-            "calibration_folds", "blur_sigma")
+            "calibration_folds", "calibration_images", "blur_sigma")
 
 
 def flag_name(key: str) -> str:

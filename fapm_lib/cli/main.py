@@ -41,6 +41,9 @@ def _decision_options(p: argparse.ArgumentParser, fitting: bool = True) -> None:
     if fitting:
         p.add_argument("--calibration-folds", type=int, dest="calibration_folds",
                        help="k-fold calibration on train/good (default 5; 0: uncalibrated, raw scores only)")
+        p.add_argument("--calibration-images", type=int, dest="calibration_images",
+                       help="held-out images the calibration scores: a seeded sample of a larger training "
+                       "set (default 2000)")
         p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate",
                        help="target fraction of normal images (and pixels) flagged NG (default 0.01)")
         p.add_argument("--validation-root", help="MVTec-layout root with labelled defects (<category>/test, "

@@ -1,9 +1,10 @@
 """k-fold held-out scores of the normal training images, and the thresholds they give.
 
-Image ``i`` is in fold ``i % folds``. For each fold, memories are built from the other folds'
-region features (row subsets of the features already extracted: no second backbone pass), and
-the fold's images are scored by the same :class:`~fapm_lib.method.fapm.FAPMModel` that
-predicts, each query in its own region and layer. See :mod:`fapm_lib.decisions.calibration`.
+Image ``i`` is in fold ``i % folds`` (:mod:`fapm_lib.method.folds`). For each fold, memories are
+built from the other folds' region features (row subsets of the features already extracted: no
+second backbone pass), and the fold's scored images (every one, or a seeded sample of at most
+``calibration_images``) by the same :class:`~fapm_lib.method.fapm.FAPMModel` that predicts,
+each query in its own region and layer. See :mod:`fapm_lib.decisions.calibration`.
 """
 from __future__ import annotations
 
@@ -14,17 +15,13 @@ import torch
 from torch import Tensor
 
 from ..method.fapm import FAPMModel
+from ..method.folds import fold_count, heldout_images, kept_images, scored_images
 from ..method.memory import build_layer_memory, build_layer_memory_cells, check_fold_k
 from ..method.regions import image_rows, merge_regions
 from ..method.scoring import top_neighbours
 from .calibration import (K_KEPT, PIXEL_TABLE_RATES, QUANTILE_RULE, Calibration, describe, floor_spread,
                           image_scores, quantile_threshold, spread)
 from .quantiles import ValueFile
-
-
-def fold_sets(n_images: int, folds: int) -> list[Tensor]:
-    """Image indices of each fold, interleaved: image ``i`` is in fold ``i % folds``."""
-    return [torch.arange(f, n_images, folds) for f in range(min(folds, n_images))]
 
 
 def regions_to_maps(regions: Tensor, images: Tensor, grid: int, size: tuple[int, int]) -> Tensor:
@@ -67,28 +64,30 @@ class HeldOut:
 @torch.inference_mode()
 def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config,
                         progress: bool = False, method: str = "exact") -> HeldOut:
-    """k-fold held-out predictions of every training image from per-layer region features
-    ``[R, N*s*s, C]`` (``config.calibration_folds`` folds). Up to :data:`K_KEPT` neighbours
-    are kept, so that ``k`` and the image score can change after fitting. ``method``: the fit's
-    coreset method (:func:`fold_model`)."""
+    """k-fold held-out predictions of the scored training images (:func:`scored_images`, in
+    image order) from per-layer region features ``[R, N*s*s, C]`` (``config.calibration_folds``
+    folds). Up to :data:`K_KEPT` neighbours are kept, so that ``k`` and the image score can
+    change after fitting. ``method``: the fit's coreset method (:func:`fold_model`)."""
     h, w = feature_sizes[0]
     n_images = regions[0].shape[1] // ((h // config.grid) * (w // config.grid))
-    sets = fold_sets(n_images, config.calibration_folds)
+    folds = fold_count(n_images, config.calibration_folds)
+    scored = scored_images(n_images, config.calibration_images, config.seed)
     neighbours: list[Tensor] = []
-    maps = torch.empty(n_images, config.input_size, config.input_size)
-    everyone = torch.arange(n_images)
-    for f, heldout in enumerate(sets):
-        model = fold_model(regions, feature_sizes, config, everyone[everyone % len(sets) != f], progress, method)
-        k = min(K_KEPT, *(int(m.bank_sizes().min()) for m in model.memories))
-        queries = [regions_to_maps(r, heldout, config.grid, size) for r, size in zip(regions, feature_sizes)]
+    maps = torch.empty(len(scored), config.input_size, config.input_size)
+    k = K_KEPT
+    for f, (images, slots) in enumerate(heldout_images(scored, folds)):
+        model = fold_model(regions, feature_sizes, config, kept_images(n_images, folds, f), progress, method)
+        k = min(k, *(int(m.bank_sizes().min()) for m in model.memories))
+        if not len(images):
+            continue
+        queries = [regions_to_maps(r, images, config.grid, size) for r, size in zip(regions, feature_sizes)]
         knn = model.search(queries, k)
-        neighbours.append(top_neighbours(knn).cpu())
-        maps[heldout] = model.postprocess(knn).anomaly_map.cpu()
-    k = min(n.shape[1] for n in neighbours)
-    merged = torch.empty(n_images, k)
-    for heldout, n in zip(sets, neighbours):
-        merged[heldout] = n[:, :k]
-    return HeldOut(merged, maps, len(sets))
+        neighbours.append((slots, top_neighbours(knn).cpu()))
+        maps[slots] = model.postprocess(knn).anomaly_map.cpu()
+    merged = torch.empty(len(scored), k)
+    for slots, n in neighbours:
+        merged[slots] = n[:, :k]
+    return HeldOut(merged, maps, folds)
 
 
 def from_heldout(heldout: HeldOut, image_score: str, k: int, false_alarm_rate: float) -> Calibration:

@@ -109,37 +109,50 @@ def partition(x: Tensor, size: int, max_cells: int, seed: int) -> tuple[Tensor, 
 
 
 @dataclass
-class CellRuns:
-    """The greedy runs of the cells of one region for one set of its vectors: per cell, its rows
-    in selection order (``order``, cell after cell, cell ``s`` from ``starts[s]``, ``length[s]``
-    of them) and ``radii`` (the cell's radius after each of those centres)."""
+class CellSets:
+    """The cells of several (region, image set) pairs, flat: cell ``s`` holds the rows
+    ``members[start[s] : start[s] + size[s]]`` of region ``region[s]`` (first: the row nearest to
+    the cell's seed); the cells of pair ``p`` are ``pair_start[p] .. pair_start[p + 1] - 1``."""
 
-    order: Tensor
+    region: Tensor
+    start: Tensor
+    size: Tensor
+    members: Tensor
+    pair_start: Tensor
+
+    @classmethod
+    def build(cls, cells: list[tuple[Tensor, Tensor]], rows: list[Tensor]) -> "CellSets":
+        """``cells``: per region, ``(cell [N], to_seed [N])`` from :func:`partition`; ``rows``: the
+        rows of each image set. Pairs: region-major, then image set."""
+        region, size, members, pairs = [], [], [], [0]
+        for g, (cell, to_seed) in enumerate(cells):  # the regions of one job: a handful
+            for kept in rows:
+                order = kept[torch.argsort(to_seed[kept], stable=True)]  # nearest to the seed first ...
+                order = order[torch.argsort(cell[order], stable=True)]  # ... within each cell
+                counts = torch.unique_consecutive(cell[order], return_counts=True)[1]
+                region.append(torch.full((len(counts),), g))
+                size.append(counts)
+                members.append(order)
+                pairs.append(pairs[-1] + len(counts))
+        size_t = torch.cat(size)
+        return cls(torch.cat(region), torch.cumsum(size_t, 0) - size_t, size_t, torch.cat(members), torch.tensor(pairs))
+
+
+@dataclass
+class Runs:
+    """Greedy runs of cells, flat: cell ``s``'s run is ``chosen[at[s] : at[s] + length[s]]`` (rows,
+    in selection order) with ``radii`` (the cell's radius after each of those centres)."""
+
+    chosen: Tensor
     radii: Tensor
-    starts: Tensor
+    at: Tensor
     length: Tensor
-    size: Tensor  # vectors in each cell
 
-    def allocate(self, budget: int) -> tuple[Tensor, Tensor, float, float]:
-        """Centres per cell ``[K]`` for ``budget`` in all, the kept rows, the radius, and the
-        smallest radius a centre was given for (``inf`` when none beyond the first ones). Every
-        cell keeps its first centre; the others go, largest first, to the cells whose radius before
-        them is largest (ties: cell order, then run order)."""
-        k = len(self.length)
-        owner = torch.repeat_interleave(torch.arange(k), self.length - 1)
-        position = torch.arange(len(self.radii)) - torch.repeat_interleave(self.starts, self.length)
-        worth = self.radii[position < torch.repeat_interleave(self.length - 1, self.length)]  # radius before centre j+2
-        chosen = torch.argsort(-worth, stable=True)[: max(0, budget - k)]
-        kept = 1 + torch.bincount(owner[chosen], minlength=k)
-        rows = self.order[_ranges(self.starts, kept)]
-        lowest = float(worth[chosen[-1]]) if len(chosen) else math.inf
-        return kept, rows, float(self.radii[self.starts + kept - 1].max()), lowest
-
-    def short(self, kept: Tensor, lowest: float) -> Tensor:
-        """``[K]`` bool: the cells whose run ended where the allocation stopped, and whose next
-        centre would have been worth taking (radius at the end of the run >= ``lowest``)."""
-        end = self.radii[self.starts + self.length - 1]
-        return (kept >= self.length) & (self.length < self.size) & (end >= lowest)
+    def add(self, cells: Tensor, other: "Runs") -> None:
+        """Replace the runs of ``cells`` by ``other``'s (longer) runs of them."""
+        self.at[cells] = other.at + len(self.chosen)
+        self.length[cells] = other.length
+        self.chosen, self.radii = torch.cat([self.chosen, other.chosen]), torch.cat([self.radii, other.radii])
 
 
 def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
@@ -148,66 +161,59 @@ def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     return torch.arange(int(lengths.sum())) + offsets
 
 
-def run_cells(x: Tensor, rows: Tensor, cell: Tensor, to_seed: Tensor, caps: Tensor, projection: int | None,
-              seed: int) -> CellRuns:
-    """Greedy runs of the cells of ``rows`` (vectors of one region ``x [N, C]``): cell ``c``'s run
-    starts at its vector nearest to its seed and goes to ``caps[c]`` centres (at most its size);
-    cells of similar size are stepped together, padded with copies of their first vector."""
-    order = rows[torch.argsort(to_seed[rows], stable=True)]  # nearest to the seed first ...
-    order = order[torch.argsort(cell[order], stable=True)]  # ... within each cell
-    present, size = torch.unique_consecutive(cell[order], return_counts=True)
-    starts = torch.cumsum(size, 0) - size
-    length = torch.minimum(caps[present], size)
+def run_cells(x: Tensor, sets: CellSets, cells: Tensor, caps: Tensor, projection: int | None, seed: int) -> Runs:
+    """Greedy runs of ``cells`` (ids into ``sets``; vectors ``x [G, N, C]``), each from its first
+    row to ``caps`` centres (at most its size): cells of similar size are stepped together, padded
+    with copies of their first vector."""
+    size, first = sets.size[cells], sets.start[cells]
+    length = torch.minimum(caps, size)
+    at = torch.cumsum(length, 0) - length
     chosen = torch.empty(int(length.sum()), dtype=torch.long)
     radii = torch.empty(len(chosen))
-    out_starts = torch.cumsum(length, 0) - length
     padded = (size + PAD - 1) // PAD * PAD
     for width in padded.unique().tolist():  # a handful of widths
         members = (padded == width).nonzero().flatten()
-        per_batch = max(1, SET_BATCH_BYTES // (width * x.shape[1] * 4))
+        per_batch = max(1, SET_BATCH_BYTES // (width * x.shape[2] * 4))
         for batch in members[torch.argsort(length[members], descending=True, stable=True)].split(per_batch):
             local = torch.arange(width)[None].expand(len(batch), -1)
-            index = torch.where(local < size[batch, None], local, 0) + starts[batch, None]  # [b, width]
-            sets = x[order[index]]  # [b, width, C]
+            rows = sets.members[torch.where(local < size[batch, None], local, 0) + first[batch, None]]  # [b, width]
             steps = int(length[batch].max())
-            greedy = GreedyKCenter(random_projection(sets, projection, seed), torch.zeros(len(batch), dtype=torch.long))
-            greedy.extend(steps)
+            vectors = random_projection(x[sets.region[cells[batch], None], rows], projection, seed)
+            greedy = GreedyKCenter(vectors, torch.zeros(len(batch), dtype=torch.long)).extend(steps)
             keep = torch.arange(steps)[None] < length[batch, None]  # [b, steps]
-            picked = index.gather(1, torch.where(greedy.indices < size[batch, None], greedy.indices, 0))
-            where = (out_starts[batch, None] + torch.arange(steps))[keep]
-            chosen[where] = order[picked][keep]
-            radii[where] = greedy.radii[keep]
-    return CellRuns(chosen, radii, out_starts, length, size)
+            picked = rows.gather(1, torch.where(greedy.indices < size[batch, None], greedy.indices, 0))
+            where = (at[batch, None] + torch.arange(steps))[keep]
+            chosen[where], radii[where] = picked[keep], greedy.radii[keep]
+    return Runs(chosen, radii, at, length)
+
+
+def allocate(runs: Runs, cells: Tensor, budget: int) -> tuple[Tensor, Tensor, float, float]:
+    """The exact greedy's choice among the runs of ``cells`` (one pair's): ``budget`` centres in
+    all, every cell keeping its first; the others go, largest first, to the cells whose radius
+    before them is largest (ties: cell order, then run order). Returns the centres per cell, the
+    kept rows, the radius (the largest cell radius after its prefix) and the smallest radius a
+    centre was given for (``inf`` when none beyond the first ones)."""
+    at, length = runs.at[cells], runs.length[cells]
+    k = len(cells)
+    if budget < k:
+        raise ValueError(f"{k} cells need a budget of at least {k} centres, got {budget}")
+    extra = length - 1
+    worth = runs.radii[_ranges(at, extra)]  # the radius before centre j + 2 of each run
+    chosen = torch.argsort(-worth, stable=True)[: budget - k]
+    kept = 1 + torch.bincount(torch.repeat_interleave(torch.arange(k), extra)[chosen], minlength=k)
+    rows = runs.chosen[_ranges(at, kept)]
+    lowest = float(worth[chosen[-1]]) if len(chosen) else math.inf
+    return kept, rows, float(runs.radii[at + kept - 1].max()), lowest
 
 
 @dataclass
 class CellChoice:
-    """One region's memory for one set of its vectors, both size classes: ``near_rows``,
-    ``far_rows`` (the rows kept at ``r`` and at ``a r``) and the stated radius at ``r``."""
+    """One region's memory for one image set, both size classes: ``near_rows``, ``far_rows``
+    (the rows kept at ``r`` and at ``a r``) and the stated radius at ``r``."""
 
     near_rows: Tensor
     far_rows: Tensor
     radius: float
-
-
-def choose_region(x: Tensor, rows: Tensor, cell: Tensor, to_seed: Tensor, n_near: int, n_far: int,
-                  projection: int | None, seed: int) -> CellChoice:
-    """The cells' memory of ``rows`` of one region (``x [N, C]``) at ``n_near`` and ``n_far``
-    centres. The runs start at ``1.25`` times a cell's share of ``n_far`` and are run again,
-    twice as long, for the cells the allocation would take further, until none would: the
-    allocation is then the one of runs as long as the cells."""
-    counts = torch.bincount(cell[rows], minlength=int(cell.max()) + 1)
-    caps = (1.25 * n_far * counts / len(rows)).ceil().long() + 2
-    present = (counts > 0).nonzero().flatten()
-    while True:
-        runs = run_cells(x, rows, cell, to_seed, caps, projection, seed)
-        kept, far_rows, _, lowest = runs.allocate(n_far)
-        short = runs.short(kept, lowest)
-        if not short.any():
-            break
-        caps[present[short]] *= 2
-    _, near_rows, radius, _ = runs.allocate(n_near)
-    return CellChoice(near_rows, far_rows, radius)
 
 
 def select_layer(choices: list[CellChoice], sampling: str) -> Selection:
@@ -227,16 +233,38 @@ def choose_regions(x: Tensor, region_ids: list[int], variants: list[Tensor], per
     """For regions ``x [G, N * per_image, C]`` (ids ``region_ids`` in the layer) and each variant
     (the images whose rows count: every image, or the images outside one calibration fold): per
     variant, per region, the cells' :class:`CellChoice`. The cells are drawn once per region (seed:
-    ``config.seed`` and the region id) and shared by the variants."""
-    out: list[list[CellChoice]] = [[] for _ in variants]
-    rows_of = [(images[:, None] * per_image + torch.arange(per_image)).flatten() for images in variants]
-    sizes = [near_far_sizes(len(rows), config.coreset_ratio, config.adaptive_multiplier, config.sampling)
-             for rows in rows_of]
+    ``config.seed`` and the region id) and shared by the variants. The runs start at 1.25 times a
+    cell's share of the ``a r`` budget and are run again, twice as long, for the cells the
+    allocation would take further, until none would: the choice is then the one of runs as long
+    as the cells."""
+    rows = [(images[:, None] * per_image + torch.arange(per_image)).flatten() for images in variants]
+    budgets = [near_far_sizes(len(r), config.coreset_ratio, config.adaptive_multiplier, config.sampling) for r in rows]
     max_cells = coreset_size(x.shape[1] // 3, config.coreset_ratio)  # below any fold memory's size
-    for g, region in enumerate(region_ids):  # the regions of one job: a handful
-        cell, to_seed = partition(x[g], cell_size(config), max_cells, config.seed * 1_000_003 + region)
-        for v, rows in enumerate(rows_of):
-            n_near, n_far = sizes[v]
-            out[v].append(choose_region(x[g], rows, cell, to_seed, n_near, n_far, config.coreset_projection,
-                                        config.seed))
+    sets = CellSets.build([partition(x[g], cell_size(config), max_cells, config.seed * 1_000_003 + region)
+                           for g, region in enumerate(region_ids)], rows)
+    pairs = [(g, v) for g in range(len(region_ids)) for v in range(len(variants))]
+    share = torch.cat([sets.size[sets.pair_start[p]:sets.pair_start[p + 1]] * budgets[v][1] / len(rows[v])
+                       for p, (_, v) in enumerate(pairs)])
+    caps = (1.25 * share).ceil().long() + 2
+    everything = torch.arange(len(sets.size))
+    runs = run_cells(x, sets, everything, caps, config.coreset_projection, config.seed)
+    todo = list(range(len(pairs)))
+    while todo:  # a few rounds
+        short = []
+        for p in todo:
+            cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
+            kept, _, _, lowest = allocate(runs, cells, budgets[pairs[p][1]][1])
+            end = runs.radii[runs.at[cells] + runs.length[cells] - 1]
+            short.append(cells[(kept >= runs.length[cells]) & (runs.length[cells] < sets.size[cells]) & (end >= lowest)])
+        again = torch.cat(short)
+        todo = [p for p, s in zip(todo, short) if len(s)]
+        if len(again):
+            caps[again] *= 2
+            runs.add(again, run_cells(x, sets, again, caps[again], config.coreset_projection, config.seed))
+    out: list[list[CellChoice]] = [[] for _ in variants]
+    for p, (g, v) in enumerate(pairs):
+        cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
+        _, far_rows, _, _ = allocate(runs, cells, budgets[v][1])
+        _, near_rows, radius, _ = allocate(runs, cells, budgets[v][0])
+        out[v].append(CellChoice(near_rows, far_rows, radius))
     return out

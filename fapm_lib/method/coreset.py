@@ -139,8 +139,7 @@ class GreedyKCenter:
                     runs = [self._steps(parts[0], steps, bar)]
                 else:
                     modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-                    with ThreadPoolExecutor(len(parts)) as pool:
-                        runs = list(pool.map(lambda part: self._run(part, steps, bar, modes), parts))
+                    runs = list(_pool(len(parts)).map(lambda part: self._run(part, steps, bar, modes), parts))
             self._index_chunks.append(torch.cat([r[0] for r in runs]))
             self._radius_chunks.append(torch.cat([r[1] for r in runs]))
             self._farthest = torch.cat([r[2] for r in runs])
@@ -161,6 +160,17 @@ class GreedyKCenter:
         new._index_chunks = [self.indices[regions]]
         new._radius_chunks = [self.radii[regions]]
         return new
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads kept for the process (starting threads for every run of a
+    few steps cost more than the steps)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="greedy")
+    return _POOLS[workers]
 
 
 def region_slices(n_sets: int, workers: int) -> list[slice]:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from ..method.cells import SET_BATCH_BYTES, resolve_method, select_layer
+from ..method.folds import fold_count, heldout_images, kept_images, scored_images
 from ..method.coreset import GreedyState, Selection, far_regions, near_far_sizes
 from ..method.memory import BankGroup, LayerMemory, check_fold_k, check_k_sizes
 from ..method.regions import image_rows
@@ -139,7 +140,7 @@ def fit_layers(layers: list[Any], rows_per_image: list[int], config, workdir: Pa
         fit = _Fit(config, layers, rows_per_image, runner, progress, regions_per_job)
         n = fit.n_images
         method = resolve_method(config, n, [(p, src.dim) for p, src in zip(rows_per_image, layers)])
-        folds = min(config.calibration_folds, n) if keep_neighbours and n >= 2 else 0
+        folds = fold_count(n, config.calibration_folds) if keep_neighbours and n >= 2 else 0
         final, by_fold = [], []
         for l in range(len(layers)):
             if method == "cells":
@@ -181,8 +182,7 @@ def _smallest(selection: Selection) -> int:
 def _cell_selections(fit: _Fit, l: int, folds: int) -> list[Selection]:
     """The greedy within cells for layer ``l``: the whole fit's selection, then each fold's."""
     config, src, per_image = fit.config, fit.layers[l], fit.rows_per_image[l]
-    everyone = torch.arange(fit.n_images)
-    variants = [everyone] + [everyone[everyone % folds != f] for f in range(folds)]
+    variants = [torch.arange(fit.n_images)] + [kept_images(fit.n_images, folds, f) for f in range(folds)]
     parts = fit.chunks_of(l, "coreset", 4 * src.rows() * src.dim, {"greedy batches": 3 * SET_BATCH_BYTES})
     stage = _Stage(fit, f"coreset layer {l}", src.n_regions)
     jobs = [Job(f"coreset-l{l}-r{ids[0]}", cells_job, (src, ids, variants, per_image, config)) for ids in parts]
@@ -196,8 +196,7 @@ def _select_exact(fit: _Fit, l: int, fold: int | None, name: str) -> Selection:
     """The exact greedy's selection for layer ``l``: over every image (``fold`` None) or over the
     images outside ``fold``; rows among all of a region's rows."""
     config, src, per_image = fit.config, fit.layers[l], fit.rows_per_image[l]
-    everyone = torch.arange(fit.n_images)
-    images = None if fold is None else everyone[everyone % min(config.calibration_folds, fit.n_images) != fold]
+    images = None if fold is None else kept_images(fit.n_images, fold_count(fit.n_images, config.calibration_folds), fold)
     n = src.rows(images)
     n_near, n_far = near_far_sizes(n, config.coreset_ratio, config.adaptive_multiplier, config.sampling)
     greedy_dim = min(config.coreset_projection or src.dim, src.dim)
@@ -234,10 +233,11 @@ def _region_passes(fit: _Fit, final: list[Selection], by_fold: list[list[Selecti
     """Stage 2: every layer's memory banks and, with ``k``, the held-out distances."""
     groups = [s.groups() for s in final]
     bank_bytes = [sum(4 * src.dim * rows.numel() for _, rows in g) for src, g in zip(fit.layers, groups)]
+    held = heldout_images(scored_images(fit.n_images, fit.config.calibration_images, fit.config.seed), folds)
     costs = []
     for l, src in enumerate(fit.layers):  # per region: the read, plus the searches of every fold
-        held = src.rows() // folds if folds else 0
-        costs.append(src.rows() + sum(held * _smallest(s) for s in by_fold[l]))
+        rows = fit.rows_per_image[l]
+        costs.append(src.rows() + sum(len(images) * rows * _smallest(s) for (images, _), s in zip(held, by_fold[l])))
     total = sum(cost * src.n_regions for cost, src in zip(costs, fit.layers)) / 1e6
     stage = _Stage(fit, "calibration" if k else "memory banks", total, unit="M")
     remote = fit.runner.client is not None
@@ -248,17 +248,16 @@ def _region_passes(fit: _Fit, final: list[Selection], by_fold: list[list[Selecti
         task = None
         if k:
             knn.append(LayerStore.create(_need(workdir) / f"layer{l}.knn.f32", src.n_regions, fit.rows_per_image[l],
-                                         k, fit.n_images))
-            fold_rows = [_rows_by_region(s) for s in by_fold[l]]
-            task = HeldOutTask(folds, fit.n_images, fold_rows, k, knn[-1], PARTIAL_BYTES)
+                                         k, sum(len(images) for images, _ in held)))
+            task = HeldOutTask([images for images, _ in held], [slots for _, slots in held],
+                               [_rows_by_region(s) for s in by_fold[l]], k, knn[-1], PARTIAL_BYTES)
         largest = max(rows.shape[1] for s in [final[l], *by_fold[l]] for _, rows in s.groups())
         per_region = 4 * (src.rows() * (src.dim + k) + 3 * largest * src.dim)
         final_rows = _rows_by_region(final[l])
         jobs = []  # this layer's and the next layers' banks are not resident yet: reserved
         for ids in fit.chunks_of(l, "memory and calibration", per_region,
                                  {"memory banks": sum(bank_bytes[l:]), "searches": PARTIAL_BYTES if k else 0}):
-            job_task = None if task is None else HeldOutTask(
-                task.folds, task.n_images, [[rows[r] for r in ids] for rows in task.rows], k, task.knn, PARTIAL_BYTES)
+            job_task = None if task is None else task.of(ids)
             jobs.append(Job(f"pass-l{l}-r{ids[0]}", region_pass_job,
                             (src, ids, [final_rows[r] for r in ids], sink, fit.rows_per_image[l], job_task)))
         stage.run(jobs, lambda job, l=l: len(job.args[1]) * costs[l] / 1e6)

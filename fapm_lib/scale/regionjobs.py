@@ -107,16 +107,22 @@ class BankFile:
 
 @dataclass
 class HeldOutTask:
-    """The k-fold part of a region pass: fold ``f`` holds images ``f, f + folds, ...`` of
-    ``n_images``; ``rows[f][i]``: the rows of the i-th region of the job kept by fold ``f``'s
-    memory; ``k`` neighbours kept, written to ``knn`` (a store of ``[R, N * s*s, k]``)."""
+    """The k-fold part of a region pass: per fold ``f``, ``images[f]`` (the scored images it
+    holds out, :mod:`fapm_lib.method.folds`) and ``slots[f]`` (their places among the scored
+    images, in ``knn``: a store of ``[R, n_scored * s*s, k]``); ``rows[f][i]``: the rows of the
+    i-th region of the job kept by fold ``f``'s memory; ``k`` neighbours kept."""
 
-    folds: int
-    n_images: int
+    images: list[Tensor]
+    slots: list[Tensor]
     rows: list[list[Tensor]]
     k: int
     knn: LayerStore
     partial_bytes: int = 64 * 2**20
+
+    def of(self, positions: list[int]) -> "HeldOutTask":
+        """The same task for the regions at ``positions`` of this one's."""
+        return HeldOutTask(self.images, self.slots, [[rows[p] for p in positions] for rows in self.rows], self.k,
+                           self.knn, self.partial_bytes)
 
 
 def query_batches(n: int, size: int) -> list[slice]:
@@ -134,22 +140,21 @@ def region_pass_job(source: Any, ids: list[int], final_rows: list[Tensor], sink:
                     heldout: HeldOutTask | None = None) -> dict:
     """One read of regions ``ids`` (all images): their memory banks (``final_rows``, one tensor
     of rows per region) into ``sink``; with ``heldout``, every fold's memory of these regions
-    searched by the fold's own images, the ``k`` nearest distances written to ``heldout.knn``."""
+    searched by the fold's scored images, the ``k`` nearest distances written to ``heldout.knn``."""
     began = time.perf_counter()
     x = source.read(ids)  # [G, N * s*s, C]
     for i, r in enumerate(ids):  # a handful of regions per job
         sink.put(r, x[i, final_rows[i]].T)
     if heldout is not None:
-        distances = torch.zeros(len(ids), x.shape[1], heldout.k)
-        for f, rows in enumerate(heldout.rows):
-            held = image_rows(torch.arange(f, heldout.n_images, heldout.folds), per_image)
+        distances = torch.zeros(len(ids), heldout.knn.n_images * per_image, heldout.k)
+        for images, slots, rows in zip(heldout.images, heldout.slots, heldout.rows):
+            held, into = image_rows(images, per_image), image_rows(slots, per_image)
             for members in _size_classes(rows):
                 local = torch.tensor(members)
                 group = BankGroup(local, x[local[:, None], torch.stack([rows[m] for m in members])])
                 per_batch = heldout.partial_bytes // (4 * len(members) * group.bank_t.shape[2])
                 for part in query_batches(len(held), per_batch):
-                    queries = held[part]
-                    distances[local[:, None], queries] = group.nearest(x[local[:, None], queries], heldout.k)
+                    distances[local[:, None], into[part]] = group.nearest(x[local[:, None], held[part]], heldout.k)
         for i, r in enumerate(ids):
             heldout.knn.write_region(r, distances[i])
     return _report(began, source, ids)

@@ -17,7 +17,8 @@ from fapm_lib.scale.regionjobs import query_batches
 from fapm_lib.system.jobs import KILL_ONCE_ENV
 from tests.scale.test_scale import Stub, assert_same_memory, map_batches
 
-SETTINGS = {"exact": {"coreset_method": "exact"}, "chunked": {"coreset_method": "chunked", "coreset_chunk_images": 2}}
+SETTINGS = {"exact": {"coreset_method": "exact"}, "cells": {"coreset_method": "cells", "coreset_cell_size": 8},
+            "sampled": {"coreset_method": "exact", "calibration_images": 9}}
 
 
 def fit(config: FAPMConfig, n: int = 23, scheduler: str | None = None) -> FAPM:
@@ -35,19 +36,21 @@ def assert_same_calibration(a, b) -> None:
         assert a.summary["pixel"][key] == b.summary["pixel"][key]
 
 
-@pytest.mark.parametrize("method", ["exact", "chunked"])
-def test_bounded_calibration_equals_the_in_ram_one(tmp_path: Path, method: str) -> None:
-    config = FAPMConfig(coreset_ratio=0.1, **SETTINGS[method])
+@pytest.mark.parametrize("setting", ["exact", "cells", "sampled"])
+def test_bounded_calibration_equals_the_in_ram_one(tmp_path: Path, setting: str) -> None:
+    """Also when the calibration scores a sample of the images (``sampled``: 9 of 23)."""
+    config = FAPMConfig(coreset_ratio=0.1, **SETTINGS[setting])
     in_ram = fit(config)
     bounded = fit(config.replace(max_memory="64GB", store_dir=str(tmp_path)))
-    assert bounded.fit_stats["coreset_method"] == in_ram.fit_stats["coreset_method"] == method
+    assert bounded.fit_stats["coreset_method"] == in_ram.fit_stats["coreset_method"] == config.coreset_method
+    assert in_ram.calibration.summary["n_images"] == (9 if setting == "sampled" else 23)
     assert_same_memory(in_ram.memories, bounded.memories)
     assert_same_calibration(in_ram.calibration, bounded.calibration)
     assert list(tmp_path.iterdir()) == []  # store, banks, distances and maps removed
 
 
 def test_one_region_per_job_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = FAPMConfig(coreset_ratio=0.1, max_memory="64GB", **SETTINGS["chunked"])
+    config = FAPMConfig(coreset_ratio=0.1, max_memory="64GB", **SETTINGS["cells"])
     ref = fit(config)
     monkeypatch.setattr(detector, "fit_layers", functools.partial(pipeline.fit_layers, regions_per_job=1))
     small = fit(config)
@@ -70,7 +73,7 @@ def test_region_jobs_on_dask_give_the_same_fit(tmp_path: Path, monkeypatch: pyte
     worker is killed in its first region pass job, which is retried: the same memory (every
     tensor) and thresholds as in-process."""
     pytest.importorskip("distributed")
-    config = FAPMConfig(coreset_ratio=0.1, max_memory="64GB", store_dir=str(tmp_path), **SETTINGS["chunked"])
+    config = FAPMConfig(coreset_ratio=0.1, max_memory="64GB", store_dir=str(tmp_path), **SETTINGS["cells"])
     here = fit(config)
     marker = tmp_path.parent / "killed"
     monkeypatch.setenv(KILL_ONCE_ENV, f"pass-l0-r0={marker}")

@@ -174,11 +174,11 @@ def test_cli_fit_with_max_memory(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "max_memory='lots'" in capsys.readouterr().err
 
 
-def test_patchcore_refuses_max_memory_and_the_chunked_coreset() -> None:
+def test_patchcore_refuses_max_memory_and_the_cells_coreset() -> None:
     from fapm_lib.detectors.patchcore import PatchCore
 
     maps = [torch.randn(2, 24, 28, 28), torch.randn(2, 40, 14, 14)]
-    for settings in ({"max_memory": "4GB"}, {"coreset_method": "chunked"}, {"coreset_chunk_images": 4}):
+    for settings in ({"max_memory": "4GB"}, {"coreset_method": "cells"}, {"coreset_cell_size": 4}):
         with pytest.raises(ConfigError, match="FAPM only"):
             PatchCore(FAPMConfig(**settings), extractor=Stub()).fit_maps(maps)
 
