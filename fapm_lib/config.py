@@ -16,6 +16,9 @@ from .errors import ConfigError
 
 SAMPLING_MODES = ("adaptive", "fixed")
 IMAGE_SCORES = ("max", "reweighted")
+#: ``exact``: one greedy run per region; ``cells``: the greedy within cells of each region's vectors
+#: (:mod:`fapm_lib.method.cells`); ``auto``: exact unless its estimated work is large.
+CORESET_METHODS = ("auto", "exact", "cells")
 
 
 @dataclass
@@ -33,12 +36,15 @@ class FAPMConfig:
     coreset_ratio: float = 0.1       # base ratio r
     adaptive_multiplier: float = 2.0  # far regions keep a * r
     coreset_projection: int | None = None  # random-projection dim for greedy selection; None: raw features
+    coreset_method: str = "auto"     # "exact", "cells" (greedy within cells of each region) or "auto"
+    coreset_cell_size: int | None = None  # vectors per cell with cells (None: 250)
     k: int = 4                       # neighbours the reweighted image score reads (>= 2); max reads only the nearest
     image_score: str = "max"         # "max" or "reweighted" (the official code's)
     blur_sigma: float = 4.0          # Gaussian blur of the upsampled map
     batch_size: int = 16
     seed: int = 0
     calibration_folds: int = 5       # k-fold calibration of the thresholds on train/good; 0: uncalibrated
+    calibration_images: int | None = 2000  # held-out images scored (a seeded sample of larger fits); None: all
     false_alarm_rate: float = 0.01   # target fraction of normal images (and pixels) flagged
     max_memory: str | int | None = None  # e.g. "4GB": fit through a disk store within this peak RSS
     store_dir: str | None = None     # where that store's temporary folder goes (default: the temp dir)
@@ -61,21 +67,22 @@ class FAPMConfig:
             ("blur_sigma", self.blur_sigma >= 0, "must be >= 0"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("coreset_projection", self.coreset_projection is None or self.coreset_projection >= 1, "must be >= 1"),
+            ("coreset_method", self.coreset_method in CORESET_METHODS, f"must be one of {', '.join(CORESET_METHODS)}"),
+            ("coreset_cell_size", self.coreset_cell_size is None or self.coreset_cell_size >= 1, "must be >= 1"),
+            ("coreset_cell_size", self.coreset_cell_size is None or self.coreset_method != "exact",
+             "acts only with coreset_method cells or auto (exact runs one greedy over each whole region)"),
             ("k", self.image_score != "reweighted" or self.k >= 2,
              "must be >= 2 with image_score reweighted (with one neighbour its weight is 0 for every image)"),
             ("calibration_folds", self.calibration_folds == 0 or self.calibration_folds >= 2,
              "must be 0 (no calibration) or >= 2"),
+            ("calibration_images", self.calibration_images is None or self.calibration_images >= 2,
+             "must be >= 2, or None (score every training image)"),
             ("false_alarm_rate", 0.0 < self.false_alarm_rate < 1.0, "must be in (0, 1)"),
         ]
         if self.max_memory is not None:
             from .system.budget import parse_size
 
             parse_size(self.max_memory)
-            if self.calibration_folds:
-                raise ConfigError(
-                    f"max_memory={self.max_memory}: the k-fold calibration (calibration_folds={self.calibration_folds}) "
-                    "is not bounded yet; set calibration_folds 0 (--calibration-folds 0) and give thresholds with "
-                    "--validation-root or --threshold / --pixel-threshold")
         elif self.store_dir is not None:
             raise ConfigError(f"store_dir={self.store_dir!r} is used only with max_memory (the disk store)")
         for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate"):
@@ -140,7 +147,8 @@ def check_k_acts(values: dict[str, Any], source: str = "options", flag: str = "k
 
 #: Settings that shape the memories (fixed once fitted); the others act when scoring.
 FIT_KEYS = ("backbone", "pretrained", "resize", "crop_size", "pool_size", "grid", "sampling", "coreset_ratio",
-            "adaptive_multiplier", "coreset_projection", "seed", "calibration_folds", "blur_sigma")
+            "adaptive_multiplier", "coreset_projection", "coreset_method", "coreset_cell_size", "seed",
+            "calibration_folds", "calibration_images", "blur_sigma")
 
 
 def flag_name(key: str) -> str:

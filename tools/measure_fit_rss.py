@@ -12,14 +12,17 @@ and when it happened, the size of the accumulated region features and of the mem
 
 ``--synthetic-features`` skips images and backbone: seeded random ``wide_resnet50_2``-shaped
 aggregated maps (``[N, 512, 28, 28]`` and ``[N, 1024, 14, 14]``), made batch by batch and never
-all at once, go straight into ``FAPM.fit_map_batches``; ``--max-memory 6GB`` fits through the
-disk store. The last line is one JSON object (``peak_rss_mb``, ``n_images``, ``seconds``, the
-settings, and a sha256 of the fitted memory to compare runs). An in-RAM fit whose features
-would not fit under ``--rss-limit-gib`` is refused up front.
+all at once, go straight into ``FAPM.fit_map_batches``, k-fold calibration included (``--calibration-folds``,
+default 5); ``--max-memory 6GB`` fits through the disk store, ``--scheduler local:2`` runs its region
+jobs on Dask. The last line is one JSON object (``peak_rss_mb``, ``n_images``, ``seconds`` per
+stage, the settings, the coreset method used, the thresholds, the region jobs' seconds and reads,
+and a sha256 of the fitted memory, banks and sources, to compare runs). An in-RAM fit whose
+features would not fit under ``--rss-limit-gib`` is refused up front.
 
     python tools/measure_fit_rss.py --n-images 2000
     python tools/measure_fit_rss.py --backbone wide_resnet50_2 --random-weights --n-images 250
-    python tools/measure_fit_rss.py --synthetic-features --n-images 10000 --max-memory 6GB --coreset-ratio 0.001
+    python tools/measure_fit_rss.py --synthetic-features --n-images 10000 --max-memory 6GB
+    python tools/measure_fit_rss.py --synthetic-features --n-images 10000 --max-memory 6GB --scheduler local:2
 """
 from __future__ import annotations
 
@@ -210,10 +213,10 @@ def synthetic_maps(n: int, batch_size: int, seed: int = 0) -> Iterator[list[Tens
 
 
 def memory_digest(model: FAPM) -> str:
-    """sha256 over every memory tensor (radii, near/far, region ids, banks) in a fixed order."""
+    """sha256 over every memory tensor (radii, near/far, region ids, banks, sources) in a fixed order."""
     h = hashlib.sha256()
     for mem in model.memories:
-        for t in (mem.radii, mem.far, *(x for g in mem.groups for x in (g.regions, g.bank.contiguous()))):
+        for t in (mem.radii, mem.far, *(x for g in mem.groups for x in (g.regions, g.bank.contiguous(), g.sources))):
             h.update(t.cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -224,11 +227,14 @@ def measure_synthetic(args: argparse.Namespace) -> dict:
     config = FAPMConfig(backbone=WRN_INFO.name, pretrained=False, batch_size=args.batch_size,
                         coreset_ratio=args.coreset_ratio, coreset_projection=args.coreset_projection,
                         sampling=args.sampling, max_memory=args.max_memory, store_dir=args.store_dir,
-                        calibration_folds=0)  # the memory fit alone, as measured (the calibration is not bounded)
+                        calibration_folds=args.calibration_folds, coreset_method=args.coreset_method,
+                        coreset_cell_size=args.coreset_cell_size)
     per_image = 4 * sum(c * h * w for c, h, w in WRN_SHAPES)
     settings = {"mode": "synthetic-features", "n_images": args.n_images, "max_memory": args.max_memory,
                 "coreset_ratio": args.coreset_ratio, "coreset_projection": args.coreset_projection,
                 "sampling": args.sampling, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
+                "calibration_folds": args.calibration_folds, "scheduler": args.scheduler,
+                "coreset_cell_size": args.coreset_cell_size,
                 "malloc_tuned": malloc_tuned, "features_mb": round(per_image * args.n_images / 1e6, 1)}
     limit = args.rss_limit_gib * 2**30
     if args.max_memory is None:
@@ -245,16 +251,22 @@ def measure_synthetic(args: argparse.Namespace) -> dict:
     sampler.start()
     start = time.perf_counter()
     model.fit_map_batches(synthetic_maps(args.n_images, args.batch_size, args.seed),
-                          None if args.unknown_count else args.n_images, progress=not args.no_progress)
+                          None if args.unknown_count else args.n_images, progress=not args.no_progress,
+                          scheduler=args.scheduler)
     seconds = time.perf_counter() - start
     sampler.stop()
     peak = max_rss()
+    stats, cal = model.fit_stats, model.calibration
     return {**settings, "unknown_count": args.unknown_count,
             "peak_rss_mb": round(peak / 1e6, 1), "sampled_peak_mb": round(sampler.peak / 1e6, 1),
+            "sampled_peak_at_s": round(sampler.peak_at, 1),
             "rss_before_fit_mb": round(before_now / 1e6, 1), "seconds": round(seconds, 1),
-            "feature_seconds": round(model.fit_stats["feature_seconds"], 1),
-            "coreset_seconds": round(model.fit_stats["coreset_seconds"], 1),
-            "regions_per_chunk": model.fit_stats.get("regions_per_chunk"),
+            **{key: round(stats[key], 1) for key in ("feature_seconds", "coreset_seconds", "region_pass_seconds",
+                                                    "calibration_seconds") if key in stats},
+            "coreset_method": stats.get("coreset_method"),
+            "image_threshold": None if cal is None else cal.image_threshold,
+            "pixel_threshold": None if cal is None else cal.pixel_threshold,
+            "regions_per_chunk": stats.get("regions_per_chunk"), "jobs": stats.get("jobs"),
             "memory_mb": round(model.memory_size()["megabytes"] * 2**20 / 1e6, 1),
             "bank_sizes": [sorted(set(m.bank_sizes().tolist())) for m in model.memories],
             "memory_sha256": memory_digest(model)}
@@ -278,11 +290,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--sampling", choices=["adaptive", "fixed"], default="adaptive")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--unknown-count", action="store_true", help="do not tell the fit the image count up front")
+    g.add_argument("--calibration-folds", type=int, default=5, help="k-fold calibration (0: the memory fit alone)")
+    g.add_argument("--coreset-method", choices=["auto", "exact", "cells"], default="auto")
+    g.add_argument("--coreset-cell-size", type=int)
+    g.add_argument("--scheduler", help="with --max-memory: the region jobs on Dask, e.g. local:2")
     args = p.parse_args(argv)
-    if not args.synthetic_features and (args.max_memory or args.store_dir or args.coreset_projection
-                                        or args.unknown_count or args.coreset_ratio != 0.1 or args.sampling != "adaptive"):
-        p.error("--max-memory, --store-dir, --coreset-ratio, --coreset-projection, --sampling and --unknown-count "
-                "need --synthetic-features")
+    synthetic_only = (args.max_memory or args.store_dir or args.coreset_projection or args.unknown_count
+                      or args.coreset_ratio != 0.1 or args.sampling != "adaptive" or args.scheduler
+                      or args.calibration_folds != 5 or args.coreset_method != "auto" or args.coreset_cell_size)
+    if not args.synthetic_features and synthetic_only:
+        p.error("--max-memory, --store-dir, --coreset-ratio, --coreset-projection, --sampling, --unknown-count, "
+                "--calibration-folds, --coreset-method, --coreset-cell-size and --scheduler need --synthetic-features")
     return args
 
 

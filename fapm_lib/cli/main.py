@@ -41,6 +41,9 @@ def _decision_options(p: argparse.ArgumentParser, fitting: bool = True) -> None:
     if fitting:
         p.add_argument("--calibration-folds", type=int, dest="calibration_folds",
                        help="k-fold calibration on train/good (default 5; 0: uncalibrated, raw scores only)")
+        p.add_argument("--calibration-images", type=int, dest="calibration_images",
+                       help="held-out images the calibration scores: a seeded sample of a larger training "
+                       "set (default 2000)")
         p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate",
                        help="target fraction of normal images (and pixels) flagged NG (default 0.01)")
         p.add_argument("--validation-root", help="MVTec-layout root with labelled defects (<category>/test, "
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for model.safetensors")
     _decision_options(p)
     _scale_options(p)
+    p.add_argument("--scheduler", help="with --max-memory: run this category's region jobs on Dask: local[:N] or "
+                   "tcp://HOST:PORT (then --store-dir must be a folder every worker reads)")
     _common(p)
 
     p = sub.add_parser("fit-all", help="fit one model per category (here or on a Dask cluster)")

@@ -113,7 +113,12 @@ def quantile_threshold(values: np.ndarray | Tensor, false_alarm_rate: float) -> 
 def spread(values: np.ndarray) -> float:
     """Standard deviation, floored at ``1e-6 * max(1, |mean|)`` so the scale stays > 0."""
     values = np.asarray(values, dtype=np.float64)
-    return float(max(values.std(), 1e-6 * max(1.0, abs(float(values.mean())))))
+    return floor_spread(float(values.std()), float(values.mean()))
+
+
+def floor_spread(std: float, mean: float) -> float:
+    """``std`` floored at ``1e-6 * max(1, |mean|)`` (:func:`spread` of known figures)."""
+    return float(max(std, 1e-6 * max(1.0, abs(mean))))
 
 
 def describe(values: np.ndarray, keep_values: bool = False) -> dict[str, Any]:

@@ -13,13 +13,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.samples import sample_paths
+from ..decisions.calibration import K_KEPT
 from ..decisions.heldout import calibrate_regions
+from ..decisions.heldout_store import calibrate_from_knn
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
+from ..method.cells import resolve_method
 from ..method.fapm import FAPMModel
 from ..method.memory import BankGroup, LayerMemory, build_memories, check_k
 from ..method.regions import RegionFeatureBuffer, check_grid, split_regions, valid_grids
-from ..scale.bounded import TensorRegions, build_memories_chunked, chunk_plan, write_store
+from ..scale.bounded import TensorRegions, check_budget, write_store
+from ..scale.pipeline import check_scheduler, fit_layers
 from ..scale.store import FeatureStore
 from .base import Detector, ImageBatches, iter_images
 from .model_file import save_tensors
@@ -40,25 +44,28 @@ class FAPM(Detector):
         return [] if self.model is None else list(self.model.memories)
 
     # ---- fit -------------------------------------------------------------------------------
-    def fit(self, data: ImageBatches | Tensor, progress: bool = True) -> "FAPM":
+    def fit(self, data: ImageBatches | Tensor, progress: bool = True, scheduler: str | None = None) -> "FAPM":
         """Extract features of all training images region by region, build the memories, then
-        calibrate the thresholds (k-fold, ``config.calibration_folds``)."""
+        calibrate the thresholds (k-fold, ``config.calibration_folds``). ``scheduler``: with
+        ``config.max_memory``, run the region jobs on Dask (``local:N`` or ``tcp://HOST:PORT``)."""
+        check_scheduler(self.config, scheduler)
         torch.manual_seed(self.config.seed)
         batches, n = iter_images(data, self.config.batch_size)
         total = None if n is None else -(-n // self.config.batch_size)
         # the bar is closed (its line cleared) however the fit ends, Ctrl-C included
         with tqdm(batches, desc="features", total=total, disable=not progress, leave=False) as bar:
-            self.fit_map_batches((self.embed(images) for images in bar), n, progress)
+            self.fit_map_batches((self.embed(images) for images in bar), n, progress, scheduler)
         self.train_images = sample_paths(data)  # image i of the memories' sources; None for tensors
         return self
 
     def fit_map_batches(self, batches: Iterable[list[Tensor]], n_images: int | None = None,
-                        progress: bool = False) -> "FAPM":
+                        progress: bool = False, scheduler: str | None = None) -> "FAPM":
         """Fit from aggregated maps arriving batch by batch (per layer ``[B, C, h, w]``), e.g.
         :meth:`embed` of each image batch. ``n_images``: the total, when known (preallocates).
         With ``config.max_memory`` the features go to a disk store (:mod:`fapm_lib.scale`)."""
+        check_scheduler(self.config, scheduler)
         if self.config.max_memory is not None:
-            return self._fit_bounded(batches, n_images, progress)
+            return self._fit_bounded(batches, n_images, progress, scheduler)
         start = time.perf_counter()
         buffers: list[RegionFeatureBuffer] = []
         for maps in batches:
@@ -83,15 +90,18 @@ class FAPM(Detector):
     def fit_regions(self, regions: list[Tensor], progress: bool = False) -> "FAPM":
         """Coreset-subsample region features (per layer ``[R, N, C]``) into the memories."""
         start = time.perf_counter()
+        rows = self._rows_per_image()
+        n_images = regions[0].shape[1] // rows[0]
+        method = resolve_method(self.config, n_images, [(p, r.shape[2]) for p, r in zip(rows, regions)])
         if self.config.max_memory is not None:  # already in RAM: the coreset still runs chunk by chunk
-            rows = [(h // self.config.grid) * (w // self.config.grid) for h, w in self.feature_sizes]
-            memories, plan = build_memories_chunked([TensorRegions(r, n) for r, n in zip(regions, rows)],
-                                                    self.config, self.feature_sizes, self.device, progress)
-            self.fit_stats["regions_per_chunk"] = plan
+            fitted = fit_layers([TensorRegions(r.cpu(), n) for r, n in zip(regions, rows)], rows, self.config,
+                                progress=progress)
+            memories = [m.to(self.device) for m in fitted.memories]
+            self.fit_stats.update(regions_per_chunk=fitted.stats["regions_per_chunk"])
         else:
-            memories = build_memories([r.to(self.device) for r in regions], self.config, progress)
+            memories = build_memories([r.to(self.device) for r in regions], self.config, progress, rows, method)
         self.set_memories(memories)
-        self.fit_stats["coreset_seconds"] = time.perf_counter() - start
+        self.fit_stats.update(coreset_method=method, n_train=n_images, coreset_seconds=time.perf_counter() - start)
         return self
 
     def set_memories(self, memories: list[LayerMemory]) -> None:
@@ -105,29 +115,38 @@ class FAPM(Detector):
         """k-fold thresholds from the training region features (per layer ``[R, N*s*s, C]``),
         see :mod:`fapm_lib.decisions.heldout`; ``calibration`` stays None with ``calibration_folds 0``."""
         start = time.perf_counter()
-        self.calibration = calibrate_regions(regions, self.feature_sizes, self.config, progress)
+        self.calibration = calibrate_regions(regions, self.feature_sizes, self.config, progress,
+                                             self.fit_stats.get("coreset_method", "exact"))
         self.fit_stats["calibration_seconds"] = time.perf_counter() - start
         return self
 
-    def _fit_bounded(self, batches: Iterable[list[Tensor]], n_images: int | None, progress: bool) -> "FAPM":
-        """Features -> a disk store (one file per layer, by region) -> memories chunk by chunk;
-        the store's folder is removed afterwards, also on errors."""
+    def _fit_bounded(self, batches: Iterable[list[Tensor]], n_images: int | None, progress: bool,
+                     scheduler: str | None = None) -> "FAPM":
+        """Features -> a disk store (one file per layer, by region) -> memories and the k-fold
+        calibration's held-out distances chunk by chunk (:func:`~fapm_lib.scale.pipeline.fit_layers`)
+        -> thresholds; the store's folder is removed afterwards, also on errors."""
         start = time.perf_counter()
 
         def first_batch(maps: list[Tensor]) -> None:
             self._set_feature_sizes(maps)
             if n_images is not None:  # refuse a budget too small before extracting everything
-                chunk_plan(self.config, self.feature_sizes, [(int(f.shape[1]), n_images) for f in maps], layer=None)
+                check_budget(self.config, n_images, [(p, int(f.shape[1])) for p, f in zip(self._rows_per_image(), maps)])
 
         with FeatureStore(self.config.store_dir) as store:
             layers = write_store(store, batches, self.config, n_images, on_first=first_batch)
             self.fit_stats["feature_seconds"] = time.perf_counter() - start
+            keep = K_KEPT if self.config.calibration_folds else 0
+            fitted = fit_layers(layers, self._rows_per_image(), self.config, store.root, scheduler, keep, progress)
+            self.set_memories([m.to(self.device) for m in fitted.memories])
+            self.fit_stats.update(fitted.stats, n_train=layers[0].rows() // self._rows_per_image()[0])
             began = time.perf_counter()
-            memories, plan = build_memories_chunked(layers, self.config, self.feature_sizes, self.device, progress)
-        self.set_memories(memories)
-        self.fit_stats["coreset_seconds"] = time.perf_counter() - began
-        self.fit_stats["regions_per_chunk"] = plan
+            self.calibration = calibrate_from_knn(fitted, self.feature_sizes, self.config, store.root, progress)
+            self.fit_stats["calibration_seconds"] = time.perf_counter() - began
         return self
+
+    def _rows_per_image(self) -> list[int]:
+        """Vectors per image in one region, per layer (``s*s``)."""
+        return [(h // self.config.grid) * (w // self.config.grid) for h, w in self.feature_sizes]
 
     def _set_feature_sizes(self, maps: list[Tensor]) -> None:
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]

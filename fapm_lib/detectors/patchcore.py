@@ -46,6 +46,9 @@ class PatchCore(Detector):
         """Greedy coreset of ``rows [N, C]`` (selected on a random projection) -> the bank ``[M, C]``."""
         if self.config.max_memory is not None:
             raise ConfigError("max_memory: a bounded-memory fit is implemented for FAPM only, not PatchCore")
+        if self.config.coreset_method == "cells" or self.config.coreset_cell_size is not None:
+            raise ConfigError("coreset_method cells: the greedy within cells is implemented for FAPM only, not "
+                              "PatchCore (its one memory keeps the exact greedy)")
         start = time.perf_counter()
         bank = build_bank(rows, self.config.coreset_ratio, self.projection, self.config.seed, progress)
         self.model = PatchCoreModel.from_config(self.config, self._extractor, bank).to(self.device)

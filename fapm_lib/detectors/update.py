@@ -26,10 +26,11 @@ from torch import Tensor
 
 from ..data.samples import sample_paths
 from ..decisions.calibration import K_KEPT
-from ..decisions.heldout import fold_sets, image_rows
+from ..decisions.heldout import image_rows
 from ..decisions.refresh import refresh
 from ..errors import ConfigError
 from ..method.fapm import FAPMModel
+from ..method.folds import fold_count, kept_images
 from ..method.memory import LayerMemory, check_k, extend_layer_memory
 from ..method.regions import split_regions
 from ..method.scoring import top_neighbours
@@ -95,10 +96,10 @@ def heldout_added(fapm: FAPMModel, regions: list[Tensor], maps: list[Tensor], ce
     """Held-out predictions of the added images (step 3 of the module): neighbours ``[N, k']``
     and anomaly maps ``[N, S, S]``, image ``j`` scored without its own fold."""
     n = maps[0].shape[0]
-    everyone, sets = torch.arange(n), fold_sets(n, max(config.calibration_folds, 1))
+    folds = fold_count(n, max(config.calibration_folds, 1))
     amaps, parts = torch.empty(n, config.input_size, config.input_size), []
-    for f, held in enumerate(sets):
-        others = everyone[everyone % len(sets) != f]
+    for f in range(folds):
+        held, others = torch.arange(f, n, folds), kept_images(n, folds, f)
         model = fapm
         if len(others):
             rows = [image_rows(others, c).to(r.device) for r, c in zip(regions, cells)]
@@ -117,10 +118,10 @@ def _old_image_count(model, per_image: int) -> int:
     """How many images the memory was built from (image ``i`` of the sources)."""
     if model.train_images is not None:
         return len(model.train_images)
-    if model.calibration is not None and "n_images" in model.calibration.summary:
-        return int(model.calibration.summary["n_images"])
     if model.fit_stats.get("n_train"):
         return int(model.fit_stats["n_train"])
+    if model.calibration is not None and "n_images" in model.calibration.summary:  # files before n_train
+        return int(model.calibration.summary["n_images"])
     rows = [int(g.sources.max()) for g in model.memories[0].groups if g.sources is not None and g.sources.numel()]
     return max(rows) // per_image + 1 if rows else 0
 

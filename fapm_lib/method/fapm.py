@@ -81,12 +81,8 @@ class FAPMModel(nn.Module):
             distances = memory.search(queries, k)
             # 4. Merge the regions back into a map: [B, h, w, k].
             per_layer.append(merge_regions(distances, self.grid, f.shape[-2], f.shape[-1]))
-        # 5. Bring layer 3 onto the layer-2 grid; with "aligned", coarse cell (i, j) onto the fine
-        #    cells (2i..2i+1, 2j..2j+1) that tile it: [B, H8, W8, k] each.
-        fine = per_layer[0].shape[1]
-        aligned = [align_layer(d, fine, self.alignment, self.grid) for d in per_layer]
-        # 6. Fuse: the sum of the layers' distances, [B, H8, W8, k].
-        return fuse_layers(aligned)
+        # 5.-6. Layer 3 onto the layer-2 grid, then the sum of the layers: [B, H8, W8, k].
+        return fuse_region_distances(per_layer, self.grid, self.alignment)
 
     def nearest_sources(self, maps: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """Per layer, each position's nearest memory vector in its own region's bank: aggregated
@@ -117,3 +113,14 @@ class FAPMModel(nn.Module):
         """Memory vectors and megabytes, all layers."""
         return {"vectors": sum(m.n_vectors() for m in self.memories),
                 "megabytes": sum(m.megabytes() for m in self.memories)}
+
+
+def fuse_region_distances(per_layer: list[Tensor], grid: int, alignment: str = "aligned") -> Tensor:
+    """Steps 5 and 6 of :meth:`FAPMModel.search`: merged per-layer distances ``[B, h, w, k]``
+    -> fused ``[B, H8, W8, k]`` (also used on distances computed region by region elsewhere)."""
+    # 5. Bring layer 3 onto the layer-2 grid; with "aligned", coarse cell (i, j) onto the fine
+    #    cells (2i..2i+1, 2j..2j+1) that tile it: [B, H8, W8, k] each.
+    fine = per_layer[0].shape[1]
+    aligned = [align_layer(d, fine, alignment, grid) for d in per_layer]
+    # 6. Fuse: the sum of the layers' distances, [B, H8, W8, k].
+    return fuse_layers(aligned)

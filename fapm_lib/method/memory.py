@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .coreset import GreedyKCenter, GreedyState, far_regions, near_far_sizes, random_projection
+from .cells import choose_regions, select_layer
+from .coreset import GreedyKCenter, GreedyState, Selection, far_regions, near_far_sizes, random_projection
 
 
 class BankGroup(nn.Module):
@@ -69,9 +70,10 @@ def _finish(partial: Tensor, queries: Tensor) -> Tensor:
 class LayerMemory(nn.Module):
     """The memory of one backbone layer: ``R`` banks in size groups, plus coreset diagnostics.
 
-    Buffers: ``radii [R]``, the covering radius of each region at the base ratio; ``far [R]``,
-    the regions that kept ``a * r`` of their vectors; ``order [R]``, the regions in group order,
-    and ``inverse [R]``, its inverse permutation.
+    Buffers: ``radii [R]``, the covering radius of each region at the base ratio (with the
+    greedy within cells, its bound: the largest radius of the region's cells); ``far [R]``, the
+    regions that kept ``a * r`` of their vectors; ``order [R]``, the regions in group order, and
+    ``inverse [R]``, its inverse permutation.
     """
 
     def __init__(self, groups: list[BankGroup], radii: Tensor, far: Tensor) -> None:
@@ -197,6 +199,13 @@ def memory_from_greedy(
     return LayerMemory(groups, radii, far)
 
 
+def memory_from_selection(features: Tensor, selection: Selection) -> LayerMemory:
+    """The memory keeping ``features[r, rows]`` for each region ``r`` of ``selection``
+    (``features [R, N, C]``)."""
+    groups = [_group(features, ids.to(features.device), rows.to(features.device)) for ids, rows in selection.groups()]
+    return LayerMemory(groups, selection.radii, selection.far)
+
+
 def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
     """Gather ``features[regions[g], indices[g]]`` -> ``BankGroup`` with bank ``[G, M, C]``
     (the greedy's row ``indices [G, M]`` are the vectors' sources)."""
@@ -205,7 +214,11 @@ def _group(features: Tensor, regions: Tensor, indices: Tensor) -> BankGroup:
 
 def check_k(memories: list[LayerMemory], k: int) -> None:
     """ConfigError when ``k`` exceeds the smallest bank of any layer."""
-    sizes = [int(mem.bank_sizes().min()) for mem in memories]
+    check_k_sizes([int(mem.bank_sizes().min()) for mem in memories], k)
+
+
+def check_k_sizes(sizes: list[int], k: int) -> None:
+    """:func:`check_k` from each layer's smallest bank size."""
     least = min(sizes)
     if k > least:
         raise ConfigError(
@@ -214,13 +227,26 @@ def check_k(memories: list[LayerMemory], k: int) -> None:
         )
 
 
-def build_memories(regions: list[Tensor], config, progress: bool = False) -> list[LayerMemory]:
+def check_fold_k(k: int, kept: int) -> None:
+    """ConfigError when ``k`` exceeds the ``kept`` neighbours the calibration folds' memories give."""
+    if k > kept:
+        raise ConfigError(f"k={k} exceeds the smallest calibration fold memory ({kept} vectors); lower k or "
+                          "calibration_folds, or add training images")
+
+
+def build_memories(regions: list[Tensor], config, progress: bool = False, rows_per_image: list[int] | None = None,
+                   method: str = "exact") -> list[LayerMemory]:
     """Every layer's memory from its region features (per layer ``[R, N, C]``) with the
     coreset settings of ``config`` (a :class:`~fapm_lib.config.FAPMConfig`); checks that the
-    neighbours scoring reads exist."""
-    memories = [build_layer_memory(r, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
-                                   config.coreset_projection, config.seed, progress, name=f"layer {i}")
-                for i, r in enumerate(regions)]
+    neighbours scoring reads exist. ``method``: ``exact`` or ``cells`` (which needs
+    ``rows_per_image``, ``s*s`` per layer)."""
+    if method == "cells":
+        memories = [build_layer_memory_cells(r, per_image, config, name=f"layer {i}")
+                    for i, (r, per_image) in enumerate(zip(regions, rows_per_image or []))]
+    else:
+        memories = [build_layer_memory(r, config.coreset_ratio, config.adaptive_multiplier, config.sampling,
+                                       config.coreset_projection, config.seed, progress, name=f"layer {i}")
+                    for i, r in enumerate(regions)]
     check_k(memories, config.search_k)
     return memories
 
@@ -262,3 +288,14 @@ def extend_layer_memory(memory: LayerMemory, features: Tensor, n_old_rows: int, 
         before[regions.cpu()] = distance.max(dim=1).values.cpu()
         after[regions.cpu()] = greedy.radii[:, -1].cpu()
     return LayerMemory(groups, memory.radii, memory.far), before, after
+
+
+def build_layer_memory_cells(features: Tensor, per_image: int, config, images: Tensor | None = None,
+                             name: str = "layer") -> LayerMemory:
+    """One layer's memory by the greedy within cells (:mod:`~fapm_lib.method.cells`) from
+    ``features [R, N * per_image, C]``, over the rows of ``images`` (default: every image; e.g.
+    the images outside a calibration fold). The cells depend on the region only, so a fold's
+    memory uses the same cells as the whole fit's."""
+    images = torch.arange(features.shape[1] // per_image) if images is None else images
+    choices = choose_regions(features, list(range(features.shape[0])), [images], per_image, config)[0]
+    return memory_from_selection(features, select_layer(choices, config.sampling))

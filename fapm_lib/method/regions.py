@@ -41,6 +41,12 @@ def split_regions(features: Tensor, grid: int) -> Tensor:
     return regions.permute(2, 4, 0, 3, 5, 1).reshape(grid * grid, -1, channels).contiguous()
 
 
+def image_rows(images: Tensor, per_image: int) -> Tensor:
+    """Rows of ``images [K]`` among one region's vectors ``[N * per_image, C]`` (image-major, as
+    :func:`split_regions` orders them) -> ``[K * per_image]``."""
+    return (images[:, None] * per_image + torch.arange(per_image, device=images.device)).flatten()
+
+
 def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
     """``[R, B*s*s, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`
     (``(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...``)."""

@@ -12,7 +12,6 @@ layer twice for a moment).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -24,40 +23,9 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..method.regions import split_regions
+from ..system.positional import byte_view, drop_cache, pread_into, pwrite_all
 
 FLOAT_BYTES = 4
-_MAX_IO = 1 << 30  # bytes per read/write call (Linux moves at most ~2 GiB per call)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (positional, in pieces of at most 1 GiB)."""
-    data = data.cast("B")
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done : done + _MAX_IO], offset + done)
-
-
-def _pread_into(fd: int, out: memoryview, offset: int) -> None:
-    """Fill ``out`` from ``offset``; DataError when the file is shorter."""
-    out = out.cast("B")
-    done = 0
-    while done < len(out):
-        got = os.preadv(fd, [out[done : done + _MAX_IO]], offset + done)
-        if got == 0:
-            raise DataError(f"feature store ended early at byte {offset + done}")
-        done += got
-
-
-def _drop_cache(fd: int, offset: int, length: int) -> None:
-    """Tell the kernel the bytes just read are not needed again soon (spares the page cache)."""
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-
-
-def _view(t: Tensor) -> memoryview:
-    """The bytes of a contiguous CPU float32 tensor (no copy)."""
-    return memoryview(t.numpy()).cast("B")
 
 
 def image_runs(images: Tensor) -> list[tuple[int, int]]:
@@ -85,6 +53,24 @@ class LayerStore:
                  n_images: int) -> None:
         self.path, self.n_regions, self.rows_per_image, self.dim = path, n_regions, rows_per_image, dim
         self.capacity, self.n_images = capacity, n_images
+
+    @classmethod
+    def create(cls, path: Path, n_regions: int, rows_per_image: int, dim: int, n_images: int) -> "LayerStore":
+        """A new zero-filled store of ``[n_regions, n_images * rows_per_image, dim]`` (filled region
+        by region with :meth:`write_region`; e.g. held-out distances, ``dim`` = neighbours kept)."""
+        with open(path, "wb") as fh:
+            fh.truncate(n_regions * n_images * rows_per_image * dim * FLOAT_BYTES)
+        return cls(path, n_regions, rows_per_image, dim, n_images, n_images)
+
+    def write_region(self, region: int, values: Tensor) -> None:
+        """Region ``region``'s rows, all images: ``values [n_rows, dim]`` float32 (CPU)."""
+        if tuple(values.shape) != (self.n_rows, self.dim):
+            raise ValueError(f"expected [{self.n_rows}, {self.dim}], got {tuple(values.shape)}")
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            pwrite_all(fd, byte_view(values.float().contiguous()), self._offset(region, 0))
+        finally:
+            os.close(fd)
 
     @property
     def n_rows(self) -> int:
@@ -116,22 +102,22 @@ class LayerStore:
             out = torch.empty(shape)
         else:
             out = out.view(-1)[: shape[0] * shape[1] * shape[2]].view(shape)
-        flat = _view(out)
+        flat = byte_view(out)
         region_bytes = rows * self.dim * FLOAT_BYTES
         fd = os.open(self.path, os.O_RDONLY)
         try:
             whole = runs == [(0, self.capacity)] and ids[-1] - ids[0] == len(ids) - 1
             if whole:  # consecutive regions, every row: one contiguous range of the file
-                _pread_into(fd, flat, self._offset(ids[0], 0))
-                _drop_cache(fd, self._offset(ids[0], 0), len(flat))
+                pread_into(fd, flat, self._offset(ids[0], 0))
+                drop_cache(fd, self._offset(ids[0], 0), len(flat))
                 return out
             for i, r in enumerate(ids):  # I/O: one read per region and run of images
                 pos = i * region_bytes
                 for a, b in runs:
                     size = (b - a) * self.rows_per_image * self.dim * FLOAT_BYTES
                     offset = self._offset(r, a * self.rows_per_image)
-                    _pread_into(fd, flat[pos : pos + size], offset)
-                    _drop_cache(fd, offset, size)
+                    pread_into(fd, flat[pos : pos + size], offset)
+                    drop_cache(fd, offset, size)
                     pos += size
         finally:
             os.close(fd)
@@ -163,7 +149,7 @@ class LayerStoreWriter:
         elif shape != self.shape:
             raise DataError(f"feature batch of shape {tuple(feature.shape)} does not match the first ones")
         if self._spool_path is not None:
-            _pwrite_all(self._fd, _view(regions), self.filled * self._image_bytes)
+            pwrite_all(self._fd, byte_view(regions), self.filled * self._image_bytes)
             self._spooled.append(batch)
         else:
             if self.filled + batch > self.capacity:
@@ -182,9 +168,9 @@ class LayerStoreWriter:
         n_regions, rows, dim = regions.shape
         region_stride = capacity * self.shape[1] * dim * FLOAT_BYTES
         start = first_image * self.shape[1] * dim * FLOAT_BYTES
-        data, size = _view(regions), rows * dim * FLOAT_BYTES
+        data, size = byte_view(regions), rows * dim * FLOAT_BYTES
         for r in range(n_regions):  # I/O: one positional write per region
-            _pwrite_all(fd, data[r * size : (r + 1) * size], r * region_stride + start)
+            pwrite_all(fd, data[r * size : (r + 1) * size], r * region_stride + start)
 
     def finish(self) -> LayerStore:
         """Close the file (reorganising a spool) and return the store."""
@@ -206,8 +192,8 @@ class LayerStoreWriter:
             first = 0
             for batch in self._spooled:
                 regions = torch.empty(self.shape[0], batch * self.shape[1], self.shape[2])
-                _pread_into(self._fd, _view(regions), first * self._image_bytes)
-                _drop_cache(self._fd, first * self._image_bytes, batch * self._image_bytes)
+                pread_into(self._fd, byte_view(regions), first * self._image_bytes)
+                drop_cache(self._fd, first * self._image_bytes, batch * self._image_bytes)
                 self._write_regions(fd, regions, first, self.filled)
                 first += batch
         finally:

@@ -58,6 +58,6 @@ def regions_per_chunk(budget: int, held: dict[str, int], per_region: int, n_regi
         parts = ", ".join(f"{name} {mb(size)}" for name, size in held.items())
         raise ConfigError(
             f"max_memory={setting} is too small for {what}: it needs at least {mb(need)} "
-            f"({parts}, one region's coreset work {mb(per_region)}, margin {mb(MARGIN_BYTES)})"
+            f"({parts}, one region's work {mb(per_region)}, margin {mb(MARGIN_BYTES)})"
         )
     return int(min(n_regions, room // per_region))

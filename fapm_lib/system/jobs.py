@@ -6,7 +6,8 @@ scheduler`` / ``dask worker``, dask-jobqueue on SLURM, dask-kubernetes); no sche
 run here one after the other, as before. On a cluster a job that fails, or whose worker dies
 (killed, out of memory), is reported and submitted once more; the other jobs go on. Results
 come back in job order, so a summary built from them does not depend on where they ran.
-``dask`` is imported only when a scheduler is given.
+``dask`` is imported only when a scheduler is given. :class:`JobRunner` keeps one cluster for
+several rounds of jobs (the stages of one category's fit).
 """
 from __future__ import annotations
 
@@ -75,17 +76,49 @@ def _log(message: str) -> None:
 def run_jobs(jobs: list[Job], scheduler: str | None = None, label: str = "job", debug: bool = False) -> Outcome:
     """Run ``jobs`` in this process (``scheduler`` None) or on Dask; one job's failure never
     stops the others. Progress lines go to stderr."""
-    if scheduler is None:
-        return _run_here(jobs, label, debug)
-    kind, where = parse_scheduler(scheduler)
-    return _run_on_dask(jobs, kind, where, label, debug)
+    with JobRunner(scheduler, label, debug) as runner:
+        return runner.run(jobs)
 
 
-def _run_here(jobs: list[Job], label: str, debug: bool) -> Outcome:
+#: ``on_done(job, result)``: called as each job succeeds (in completion order).
+OnDone = Callable[[Job, Any], None]
+
+
+class JobRunner:
+    """Runs rounds of jobs here (``scheduler`` None) or on one Dask client, kept from ``with``
+    to its end. ``quiet``: no line per job (failures and retries are still reported)."""
+
+    def __init__(self, scheduler: str | None = None, label: str = "job", debug: bool = False,
+                 quiet: bool = False) -> None:
+        self.where = None if scheduler is None else parse_scheduler(scheduler)
+        self.label, self.debug, self.quiet = label, debug, quiet
+        self.client = self.cluster = None
+
+    def __enter__(self) -> "JobRunner":
+        if self.where is not None:
+            self.client, self.cluster = _client(*self.where)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
+
+    def run(self, jobs: list[Job], on_done: OnDone | None = None) -> Outcome:
+        """Run ``jobs``; results and failures in job order."""
+        if self.client is None:
+            return _run_here(jobs, self.label, self.debug, on_done, self.quiet)
+        return _run_on_dask(jobs, self.client, self.where, self.label, self.debug, on_done, self.quiet)
+
+
+def _run_here(jobs: list[Job], label: str, debug: bool, on_done: OnDone | None = None, quiet: bool = False) -> Outcome:
     out = Outcome()
     n = len(jobs)
     for i, job in enumerate(jobs, 1):
-        _log(f"[{i}/{n}] {job.name}: running {label}")
+        if not quiet:
+            _log(f"[{i}/{n}] {job.name}: running {label}")
         began = time.perf_counter()
         try:
             out.results[job.name] = job.fn(*job.args)
@@ -95,7 +128,10 @@ def _run_here(jobs: list[Job], label: str, debug: bool) -> Outcome:
             if debug:
                 traceback.print_exc()
             continue
-        _log(f"[{i}/{n}] {job.name}: done in {time.perf_counter() - began:.0f} s")
+        if on_done is not None:
+            on_done(job, out.results[job.name])
+        if not quiet:
+            _log(f"[{i}/{n}] {job.name}: done in {time.perf_counter() - began:.0f} s")
     return out
 
 
@@ -175,53 +211,53 @@ def _client(kind: str, where: int | str):
         raise ConfigError(f"--scheduler {where}: cannot connect ({describe_error(exc)})") from None
 
 
-def _run_on_dask(jobs: list[Job], kind: str, where: int | str, label: str, debug: bool) -> Outcome:
+def _run_on_dask(jobs: list[Job], client: Any, place: tuple[str, int | str], label: str, debug: bool,
+                 on_done: OnDone | None = None, quiet: bool = False) -> Outcome:
     from distributed import as_completed
 
-    client, cluster = _client(kind, where)
+    kind, where = place
     out, n = Outcome(), len(jobs)
-    try:
-        workers = len(client.scheduler_info().get("workers", {}))
+    workers = len(client.scheduler_info().get("workers", {}))
+    if not quiet:
         _log(f"dask: {n} jobs ({label}) on {where if kind == 'remote' else f'a LocalCluster of {where} processes'}"
              f", {workers} workers connected")
-        attempts = {job.name: 0 for job in jobs}
-        by_future = {}
+    attempts = {job.name: 0 for job in jobs}
+    by_future = {}
 
-        def submit(job: Job) -> Any:
-            attempts[job.name] += 1
-            future = client.submit(run_on_worker, job.fn, job.name, job.args, pure=False, retries=0,
-                                   key=f"fapm-{job.name}-{attempts[job.name]}-{os.getpid()}-{time.time_ns()}")
-            by_future[future] = job
-            return future
+    def submit(job: Job) -> Any:
+        attempts[job.name] += 1
+        future = client.submit(run_on_worker, job.fn, job.name, job.args, pure=False, retries=0,
+                               key=f"fapm-{job.name}-{attempts[job.name]}-{os.getpid()}-{time.time_ns()}")
+        by_future[future] = job
+        return future
 
-        pending = as_completed([submit(job) for job in jobs])
-        done = 0
-        for future in pending:
-            job = by_future.pop(future)
-            try:
-                reply = future.result()
-            except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection, ...
-                reply = {"ok": False, "error": f"its worker died or was lost ({describe_error(exc)})", "traceback": "",
-                         "worker": None}
-            if reply["ok"]:
-                done += 1
-                out.results[job.name] = reply["result"]
-                _log(f"[{done}/{n}] {job.name}: done in {reply['seconds']:.0f} s on {reply['worker']}")
-                continue
-            if attempts[job.name] <= RETRIES:
-                where_ = f" on {reply['worker']}" if reply["worker"] else ""
-                _log(f"{job.name}: failed{where_}: {reply['error']}; retrying once")
-                pending.add(submit(job))
-                continue
+    pending = as_completed([submit(job) for job in jobs])
+    done = 0
+    for future in pending:
+        job = by_future.pop(future)
+        try:
+            reply = future.result()
+        except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection, ...
+            reply = {"ok": False, "error": f"its worker died or was lost ({describe_error(exc)})", "traceback": "",
+                     "worker": None}
+        if reply["ok"]:
             done += 1
-            out.failures[job.name] = reply["error"]
-            _log(f"[{done}/{n}] {job.name}: FAILED: {reply['error']}{job.hint}")
-            if debug and reply.get("traceback"):
-                _log(reply["traceback"])
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+            out.results[job.name] = reply["result"]
+            if on_done is not None:
+                on_done(job, reply["result"])
+            if not quiet:
+                _log(f"[{done}/{n}] {job.name}: done in {reply['seconds']:.0f} s on {reply['worker']}")
+            continue
+        if attempts[job.name] <= RETRIES:
+            where_ = f" on {reply['worker']}" if reply["worker"] else ""
+            _log(f"{job.name}: failed{where_}: {reply['error']}; retrying once")
+            pending.add(submit(job))
+            continue
+        done += 1
+        out.failures[job.name] = reply["error"]
+        _log(f"[{done}/{n}] {job.name}: FAILED: {reply['error']}{job.hint}")
+        if debug and reply.get("traceback"):
+            _log(reply["traceback"])
     order = [job.name for job in jobs]
     out.results = {k: out.results[k] for k in order if k in out.results}
     out.failures = {k: out.failures[k] for k in order if k in out.failures}

@@ -90,7 +90,8 @@ def default_variants(projection: int = 16) -> list[Variant]:
 COLUMNS = ("image AUROC", "pixel AUROC", "search ms/image", "memory MB", "coreset s")
 
 #: settings that change the memory itself (the others act at scoring time only)
-MEMORY_KEYS = ("grid", "sampling", "coreset_ratio", "adaptive_multiplier", "coreset_projection", "seed")
+MEMORY_KEYS = ("grid", "sampling", "coreset_ratio", "adaptive_multiplier", "coreset_projection", "coreset_method",
+               "coreset_cell_size", "seed")
 
 
 @torch.inference_mode()

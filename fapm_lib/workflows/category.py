@@ -19,6 +19,7 @@ from ..detectors.model_file import MODEL_FILE
 from ..errors import ConfigError
 from ..method.memory import check_k
 from ..report.heatmaps import save_heatmaps
+from ..scale.pipeline import check_scheduler
 from ..system.atomic import write_text_atomic
 from ..report.evaluation import write_evaluation_report
 from .folders import data_name, data_settings, folder_datasets, uses_folders
@@ -42,12 +43,14 @@ def datasets_from_args(model, args: argparse.Namespace, splits: tuple[str, ...])
     return out
 
 
-def fit_from_args(args: argparse.Namespace, model_cls: type | None = None):
-    """A fitted detector (``model_cls``, default FAPM) from the options; decision flags applied."""
+def fit_from_args(args: argparse.Namespace, model_cls: type | None = None, scheduler: str | None = None):
+    """A fitted detector (``model_cls``, default FAPM) from the options; decision flags applied.
+    ``scheduler``: run this category's region jobs on Dask (``fapm fit --scheduler``)."""
     model = (model_cls or FAPM)(build_config(args), device=_device(args.device))
+    check_scheduler(model.config, scheduler)  # before reading any image
     (train,) = datasets_from_args(model, args, ("train",))
     start = time.perf_counter()
-    model.fit(train, progress=not args.no_progress)
+    model.fit(train, progress=not args.no_progress, **({"scheduler": scheduler} if scheduler else {}))
     model.fit_stats.update(fit_seconds=time.perf_counter() - start, n_train=len(train))
     apply_decision_flags(model, args)
     return model
@@ -142,8 +145,9 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    """``fapm fit``: fit one category, write ``<output>/model.safetensors``."""
-    model = fit_from_args(args)
+    """``fapm fit``: fit one category, write ``<output>/model.safetensors`` (``--scheduler``: its
+    region jobs on Dask)."""
+    model = fit_from_args(args, scheduler=getattr(args, "scheduler", None))
     path = model.save(Path(args.output) / MODEL_FILE)
     stats = model.fit_stats
     print(f"fitted {data_name(args)} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "

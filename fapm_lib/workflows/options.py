@@ -8,9 +8,10 @@ from ..errors import ConfigError
 
 #: Option name -> FAPMConfig field type, for the optional tuning flags (``--coreset-ratio`` ...).
 TUNING_FLAGS = {"coreset_ratio": float, "adaptive_multiplier": float, "grid": int, "k": int,
-                "sampling": str, "image_score": str, "batch_size": int}
+                "sampling": str, "image_score": str, "batch_size": int, "coreset_method": str,
+                "coreset_cell_size": int}
 #: Calibration flags of fit / evaluate / demo -> FAPMConfig field.
-CALIBRATION_FLAGS = {"calibration_folds": int, "false_alarm_rate": float}
+CALIBRATION_FLAGS = {"calibration_folds": int, "calibration_images": int, "false_alarm_rate": float}
 
 
 def build_config(args: Any):
@@ -25,6 +26,9 @@ def build_config(args: Any):
     if getattr(args, "random_weights", False):
         values["pretrained"] = False
     config = FAPMConfig.from_dict(values, source="options")
+    if "calibration_images" in values and config.calibration_folds == 0:
+        raise ConfigError(f"options: calibration_images={values['calibration_images']!r} acts only with the k-fold "
+                          "calibration (calibration_folds >= 2); drop it or set calibration_folds")
     check_k_acts(values, "options", "--k" if "k" in flags else "k")  # a k from the YAML too
     return config
 

@@ -19,7 +19,8 @@ from fapm_lib.detectors import base
 from fapm_lib.cli import main as cli
 from fapm_lib.method.backbone import create_feature_extractor
 from fapm_lib.decisions.calibration import Calibration, f1_optimal_threshold, normalize_score, quantile_threshold
-from fapm_lib.decisions.heldout import fold_model, fold_sets, image_rows, regions_to_maps
+from fapm_lib.decisions.heldout import fold_model, image_rows, regions_to_maps
+from fapm_lib.method.folds import fold_count, heldout_images, kept_images, scored_images
 from fapm_lib.method.regions import split_regions
 from fapm_lib.detectors.model_file import MODEL_FILE
 
@@ -135,9 +136,21 @@ def test_quantile_rule_and_fold_sets() -> None:
         threshold = quantile_threshold(values, rate)
         assert threshold == pytest.approx(np.quantile(values, 1 - rate))
         assert (values >= threshold).mean() <= rate + 1 / len(values)
-    folds = fold_sets(11, 5)
-    assert sorted(torch.cat(folds).tolist()) == list(range(11)) and len(folds) == 5
-    assert fold_sets(3, 5) == [torch.tensor([0]), torch.tensor([1]), torch.tensor([2])]
+    held = heldout_images(scored_images(11, None, 0), fold_count(11, 5))
+    assert sorted(torch.cat([images for images, _ in held]).tolist()) == list(range(11)) and len(held) == 5
+    assert all(torch.equal(images, slots) for images, slots in held)  # every image scored: slot = image
+    assert fold_count(3, 5) == 3 and kept_images(3, 3, 1).tolist() == [0, 2]
+
+
+def test_a_large_fit_scores_a_seeded_sample_spread_over_the_folds() -> None:
+    scored = scored_images(1000, 100, seed=3)
+    assert len(scored) == 100 and torch.all(scored[1:] > scored[:-1])
+    assert torch.equal(scored, scored_images(1000, 100, seed=3)) and not torch.equal(scored, scored_images(1000, 100, 4))
+    assert torch.equal(scored_images(80, 100, 3), torch.arange(80))  # fewer images than the cap: all
+    held = heldout_images(scored, 5)
+    for f, (images, slots) in enumerate(held):
+        assert torch.all(images % 5 == f) and torch.equal(scored[slots], images)
+        assert 5 <= len(images) <= 40  # a random sample of 100 leaves every fold some images
 
 
 def test_f1_optimal_threshold_decides_ties_together() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from fapm_lib import FAPM, FAPMConfig
 from fapm_lib.cli import main as cli
@@ -18,7 +19,8 @@ from fapm_lib.method.backbone import BackboneInfo
 from fapm_lib.system.budget import parse_size
 from fapm_lib.errors import ConfigError, DataError
 from fapm_lib.method.memory import LayerMemory, build_layer_memory
-from fapm_lib.scale.bounded import TensorRegions, build_layer_memory_chunked
+from fapm_lib.scale.bounded import TensorRegions
+from fapm_lib.scale.pipeline import fit_layers
 from fapm_lib.method.regions import split_regions
 from fapm_lib.scale.store import FeatureStore, image_runs
 from fapm_lib.data.synthetic import generate_category
@@ -54,6 +56,12 @@ def assert_same_memory(a: list[LayerMemory], b: list[LayerMemory]) -> None:
             assert torch.equal(g.sq_norms, h.sq_norms)
 
 
+def chunked_build(x: Tensor, per_image: int, per_job: int, **settings) -> LayerMemory:
+    """One layer's memory from ``x [R, N, C]`` through the bounded pipeline, ``per_job`` regions a job."""
+    config = FAPMConfig(max_memory="64GB", calibration_folds=0, coreset_method="exact", **settings)
+    return fit_layers([TensorRegions(x, per_image)], [per_image], config, regions_per_job=per_job).memories[0]
+
+
 @pytest.mark.parametrize("projection", [None, 8])
 @pytest.mark.parametrize("sampling", ["adaptive", "fixed"])
 def test_chunked_build_is_bit_identical(projection: int | None, sampling: str) -> None:
@@ -61,18 +69,9 @@ def test_chunked_build_is_bit_identical(projection: int | None, sampling: str) -
     ref = build_layer_memory(x, 0.1, 2.0, sampling, projection)
     if sampling == "adaptive":
         assert ref.far.any() and not ref.far.all()  # both passes of the chunked build run
-    for per_chunk in (1, 6, 49):
-        got = build_layer_memory_chunked(TensorRegions(x, 12), per_chunk, 0.1, 2.0, sampling, projection)
+    for per_job in (1, 6, 49):
+        got = chunked_build(x, 12, per_job, sampling=sampling, coreset_projection=projection)
         assert_same_memory([ref], [got])
-
-
-def test_chunked_build_on_a_subset_of_images() -> None:
-    """The calibration-fold use: the memory of some images' rows only."""
-    x = torch.randn(49, 25 * 4, 16)
-    images = torch.tensor([0, 1, 2, 7, 8, 20, 24])
-    rows = (images[:, None] * 4 + torch.arange(4)).flatten()
-    ref = build_layer_memory(x[:, rows].contiguous(), 0.2)
-    assert_same_memory([ref], [build_layer_memory_chunked(TensorRegions(x, 4), 5, 0.2, images=images)])
 
 
 @pytest.mark.parametrize("known_count", [True, False])
@@ -148,13 +147,6 @@ def test_parse_size() -> None:
             parse_size(bad)
 
 
-def test_max_memory_refuses_the_unbounded_calibration() -> None:
-    """The k-fold calibration keeps fold memories and held-out maps in RAM: with a budget it is
-    refused (one line naming both settings), never silently skipped."""
-    with pytest.raises(ConfigError, match=r"max_memory=4GB: the k-fold calibration \(calibration_folds=5\)"):
-        FAPMConfig(max_memory="4GB")
-
-
 def test_store_dir_needs_max_memory() -> None:
     with pytest.raises(ConfigError, match="store_dir='/tmp' is used only with max_memory"):
         FAPMConfig(store_dir="/tmp")
@@ -182,12 +174,13 @@ def test_cli_fit_with_max_memory(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "max_memory='lots'" in capsys.readouterr().err
 
 
-def test_patchcore_refuses_max_memory() -> None:
+def test_patchcore_refuses_max_memory_and_the_cells_coreset() -> None:
     from fapm_lib.detectors.patchcore import PatchCore
 
-    with pytest.raises(ConfigError, match="FAPM only"):
-        PatchCore(FAPMConfig(max_memory="4GB", calibration_folds=0), extractor=Stub()).fit_maps([torch.randn(2, 24, 28, 28),
-                                                                             torch.randn(2, 40, 14, 14)])
+    maps = [torch.randn(2, 24, 28, 28), torch.randn(2, 40, 14, 14)]
+    for settings in ({"max_memory": "4GB"}, {"coreset_method": "cells"}, {"coreset_cell_size": 4}):
+        with pytest.raises(ConfigError, match="FAPM only"):
+            PatchCore(FAPMConfig(**settings), extractor=Stub()).fit_maps(maps)
 
 
 def measure(*args: str) -> dict:
@@ -208,4 +201,4 @@ def test_peak_rss_stays_under_the_budget(tmp_path: Path) -> None:
     bounded = measure(*common, "--max-memory", f"{budget_mb}MB", "--store-dir", str(tmp_path))
     assert bounded["peak_rss_mb"] < budget_mb
     assert bounded["memory_sha256"] == in_ram["memory_sha256"]
-    assert bounded["regions_per_chunk"][0] < 49 and list(tmp_path.iterdir()) == []
+    assert bounded["regions_per_chunk"]["coreset"]["0"] < 49 and list(tmp_path.iterdir()) == []
