@@ -3,7 +3,8 @@
 Prints one JSON line per measurement: a sum, a copy and a vector-matrix product over a large
 float32 buffer (GB/s read), then the greedy step (:class:`fapm_lib.method.coreset.GreedyKCenter`)
 over WRN-shaped regions at 10,000 images (one layer-2 region: 160,000 x 512 floats, 328 MB;
-seven of them, as ``fit --max-memory 6GB`` batches them; a chunk of 100 images: 1,600 x 512)
+seven of them; 14 layer-3 regions, 40,000 x 1024; a batch of 128 cells of 256 x 512, as
+``coreset_method cells`` steps them, 64 MB)
 in ms per step and GB/s (bytes of the vectors read per step / time). Best of ``--repeats``.
 
     python tools/bench_coreset.py                # this checkout
@@ -58,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
     print(json.dumps({"torch_threads": torch.get_num_threads(), **bandwidth(args.buffer_mb * 10**6, args.repeats)}))
     for sets, rows, dim, steps in ((1, 160_000, 512, 20), (7, 160_000, 512, 5), (14, 40_000, 1024, 10),
-                                   (49 * 20, 1_600, 512, 20)):
+                                   (128, 256, 512, 20)):
         print(json.dumps(greedy_step(sets, rows, dim, steps, args.repeats)), flush=True)
 
 

@@ -7,23 +7,28 @@ category), and the test set is scored by each. The covering radius of a memory i
 bounded: for every region and layer, the largest distance from a training vector to its nearest
 memory vector; the table gives the mean and the largest ratio cells / exact over the regions,
 and checks that the cells memory's stated radius (``LayerMemory.radii``, the largest radius of
-a region's cells at the base ratio) holds. One JSON line per category and chunk size, then a
+a region's cells at the base ratio) holds. For scale, the exact greedy is also run ``--starts``
+times from random first centres (the library's starts at vector 0): how far the exact method's
+own AUROC moves with nothing but its start. One JSON line per category and cell size, then a
 Markdown table (the built-in categories also as their mean).
 
-    python tools/coreset_accuracy.py --data-root /work/shared/data/mvtec_ad_256 --categories bottle,screw
+    python tools/coreset_accuracy.py --data-root ../shared/data/mvtec_ad_256 --categories bottle,screw
     python tools/coreset_accuracy.py --data-root data/builtin --categories all
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from fapm_lib import FAPM, FAPMConfig
 from fapm_lib.decisions.metrics import image_auroc, pixel_auroc
+from fapm_lib.method.coreset import GreedyKCenter
 from fapm_lib.method.memory import LayerMemory
 from fapm_lib.method.regions import split_regions
 from fapm_lib.tutorial.ablations import extract_category, score_variant
@@ -42,11 +47,34 @@ def evaluate(model: FAPM, features) -> dict:
             "pixel_auroc": None if features.masks is None else 100 * pixel_auroc(maps, features.masks)}
 
 
-def compare(features, config: FAPMConfig, cell_sizes: list[int]) -> list[dict]:
+@contextlib.contextmanager
+def exact_greedy_from_random_starts(seed: int) -> Iterator[None]:
+    """Within the block, every exact greedy run without a given first centre starts at a random
+    vector of its set (drawn with ``seed``) instead of vector 0: the exact method's own spread."""
+    plain = GreedyKCenter.__init__
+
+    def init(self, x, first=None):
+        if first is None:
+            first = torch.randint(0, x.shape[1], (x.shape[0],), generator=torch.Generator().manual_seed(seed))
+        plain(self, x, first)
+
+    GreedyKCenter.__init__ = init
+    try:
+        yield
+    finally:
+        GreedyKCenter.__init__ = plain
+
+
+def compare(features, config: FAPMConfig, cell_sizes: list[int], starts: int) -> list[dict]:
     exact = FAPM(config.replace(coreset_method="exact")).fit_maps(features.train_maps)
     exact_radii = [covering_radii(m, t, config.grid) for m, t in zip(exact.memories, features.train_maps)]
+    others = []
+    for seed in range(1, starts + 1):
+        with exact_greedy_from_random_starts(seed):
+            others.append(evaluate(FAPM(config.replace(coreset_method="exact")).fit_maps(features.train_maps), features))
     base = {"category": features.name, "n_train": int(features.train_maps[0].shape[0]), **{
         f"exact_{k}": v for k, v in evaluate(exact, features).items()},
+            **{f"exact_starts_{k}": [o[k] for o in others] for k in ("image_auroc", "pixel_auroc")},
             "exact_vectors": exact.memory_size()["vectors"], "exact_coreset_s": exact.fit_stats["coreset_seconds"]}
     rows = []
     for size in cell_sizes:
@@ -65,21 +93,29 @@ def compare(features, config: FAPMConfig, cell_sizes: list[int]) -> list[dict]:
     return rows
 
 
+def _range(values: list[float]) -> str:
+    return f"{min(values):.2f} - {max(values):.2f}" if values else ""
+
+
 def table(rows: list[dict], builtin: bool) -> str:
     keys = ("exact_image_auroc", "cells_image_auroc", "exact_pixel_auroc", "cells_pixel_auroc",
             "radius_ratio_mean", "radius_ratio_max")
-    lines = ["| category | cell size | image AUROC exact / cells | pixel AUROC exact / cells | "
-             "covering radius cells / exact, mean (max) | memory vectors exact / cells |", "|---|---|---|---|---|---|"]
+    lines = ["| category | cell size | image AUROC exact / cells | exact, other starts | pixel AUROC exact / cells | "
+             "exact, other starts | covering radius cells / exact, mean (max) | memory vectors exact / cells |",
+             "|---|---|---|---|---|---|---|---|"]
     groups = [[r] for r in rows]
     if builtin:
         by_size: dict[int, list[dict]] = {}
         for r in rows:
             by_size.setdefault(r["cell_size"], []).append(r)
         groups += [[{"category": f"built-in mean ({len(g)})", "cell_size": c, "exact_vectors": "", "cells_vectors": "",
-                     **{k: statistics.fmean(r[k] for r in g) for k in keys}}] for c, g in by_size.items()]
+                     **{k: statistics.fmean(r[k] for r in g) for k in keys},
+                     **{f"exact_starts_{m}": [statistics.fmean(v) for v in zip(*(r[f"exact_starts_{m}"] for r in g))]
+                        for m in ("image_auroc", "pixel_auroc")}}] for c, g in by_size.items()]
     for (r,) in groups:
         lines.append(f"| {r['category']} | {r['cell_size']} | {r['exact_image_auroc']:.2f} / {r['cells_image_auroc']:.2f} | "
-                     f"{r['exact_pixel_auroc']:.2f} / {r['cells_pixel_auroc']:.2f} | "
+                     f"{_range(r['exact_starts_image_auroc'])} | "
+                     f"{r['exact_pixel_auroc']:.2f} / {r['cells_pixel_auroc']:.2f} | {_range(r['exact_starts_pixel_auroc'])} | "
                      f"{r['radius_ratio_mean']:.3f} ({r['radius_ratio_max']:.3f}) | {r['exact_vectors']} / {r['cells_vectors']} |")
     return "\n".join(lines)
 
@@ -89,7 +125,8 @@ def main() -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--categories", default="all", help="a,b,... or all (every folder with train/good)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
-    p.add_argument("--cell-sizes", default="25,100", help="vectors per cell, comma list")
+    p.add_argument("--cell-sizes", default="250", help="vectors per cell, comma list (default: the default, 250)")
+    p.add_argument("--starts", type=int, default=3, help="exact greedy runs from random first centres, for its spread")
     args = p.parse_args()
     root = Path(args.data_root)
     names = sorted(d.name for d in root.iterdir() if (d / "train" / "good").is_dir()) if args.categories == "all" \
@@ -99,7 +136,7 @@ def main() -> None:
     rows = []
     for name in names:
         rows += compare(extract_category(extractor_model, root, name), config,
-                        [int(c) for c in args.cell_sizes.split(",")])
+                        [int(c) for c in args.cell_sizes.split(",")], args.starts)
     print(table(rows, builtin=args.categories == "all"))
 
 

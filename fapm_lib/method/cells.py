@@ -33,6 +33,8 @@ DEFAULT_CELL_SIZE = 250
 SET_BATCH_BYTES = 64 * 2**20
 #: Cells are padded to a multiple of this many vectors, so that cells of similar size share a run.
 PAD = 32
+#: Bytes of each temporary of the partition's nearest-seed search (a block of rows against the seeds).
+PARTITION_BLOCK_BYTES = 64 * 2**20
 #: ``coreset_method auto`` runs the exact greedy while it reads at most this many bytes of
 #: vectors (:func:`exact_greedy_bytes`; about 4 minutes at this machine's 20 GB/s), else cells.
 AUTO_EXACT_MAX_BYTES = 5e12
@@ -62,6 +64,15 @@ def resolve_method(config, n_images: int, layers: list[tuple[int, int]]) -> str:
     return "exact" if work <= AUTO_EXACT_MAX_BYTES else "cells"
 
 
+def work_bytes(n_rows: int, dim: int, n_variants: int) -> tuple[int, int]:
+    """Memory of :func:`choose_regions`: bytes per region of ``n_rows x dim`` vectors (the
+    vectors, the cell ids and seed distances, each variant's cell members and their sorting
+    temporaries) and bytes per call whatever the regions (the greedy batches with their
+    transposed copies and distances, the partition's block temporaries)."""
+    per_region = 4 * n_rows * dim + 12 * n_rows + 8 * n_rows * (n_variants + 4)
+    return per_region, 3 * SET_BATCH_BYTES + 3 * PARTITION_BLOCK_BYTES
+
+
 def cell_size(config) -> int:
     """Vectors per cell: ``config.coreset_cell_size``, or :data:`DEFAULT_CELL_SIZE`."""
     return config.coreset_cell_size or DEFAULT_CELL_SIZE
@@ -72,7 +83,7 @@ def _nearest(x: Tensor, seeds: Tensor) -> tuple[Tensor, Tensor]:
     squared distance to it (blocks of rows, so no ``[N, K]`` product is held whole)."""
     seed_sq = seeds.pow(2).sum(1)
     cells, dist = [], []
-    for block in x.split(max(1, 2**24 // max(1, len(seeds)))):
+    for block in x.split(max(1, PARTITION_BLOCK_BYTES // (4 * max(len(seeds), x.shape[1])))):
         d2 = (block @ seeds.T).mul_(-2).add_(seed_sq).add_(block.pow(2).sum(1, keepdim=True))
         best = d2.min(dim=1)
         cells.append(best.indices)

@@ -26,11 +26,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from ..method.cells import SET_BATCH_BYTES, resolve_method, select_layer
+from ..method.cells import resolve_method, select_layer, work_bytes
 from ..method.folds import fold_count, heldout_images, kept_images, scored_images
 from ..method.coreset import GreedyState, Selection, far_regions, near_far_sizes
 from ..method.memory import BankGroup, LayerMemory, check_fold_k, check_k_sizes
 from ..method.regions import image_rows
+from ..system.allocator import release_free_memory
 from ..system.budget import current_rss, parse_size, regions_per_chunk
 from ..system.jobs import Job, JobRunner, parse_scheduler
 from .regionjobs import (BankFile, BankSlots, HeldOutTask, cells_job, greedy_first_job, greedy_resume_job,
@@ -60,11 +61,13 @@ class _Stage:
 
     def __init__(self, fit: "_Fit", name: str, total: float, unit: str = "region") -> None:
         self.fit, self.name = fit, name
-        self.bar = tqdm(total=total, desc=name, unit=unit, disable=not fit.progress, leave=False)
+        self.bar = tqdm(total=total, desc=name, unit=unit, unit_scale=unit == "op", disable=not fit.progress,
+                        leave=False)
 
     def run(self, jobs: list[Job], units: Callable[[Job], float]) -> list[Any]:
         """Run ``jobs``; their results in job order; DataError naming the first that failed."""
         def done(job: Job, result: Any) -> None:
+            release_free_memory()  # the next job is planned against what the process holds
             report = result[1] if isinstance(result, tuple) else result
             self.fit.reports.append({"stage": self.name, "job": job.name, **report})
             self.bar.update(units(job))
@@ -183,7 +186,8 @@ def _cell_selections(fit: _Fit, l: int, folds: int) -> list[Selection]:
     """The greedy within cells for layer ``l``: the whole fit's selection, then each fold's."""
     config, src, per_image = fit.config, fit.layers[l], fit.rows_per_image[l]
     variants = [torch.arange(fit.n_images)] + [kept_images(fit.n_images, folds, f) for f in range(folds)]
-    parts = fit.chunks_of(l, "coreset", 4 * src.rows() * src.dim, {"greedy batches": 3 * SET_BATCH_BYTES})
+    per_region, per_job = work_bytes(src.rows(), src.dim, len(variants))
+    parts = fit.chunks_of(l, "coreset", per_region, {"greedy batches and cell partition": per_job})
     stage = _Stage(fit, f"coreset layer {l}", src.n_regions)
     jobs = [Job(f"coreset-l{l}-r{ids[0]}", cells_job, (src, ids, variants, per_image, config)) for ids in parts]
     results = stage.run(jobs, lambda job: len(job.args[1]))
@@ -238,8 +242,8 @@ def _region_passes(fit: _Fit, final: list[Selection], by_fold: list[list[Selecti
     for l, src in enumerate(fit.layers):  # per region: the read, plus the searches of every fold
         rows = fit.rows_per_image[l]
         costs.append(src.rows() + sum(len(images) * rows * _smallest(s) for (images, _), s in zip(held, by_fold[l])))
-    total = sum(cost * src.n_regions for cost, src in zip(costs, fit.layers)) / 1e6
-    stage = _Stage(fit, "calibration" if k else "memory banks", total, unit="M")
+    total = sum(cost * src.n_regions for cost, src in zip(costs, fit.layers))  # rows read and distances
+    stage = _Stage(fit, "calibration" if k else "memory banks", total, unit="op")
     remote = fit.runner.client is not None
     memories, knn = [], [] if k else None
     for l, src in enumerate(fit.layers):
@@ -260,7 +264,7 @@ def _region_passes(fit: _Fit, final: list[Selection], by_fold: list[list[Selecti
             job_task = None if task is None else task.of(ids)
             jobs.append(Job(f"pass-l{l}-r{ids[0]}", region_pass_job,
                             (src, ids, [final_rows[r] for r in ids], sink, fit.rows_per_image[l], job_task)))
-        stage.run(jobs, lambda job, l=l: len(job.args[1]) * costs[l] / 1e6)
+        stage.run(jobs, lambda job, l=l: len(job.args[1]) * costs[l])
         if remote:
             slots.load(sink)
             sink.path.unlink()
