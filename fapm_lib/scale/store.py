@@ -46,7 +46,7 @@ class LayerStore:
     first ``n_images * s*s`` rows of every region are filled.
 
     ``read(regions, images)`` -> ``[len(regions), K * s*s, C]`` (all images, or the ``K``
-    given ones): what :func:`fapm_lib.scale.bounded.build_layer_memory_chunked` reads region chunk by chunk.
+    given ones): what the region jobs (:mod:`fapm_lib.scale.regionjobs`) read, a chunk of regions at a time.
     """
 
     def __init__(self, path: Path, n_regions: int, rows_per_image: int, dim: int, capacity: int,
