@@ -22,8 +22,8 @@ from fapm_lib.errors import ConfigError
 FIELDS = tuple(f.name for f in dataclasses.fields(FAPMConfig))
 INT_FIELDS = ("resize", "pool_size", "grid", "k", "batch_size", "seed", "calibration_folds")
 FLOAT_FIELDS = ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate")
-OPTIONAL_INT_FIELDS = ("crop_size", "coreset_projection")
-STR_FIELDS = ("backbone", "sampling", "image_score")
+OPTIONAL_INT_FIELDS = ("crop_size", "coreset_projection", "coreset_cell_size", "calibration_images")
+STR_FIELDS = ("backbone", "sampling", "image_score", "coreset_method")
 OPTIONAL_STR_FIELDS = ("store_dir",)
 SIZE_FIELDS = ("max_memory",)  # "4GB" or a byte count
 TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts

@@ -91,8 +91,14 @@ class FAPM(Detector):
         """Coreset-subsample region features (per layer ``[R, N, C]``) into the memories."""
         start = time.perf_counter()
         rows = self._rows_per_image()
-        n_images = regions[0].shape[1] // rows[0]
-        method = resolve_method(self.config, n_images, [(p, r.shape[2]) for p, r in zip(rows, regions)])
+        if rows:
+            n_images = regions[0].shape[1] // rows[0]
+            method = resolve_method(self.config, n_images, [(p, r.shape[2]) for p, r in zip(rows, regions)])
+        elif self.config.coreset_method == "cells":  # bare region features: no image count, no cells
+            raise ConfigError("coreset_method cells needs the feature map sizes: fit with fit, fit_maps or "
+                              "fit_map_batches, not fit_regions on bare region features")
+        else:
+            n_images, method = None, "exact"
         if self.config.max_memory is not None:  # already in RAM: the coreset still runs chunk by chunk
             fitted = fit_layers([TensorRegions(r.cpu(), n) for r, n in zip(regions, rows)], rows, self.config,
                                 progress=progress)

@@ -118,3 +118,10 @@ def test_meaningless_settings_are_refused() -> None:
         FAPMConfig(coreset_cell_size=0)
     with pytest.raises(ConfigError, match="calibration_images=1 must be >= 2"):
         FAPMConfig(calibration_images=1)
+
+
+def test_cells_need_the_feature_sizes() -> None:
+    from fapm_lib import FAPM
+
+    with pytest.raises(ConfigError, match="coreset_method cells needs the feature map sizes"):
+        FAPM(FAPMConfig(coreset_method="cells")).fit_regions([spread_regions(r=49)])

@@ -106,3 +106,27 @@ def test_the_fold_memories_limit_k(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exceeds the smallest") as bounded:
         fit(config.replace(max_memory="64GB", store_dir=str(tmp_path)), n=6)
     assert str(in_ram.value) == str(bounded.value)
+
+
+@pytest.mark.parametrize("method", ["cells", "exact"])
+def test_one_progress_bar_per_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """A bounded fit shows a bar per stage (coreset per layer, and per fold with the exact greedy;
+    the region pass), each closed at its total: the estimate counts the work the jobs do."""
+    closed: list[tuple[str, float, float]] = []
+
+    class Recorded(pipeline.tqdm):
+        def close(self) -> None:
+            if not self.disable:
+                closed.append((self.desc, self.total, self.n))
+            super().close()
+
+    monkeypatch.setattr(pipeline, "tqdm", Recorded)
+    config = FAPMConfig(coreset_ratio=0.1, max_memory="64GB", store_dir=str(tmp_path), **SETTINGS[method])
+    FAPM(config, extractor=Stub()).fit_map_batches(map_batches(12), 12, progress=True)
+    names = [desc for desc, _, _ in closed]
+    expected = ["coreset layer 0", "coreset layer 1", "calibration"]
+    if method == "exact":
+        expected += [f"calibration coreset layer {l}, fold {f}" for l in (0, 1) for f in range(5)]
+    assert sorted(names) == sorted(expected)
+    for desc, total, n in closed:
+        assert total > 0 and n == pytest.approx(total), desc
