@@ -26,13 +26,12 @@ from torch import Tensor
 
 from ..data.samples import sample_paths
 from ..decisions.calibration import K_KEPT
-from ..decisions.heldout import image_rows
 from ..decisions.refresh import refresh
 from ..errors import ConfigError
 from ..method.fapm import FAPMModel
-from ..method.folds import fold_count, kept_images
+from ..method.folds import fold_count, heldout_images, kept_images
 from ..method.memory import LayerMemory, check_k, extend_layer_memory
-from ..method.regions import split_regions
+from ..method.regions import image_rows, split_regions
 from ..method.scoring import top_neighbours
 
 
@@ -98,8 +97,8 @@ def heldout_added(fapm: FAPMModel, regions: list[Tensor], maps: list[Tensor], ce
     n = maps[0].shape[0]
     folds = fold_count(n, max(config.calibration_folds, 1))
     amaps, parts = torch.empty(n, config.input_size, config.input_size), []
-    for f in range(folds):
-        held, others = torch.arange(f, n, folds), kept_images(n, folds, f)
+    for f, (held, _) in enumerate(heldout_images(torch.arange(n), folds)):
+        others = kept_images(n, folds, f)
         model = fapm
         if len(others):
             rows = [image_rows(others, c).to(r.device) for r, c in zip(regions, cells)]

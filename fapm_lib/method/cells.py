@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from .coreset import GreedyKCenter, Selection, coreset_size, far_regions, near_far_sizes, random_projection
+from .folds import fold_count
+from .regions import image_rows
 
 #: Vectors per cell on average when ``coreset_cell_size`` is not given.
 DEFAULT_CELL_SIZE = 250
@@ -58,7 +60,7 @@ def resolve_method(config, n_images: int, layers: list[tuple[int, int]]) -> str:
     ``n_images`` training images; ``layers``: per layer (vectors per image and region, dim)."""
     if config.coreset_method != "auto":
         return config.coreset_method
-    folds = min(config.calibration_folds, n_images)
+    folds = fold_count(n_images, config.calibration_folds)
     work = exact_greedy_bytes([(n_images * per_image, dim) for per_image, dim in layers], config.grid**2,
                               config.coreset_ratio, config.adaptive_multiplier, config.sampling, folds)
     return "exact" if work <= AUTO_EXACT_MAX_BYTES else "cells"
@@ -248,7 +250,7 @@ def choose_regions(x: Tensor, region_ids: list[int], variants: list[Tensor], per
     cell's share of the ``a r`` budget and are run again, twice as long, for the cells the
     allocation would take further, until none would: the choice is then the one of runs as long
     as the cells."""
-    rows = [(images[:, None] * per_image + torch.arange(per_image)).flatten() for images in variants]
+    rows = [image_rows(images, per_image) for images in variants]
     budgets = [near_far_sizes(len(r), config.coreset_ratio, config.adaptive_multiplier, config.sampling) for r in rows]
     max_cells = coreset_size(x.shape[1] // 3, config.coreset_ratio)  # below any fold memory's size
     sets = CellSets.build([partition(x[g], cell_size(config), max_cells, config.seed * 1_000_003 + region)
