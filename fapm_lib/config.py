@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -17,7 +16,7 @@ from .errors import ConfigError
 SAMPLING_MODES = ("adaptive", "fixed")
 IMAGE_SCORES = ("max", "reweighted")
 #: ``exact``: one greedy run per region; ``cells``: the greedy within cells of each region's vectors
-#: (:mod:`fapm_lib.method.cells`); ``auto``: exact unless its estimated work is large.
+#: (:mod:`fapm_lib.method.machinery.cells`); ``auto``: exact unless its estimated work is large.
 CORESET_METHODS = ("auto", "exact", "cells")
 
 
@@ -110,9 +109,6 @@ class FAPMConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every setting, JSON-ready."""
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "FAPMConfig":

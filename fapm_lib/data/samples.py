@@ -1,6 +1,6 @@
 """A dataset over a list of samples (image, label, defect type, optional mask), whatever layout
 listed them: the MVTec AD layout (:mod:`fapm_lib.data.mvtec`) or plain folders
-(:mod:`fapm_lib.data.flat`). Items are dicts of tensors; every problem is a one-line DataError."""
+(:mod:`fapm_lib.data.folders`). Items are dicts of tensors; every problem is a one-line DataError."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """FAPM, the detector: fit per-region, per-layer memories and calibrate; predict; save and load.
 
-The inference itself is :class:`~fapm_lib.method.fapm.FAPMModel` (``FAPM.model`` once fitted).
+The inference itself is :class:`~fapm_lib.method.fapm_model.FAPMModel` (``FAPM.model`` once fitted).
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from ..decisions.heldout import calibrate_regions
 from ..decisions.heldout_store import calibrate_from_knn
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
-from ..method.cells import resolve_method
-from ..method.fapm import FAPMModel
-from ..method.memory import BankGroup, LayerMemory, build_memories, check_k
+from ..method.fapm_model import FAPMModel
+from ..method.machinery.cells import resolve_method
+from ..method.memory import BankGroup, LayerMemory
+from ..method.memory_builders import build_memories, check_k
 from ..method.regions import RegionFeatureBuffer, check_grid, split_regions, valid_grids
 from ..scale.bounded import TensorRegions, check_budget, write_store
 from ..scale.pipeline import check_scheduler, fit_layers
@@ -164,9 +165,9 @@ class FAPM(Detector):
     # ---- adding normal images (fapm update) -------------------------------------------------
     def add_good(self, data: ImageBatches | Tensor, progress: bool = False):
         """Add normal images (a dataset, loader or ``[N, 3, S, S]`` tensor) to the fitted memories
-        without a refit and refresh the calibration (:mod:`fapm_lib.detectors.update`); returns
-        its :class:`~fapm_lib.detectors.update.UpdateReport`."""
-        from .update import add_good
+        without a refit and refresh the calibration (:mod:`fapm_lib.detectors.add_good`); returns
+        its :class:`~fapm_lib.detectors.add_good.UpdateReport`."""
+        from .add_good import add_good
 
         return add_good(self, data, progress)
 

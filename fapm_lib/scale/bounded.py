@@ -10,9 +10,10 @@ from typing import Iterable, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ..config import FAPMConfig
 from ..errors import DataError
-from ..method.cells import resolve_method
 from ..method.coreset import near_far_sizes
+from ..method.machinery.cells import resolve_method
 from ..method.regions import image_rows
 from ..system.budget import current_rss, parse_size, regions_per_chunk
 from .store import FeatureStore, LayerStore, LayerStoreWriter
@@ -51,7 +52,7 @@ class TensorRegions:
         return chunk
 
 
-def check_budget(config, n_images: int, layers: list[tuple[int, int]]) -> None:
+def check_budget(config: FAPMConfig, n_images: int, layers: list[tuple[int, int]]) -> None:
     """Before extraction, refuse (ConfigError with the minimum) a ``config.max_memory`` that cannot
     hold beside this process the smallest memory this fit can have (every region "near") and one
     region's vectors of the largest layer. ``layers``: per layer (vectors per image and region, dim).
@@ -67,7 +68,7 @@ def check_budget(config, n_images: int, layers: list[tuple[int, int]]) -> None:
                       one_region, n_regions, str(config.max_memory), f"this fit ({method} coreset)")
 
 
-def write_store(store: FeatureStore, batches: Iterable[list[Tensor]], config, n_images: int | None,
+def write_store(store: FeatureStore, batches: Iterable[list[Tensor]], config: FAPMConfig, n_images: int | None,
                 on_first=None) -> list[LayerStore]:
     """Aggregated maps arriving batch by batch (per layer ``[B, C, h, w]``) -> one
     :class:`LayerStore` per layer. ``on_first(maps)``: called with the first batch before

@@ -4,7 +4,7 @@
 1. coreset, layer by layer: which rows each region keeps. ``exact``: every region's greedy run
    to ``r`` (paused), the far regions' runs resumed to ``a r``; for the calibration, the same
    per fold, on the other folds' images. ``cells``: every region's cells
-   (:mod:`fapm_lib.method.cells`), the whole fit's memory and every fold's from one read.
+   (:mod:`fapm_lib.method.machinery.cells`), the whole fit's memory and every fold's from one read.
 2. one region pass per layer: each job reads its regions once, writes their memory banks and,
    for the k-fold calibration, the distances of every fold's held-out rows to that fold's
    memory (``[R, N * s*s, k]`` beside the store), merged into maps afterwards
@@ -25,17 +25,26 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..config import FAPMConfig
 from ..errors import ConfigError, DataError
-from ..method.cells import resolve_method, select_layer, work_bytes
-from ..method.folds import fold_count, heldout_images, kept_images, scored_images
 from ..method.coreset import GreedyState, Selection, far_regions, near_far_sizes
-from ..method.memory import BankGroup, LayerMemory, check_fold_k, check_k_sizes
+from ..method.machinery.cells import resolve_method, select_layer, work_bytes
+from ..method.machinery.folds import fold_count, heldout_images, kept_images, scored_images
+from ..method.memory import BankGroup, LayerMemory
+from ..method.memory_builders import check_fold_k, check_k_sizes
 from ..method.regions import image_rows
 from ..system.allocator import release_free_memory
 from ..system.budget import current_rss, parse_size, regions_per_chunk
 from ..system.jobs import Job, JobRunner, parse_scheduler
-from .regionjobs import (BankFile, BankSlots, HeldOutTask, cells_job, greedy_first_job, greedy_resume_job,
-                         region_pass_job)
+from .regionjobs import (
+    BankFile,
+    BankSlots,
+    HeldOutTask,
+    cells_job,
+    greedy_first_job,
+    greedy_resume_job,
+    region_pass_job,
+)
 from .store import LayerStore
 
 #: Bytes of the batched products of held-out queries against a fold's banks, per job.
@@ -112,7 +121,7 @@ class _Fit:
         return [part.tolist() for part in ids.split(max(1, per_job))] if len(ids) else []
 
 
-def check_scheduler(config, scheduler: str | None) -> None:
+def check_scheduler(config: FAPMConfig, scheduler: str | None) -> None:
     """ConfigError unless ``scheduler`` (None: no Dask) can run this fit's region jobs: they read
     the disk store of ``max_memory``, which a remote cluster must reach (``store_dir``)."""
     if scheduler is None:
@@ -126,7 +135,7 @@ def check_scheduler(config, scheduler: str | None) -> None:
                           "(the feature store goes there)")
 
 
-def fit_layers(layers: list[Any], rows_per_image: list[int], config, workdir: Path | None = None,
+def fit_layers(layers: list[Any], rows_per_image: list[int], config: FAPMConfig, workdir: Path | None = None,
                scheduler: str | None = None, keep_neighbours: int = 0, progress: bool = False,
                regions_per_job: int | None = None) -> RegionFit:
     """Every layer's memory from region features read a chunk of regions at a time (per layer a

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..method.cells import CellChoice, choose_regions
 from ..method.coreset import GreedyKCenter, GreedyState, random_projection
+from ..method.machinery.cells import CellChoice, choose_regions
 from ..method.memory import BankGroup
 from ..method.regions import image_rows
 from ..system.positional import byte_view, pwrite_all, read_tensor
@@ -32,7 +32,7 @@ def _report(began: float, source: Any, ids: Sequence[int], images: Tensor | None
 
 def cells_job(source: Any, ids: list[int], variants: list[Tensor], per_image: int,
               config: Any) -> tuple[list[list[CellChoice]], dict]:
-    """The greedy within cells (:func:`~fapm_lib.method.cells.choose_regions`) of regions ``ids``,
+    """The greedy within cells (:func:`~fapm_lib.method.machinery.cells.choose_regions`) of regions ``ids``,
     for each variant (image set: every image, or the images outside one calibration fold)."""
     began = time.perf_counter()
     choices = choose_regions(source.read(ids), ids, variants, per_image, config)
@@ -108,7 +108,7 @@ class BankFile:
 @dataclass
 class HeldOutTask:
     """The k-fold part of a region pass: per fold ``f``, ``images[f]`` (the scored images it
-    holds out, :mod:`fapm_lib.method.folds`) and ``slots[f]`` (their places among the scored
+    holds out, :mod:`fapm_lib.method.machinery.folds`) and ``slots[f]`` (their places among the scored
     images, in ``knn``: a store of ``[R, n_scored * s*s, k]``); ``rows[f][i]``: the rows of the
     i-th region of the job kept by fold ``f``'s memory; ``k`` neighbours kept."""
 

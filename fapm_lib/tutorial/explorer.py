@@ -24,7 +24,8 @@ from ..decisions.metrics import image_auroc, pixel_auroc
 from ..detectors.fapm import FAPM
 from ..errors import ConfigError, FAPMError
 from ..method.coreset import GreedyKCenter, coreset_size, random_projection
-from ..method.memory import LayerMemory, memory_from_greedy
+from ..method.memory import LayerMemory
+from ..method.memory_builders import memory_from_greedy
 from ..method.regions import split_regions, valid_grids
 from ..report.tables import percent
 from ..report.viz import denormalize, overlay, with_caption
