@@ -119,7 +119,8 @@ class FAPMConfig:
             if key not in known:
                 raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
             if not _type_ok(value, hints[key]):
-                raise ConfigError(f"{source}: key '{key}' expects {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+                raise ConfigError(f"{source}: key '{key}' expects {_type_name(hints[key])}, "
+                                  f"got {type(value).__name__} {value!r}")
         try:
             return cls(**{k: (float(v) if hints[k] is float and isinstance(v, int) else v) for k, v in values.items()})
         except ConfigError as exc:

@@ -63,7 +63,8 @@ def _scale_options(p: argparse.ArgumentParser) -> None:
     """Bounded-memory fit flags (config keys max_memory, store_dir)."""
     p.add_argument("--max-memory", dest="max_memory", help="fit within this peak RSS through a disk store, "
                    "e.g. 4GB or 512MB (decimal; GiB/MiB are binary)")
-    p.add_argument("--store-dir", dest="store_dir", help="folder for the store's temporary files (default: the temp dir)")
+    p.add_argument("--store-dir", dest="store_dir", help="folder for the store's temporary files "
+                   "(default: the temp dir)")
 
 
 def _scheduler_option(p: argparse.ArgumentParser) -> None:
@@ -150,7 +151,8 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", help="comma-separated subset (default: all built-in)")
     p.add_argument("--with-patchcore", action="store_true", help="also fit and evaluate PatchCore (slower)")
     p.add_argument("--calibration-folds", type=int, dest="calibration_folds", help="k-fold calibration (default 5)")
-    p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate", help="target false-alarm rate (default 0.01)")
+    p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate",
+                   help="target false-alarm rate (default 0.01)")
     p.add_argument("--output", default="results")
 
 
@@ -167,7 +169,8 @@ def _batch(p: argparse.ArgumentParser) -> None:
 def _benchmark(p: argparse.ArgumentParser) -> None:
     _model_options(p, data_required=True)
     p.add_argument("--repeats", type=int, default=20, help="timed single-image runs per method")
-    p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, openvino_int8")
+    p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, "
+                   "openvino_int8")
     p.add_argument("--output", required=True)
 
 

@@ -41,7 +41,7 @@ class FolderDataset(SampleDataset):
     ``skipped`` lists the non-image files, then (with ``skip_bad``) the unreadable images."""
 
     def __init__(self, good: str | os.PathLike | None = None, defect: str | os.PathLike | None = None,
-                 masks: str | os.PathLike | None = None, transform: Transform = Transform(),
+                 masks: str | os.PathLike | None = None, transform: Transform | None = None,
                  skip_bad: bool = False, split: str = "train") -> None:
         samples, not_images = folder_samples(good, defect, masks)
         name = ", ".join(str(f) for f in (good, defect) if f is not None)
@@ -70,7 +70,8 @@ def folder_samples(good: str | os.PathLike | None, defect: str | os.PathLike | N
         if label == 0:
             samples += [Sample(p, 0, GOOD, None) for p in images]
         else:
-            samples += [Sample(p, 1, _defect_type(p, folder), None if masks is None else mask_for(p, folder, Path(masks)))
+            samples += [Sample(p, 1, _defect_type(p, folder),
+                               None if masks is None else mask_for(p, folder, Path(masks)))
                         for p in images]
     return samples, skipped
 

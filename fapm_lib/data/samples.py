@@ -33,9 +33,9 @@ class SampleDataset(Dataset):
     ``skip_bad``, every image and mask is decoded once here; unreadable ones are left out and
     listed in ``skipped`` as (image path, reason). ``name`` and ``split`` only word messages."""
 
-    def __init__(self, samples: list[Sample], transform: Transform, has_masks: bool, skip_bad: bool = False,
+    def __init__(self, samples: list[Sample], transform: Transform | None, has_masks: bool, skip_bad: bool = False,
                  name: str = "images", split: str = "train") -> None:
-        self.transform = transform
+        self.transform = transform or Transform()  # None: the default transform
         self.split = split
         self.name = name
         self.samples: list[Sample] = samples

@@ -31,7 +31,8 @@ class EvalResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
-def run_test_set(model: ScoringDetector, dataset: MVTecDataset, progress: bool = True, metrics: bool = True) -> EvalResult:
+def run_test_set(model: ScoringDetector, dataset: MVTecDataset, progress: bool = True,
+                 metrics: bool = True) -> EvalResult:
     """Predict every test image (batched) with a fitted detector (FAPM or PatchCore: its torch
     module ``model.runnable()`` runs stage by stage) and compute the four metrics (unless ``metrics``
     is False).

@@ -124,8 +124,9 @@ def explain_images(model: ScoringDetector, images: Sequence[ImageInput]) -> list
     for b, (item, pil) in enumerate(zip(images, pils)):
         y, x = divmod(int(patch[b].flatten().argmax()), patch.shape[2])
         test_view = transform.view(pil)
-        layers = [_layer_match(model, fapm.grid, fapm.pool_size, l, distances[b], sources[b], (y, x), patch.shape[1:],
-                               test_view, pil.size, views) for l, (distances, sources) in enumerate(located)]
+        layers = [_layer_match(model, fapm.grid, fapm.pool_size, layer, distances[b], sources[b], (y, x),
+                               patch.shape[1:], test_view, pil.size, views)
+                  for layer, (distances, sources) in enumerate(located)]
         path = str(item) if isinstance(item, (str, os.PathLike)) else None
         out.append(Explanation(path, float(raw[b]), (y, x), float(patch[b, y, x]), layers, test_view))
     return out

@@ -88,7 +88,8 @@ def map_to_input(amap: Tensor, size: tuple[int, int], transform: Transform) -> t
     return torch.where(inside, out, torch.zeros(())).numpy().astype(np.float32), box
 
 
-def resolve_calibration(model: ScoringDetector, threshold: float | None = None, pixel_threshold: float | None = None) -> Calibration | None:
+def resolve_calibration(model: ScoringDetector, threshold: float | None = None,
+                        pixel_threshold: float | None = None) -> Calibration | None:
     """The model's calibration, with a manual image and/or pixel threshold (raw units) if given."""
     if threshold is None and pixel_threshold is None:
         return model.calibration

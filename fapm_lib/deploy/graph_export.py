@@ -245,7 +245,8 @@ def parity(model: FAPM, exported, images) -> dict[str, float | bool]:
     scale = float(ref.anomaly_map.abs().max()) or 1.0
     out: dict[str, float | bool] = {
         "map_rel_diff": float((got.anomaly_map - ref.anomaly_map).abs().max()) / scale,
-        "score_rel_diff": float(((got.pred_score - ref.pred_score).abs() / ref.pred_score.abs().clamp_min(1e-12)).max()),
+        "score_rel_diff": float(((got.pred_score - ref.pred_score).abs()
+                                 / ref.pred_score.abs().clamp_min(1e-12)).max()),
     }
     cal = model_calibration(model)
     if cal is not None and got.decision is not None:

@@ -23,7 +23,8 @@ BACKBONE_ALIASES: dict[str, str] = {"wide_resnet50_2": "wide_resnet50_2.tv_in1k"
 FEATURE_STRIDES = (8, 16)
 
 
-def create_feature_extractor(name: str, pretrained: bool = True, device: str | torch.device = "cpu") -> FeatureExtractor:
+def create_feature_extractor(name: str, pretrained: bool = True,
+                             device: str | torch.device = "cpu") -> FeatureExtractor:
     """Frozen extractor for the stride-8 and stride-16 stages of a timm model.
 
     ``pretrained=False`` gives random weights: useful only to time an architecture.

@@ -97,7 +97,8 @@ class FAPMModel(AnomalyModel):
         """ConfigError unless ``maps`` have the feature sizes the model was fitted on."""
         for f, size in zip(maps, self.feature_sizes):
             if tuple(f.shape[-2:]) != tuple(size):
-                raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {tuple(size)}")
+                raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, "
+                                  f"the model was fitted on {tuple(size)}")
 
     def memory_size(self) -> dict[str, float]:
         """Memory vectors and megabytes, all layers."""

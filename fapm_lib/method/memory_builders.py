@@ -13,7 +13,8 @@ from .machinery.cells import choose_regions, select_layer
 from .memory import BankGroup, LayerMemory
 
 
-def build_memories(regions: list[Tensor], config: FAPMConfig, progress: bool = False, rows_per_image: list[int] | None = None,
+def build_memories(regions: list[Tensor], config: FAPMConfig, progress: bool = False,
+                   rows_per_image: list[int] | None = None,
                    method: str = "exact") -> list[LayerMemory]:
     """Every layer's memory from its region features (per layer ``[R, N, C]``) with the
     coreset settings of ``config`` (a :class:`~fapm_lib.config.FAPMConfig`); checks that the

@@ -71,4 +71,5 @@ def patch_rows(maps: list[Tensor]) -> Tensor:
 def concat_layers(maps: list[Tensor]) -> Tensor:
     """Layer-2 and bilinearly upsampled layer-3 maps, concatenated: ``-> [B, C8 + C16, H8, W8]``."""
     size = maps[0].shape[-2:]
-    return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1)
+    upsampled = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+    return torch.cat([maps[0], *upsampled], 1)

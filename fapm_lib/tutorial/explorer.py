@@ -123,7 +123,8 @@ class Explorer:
         self._runs: dict[int, tuple[list[Tensor], list[GreedyKCenter]]] = {}
         self._sub_masks = None if masks is None else masks[:, ::pixel_stride, ::pixel_stride]
         self._has_images = int(labels.unique().numel()) == 2
-        self._has_pixels = self._sub_masks is not None and bool(self._sub_masks.any()) and not bool(self._sub_masks.all())
+        masks = self._sub_masks
+        self._has_pixels = masks is not None and bool(masks.any()) and not bool(masks.all())
 
     @classmethod
     def from_datasets(cls, model: FAPM, train: MVTecDataset, test: MVTecDataset, n_examples: int = 4,

@@ -40,7 +40,7 @@ def datasets_from_args(model, args: argparse.Namespace, splits: tuple[str, ...])
     out = []
     for split in splits:
         ds = MVTecDataset(args.data_root, args.category, split, model.transform, skip_bad=args.skip_bad)
-        for path, why in ds.skipped:
+        for _, why in ds.skipped:
             print(f"skipped: {why}", file=sys.stderr)
         out.append(ds)
     return out

@@ -54,7 +54,8 @@ def run_export(args: argparse.Namespace) -> int:
               "(no normalised score, decision or mask)")
     else:
         print(f"calibrated: outputs {', '.join(meta['outputs'])} (image threshold "
-              f"{meta['calibration']['image_threshold']:.4g}, pixel threshold {meta['calibration']['pixel_threshold']:.4g})")
+              f"{meta['calibration']['image_threshold']:.4g}, "
+              f"pixel threshold {meta['calibration']['pixel_threshold']:.4g})")
     if not args.no_check:
         n = batch or CHECK_IMAGES
         images = np.random.default_rng(0).integers(0, 256, (n, *meta["input"]["shape"][1:]), dtype=np.uint8)

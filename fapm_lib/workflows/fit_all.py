@@ -31,7 +31,8 @@ def run_fit_all(args: argparse.Namespace) -> int:
         lines.append(f"| {c} | {r['n_train']} | {r['vectors']} | {r['megabytes']:.2f} | {c}/{MODEL_FILE} |")
     if outcome.failures:
         lines += ["", "## Failed categories", ""] + [f"- {c}: {why}" for c, why in outcome.failures.items()]
-    write_text_atomic(out / "fits.json", json.dumps({"results": outcome.results, "failures": outcome.failures}, indent=2))
+    fits = {"results": outcome.results, "failures": outcome.failures}
+    write_text_atomic(out / "fits.json", json.dumps(fits, indent=2))
     path = write_text_atomic(out / "fits.md", "\n".join(lines) + "\n")
     print(path.read_text(encoding="utf-8"))
     return 1 if outcome.failures else 0

@@ -70,14 +70,15 @@ def choose_regions(x: Tensor, region_ids: list[int], variants: list[Tensor], per
             cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
             kept, _, _, lowest = allocate(runs, cells, budgets[pairs[p][1]][1])
             end = runs.radii[runs.at[cells] + runs.length[cells] - 1]
-            short.append(cells[(kept >= runs.length[cells]) & (runs.length[cells] < sets.size[cells]) & (end >= lowest)])
+            longer = (kept >= runs.length[cells]) & (runs.length[cells] < sets.size[cells]) & (end >= lowest)
+            short.append(cells[longer])
         again = torch.cat(short)
         todo = [p for p, s in zip(todo, short) if len(s)]
         if len(again):
             caps[again] *= 2
             runs.add(again, run_cells(x, sets, again, caps[again], config.coreset_projection, config.seed))
     out: list[list[CellChoice]] = [[] for _ in variants]
-    for p, (g, v) in enumerate(pairs):
+    for p, (_, v) in enumerate(pairs):
         cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
         _, far_rows, _, _ = allocate(runs, cells, budgets[v][1])
         _, near_rows, radius, _ = allocate(runs, cells, budgets[v][0])
