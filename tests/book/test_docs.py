@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.book_support import MACHINE_PATH
 from tests.helpers import REPO
 
 #: The Markdown pages whose links are checked: the front page, the book pages, the book's API page.
@@ -20,7 +21,6 @@ LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^)\s]+)\)")
 
 # Built from pieces so that this file matches neither check itself.
 CONFLICT = re.compile("^(" + "<" * 7 + " |" + "=" * 7 + "$|" + ">" * 7 + " )", re.M)
-MACHINE_PATH = re.compile("|".join(["/" + "work/", "/" + "root/", "/" + r"home/[a-z]+/", "/" + "tmp/"]))
 #: Tracked files allowed to hold a machine path, each with the reason. Empty today: the book's
 #: build script replaces such paths in what it renders, and examples use relative paths
 #: (``../shared/data/mvtec_ad_256``, ``runs/``) or ``$FAPM_SHARED_DATA``. A shell snippet that
