@@ -20,7 +20,6 @@ from fapm_lib.method.memory import LayerMemory
 from fapm_lib.method.memory_builders import build_layer_memory
 from fapm_lib.scale.pipeline import fit_layers
 from fapm_lib.scale.region_source import TensorRegions
-from fapm_lib.scale.regionjobs import query_batches
 from fapm_lib.system.jobs import KILL_ONCE_ENV
 from tests.scale_support import Stub, assert_same_memory, map_batches
 
@@ -82,14 +81,6 @@ def test_one_region_per_job_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> 
     assert small.fit_stats["regions_per_chunk"]["coreset"] == {0: 1, 1: 1}
     assert_same_memory(ref.memories, small.memories)
     assert_same_calibration(ref.calibration, small.calibration)
-
-
-def test_query_batches_never_leave_a_single_query() -> None:
-    for n in range(1, 40):
-        for size in (1, 2, 3, 7):
-            parts = query_batches(n, size)
-            assert [i for p in parts for i in range(p.start, p.stop)] == list(range(n))
-            assert n == 1 or min(p.stop - p.start for p in parts) >= 2
 
 
 def test_region_jobs_on_dask_give_the_same_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
