@@ -6,8 +6,9 @@ from torch import Tensor
 
 from fapm_lib.method.memory import BankGroup, LayerMemory
 
-#: ``features``: regions, training vectors per region, channels; ``features_60`` has 60 vectors per region.
+#: Regions, training vectors per region and channels of the ``features`` fixture (tests/method/conftest.py).
 R, N, C = 9, 80, 8
+#: Training vectors per region of the ``features_60`` fixture (same regions and channels).
 N_60 = 60
 
 
@@ -21,6 +22,7 @@ def region_bank(mem: LayerMemory, region: int) -> Tensor:
 
 
 def region_group(mem: LayerMemory, region: int) -> tuple[BankGroup, int]:
+    """(size group holding ``region``, the region's index in it)."""
     for group in mem.groups:
         hits = (group.regions == region).nonzero().flatten()
         if len(hits):

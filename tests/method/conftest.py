@@ -21,7 +21,7 @@ def features() -> Tensor:
 
 @pytest.fixture(scope="module")
 def features_60() -> Tensor:
-    """``[R, N, C]``: regions of different spreads, so some are "far"."""
+    """``[R, N_60, C]``: regions of different spreads, so some are "far"."""
     gen = torch.Generator().manual_seed(1)
     scale = torch.tensor([0.2, 0.3, 3.0, 0.2, 2.5, 0.4, 0.3, 4.0, 0.2])[:, None, None]
     return torch.randn(R, N_60, C, generator=gen) * scale + torch.randn(R, 1, C, generator=gen) * 5
@@ -29,4 +29,5 @@ def features_60() -> Tensor:
 
 @pytest.fixture(scope="module")
 def memory_60(features_60: Tensor) -> LayerMemory:
+    """``features_60``'s adaptive memory (ratio 0.1, multiplier 2): near and far banks."""
     return build_layer_memory(features_60, ratio=0.1, multiplier=2.0)
