@@ -387,7 +387,7 @@ def run_category(args, category: str) -> dict:
     bank = model.memory_bank
     row["anomalib"] = {"fit_s": fit_w, "fit_cpu_s": fit_c, "peak_rss_increase_mb": mem_a.increase_mb,
                        "memory_bank": {"vectors": int(bank.shape[0]), "dim": int(bank.shape[1]),
-                                       "mb": bank.numel() * bank.element_size() / 1e6},
+                                       "megabytes": bank.numel() * bank.element_size() / 2**20},
                        "metrics": compute_metrics(scores_a, test_labels, maps_a, test_masks)}
     model.num_neighbors = 1  # the plain max patch score, for reference (maps are unchanged)
     _, scores_max = predict_all(lambda x: anomalib_predict(model, x), test_images)
@@ -473,8 +473,8 @@ def markdown(report: dict) -> str:
     for row in report["rows"]:
         f, a = row["fapm"], row["anomalib"]
         lines.append(f"| {row['category']} | {row['n_train']} / {row['n_test']} | "
-                     f"{f['memory_bank'].get('vectors', '')} vectors, {fmt(f['memory_bank'].get('mb'), 2)} MB | "
-                     f"{a['memory_bank']['vectors']} x {a['memory_bank']['dim']}, {fmt(a['memory_bank']['mb'], 2)} MB | "
+                     f"{f['memory_bank'].get('vectors', '')} vectors, {fmt(f['memory_bank'].get('megabytes'), 2)} MiB | "
+                     f"{a['memory_bank']['vectors']} x {a['memory_bank']['dim']}, {fmt(a['memory_bank']['megabytes'], 2)} MiB | "
                      f"{fmt(a['image_auroc_max_score'], 1, 100)} | {fmt(f['backbone_batch1_ms'])} / "
                      f"{fmt(a['backbone_batch1_ms'])} | {fmt(f['batch1_cpu_ms'])} / {fmt(a['batch1_cpu_ms'])} | "
                      f"{' '.join(fmt(x, 2) for x in row['loadavg_start'])} / "
@@ -488,7 +488,9 @@ def markdown(report: dict) -> str:
               f"on {env['git_branch']}; started {report['started']}, written {report['written']} (UTC).",
               f"- Load average (1, 5, 15 min) at start {' '.join(fmt(x, 2) for x in report['loadavg_start'])}, "
               f"at end {' '.join(fmt(x, 2) for x in report['loadavg_end'])}.",
-              f"- Command: `{report['command']}`",
+              f"- Command: `{report['command']}`"
+              + (f" (with --resume: {', '.join(report['resumed_from']['categories'])} kept from the run started "
+                 f"{report['resumed_from']['started']})" if report.get("resumed_from") else ""),
               "- Protocol: one process, `torch.set_num_threads(1)`; resize 256, centre crop 224; "
               f"{BACKBONE} ImageNet weights, the same tensors in both (maps asserted bit-identical); layers "
               f"{', '.join(report['layers'])} (stride 8, 16); 3x3 average-pool aggregation; coreset ratio {CORESET_RATIO}. "
@@ -497,7 +499,7 @@ def markdown(report: dict) -> str:
               "- Fit: images decoded by the same loader (batch 16) + features + memory/coreset. "
               f"Batch-1 ms: median of {t.get('batch1', '?')} single-image runs after {t.get('warmup', '?')} warm-up, "
               f"the methods alternated; batch-16: {t.get('batch16_size', 16)} / median of {t.get('batch16', '?')} batches. "
-              "Peak memory: peak RSS increase over the RSS before the method's phase (fit + test-set inference), "
+              "Peak memory (MiB): peak RSS increase over the RSS before the method's phase (fit + test-set inference), "
               "sampled every 5 ms by a psutil thread, heap trimmed before each phase.",
               "- anomalib's extractor also runs timm's blocks 5 and 6 (unused by its maps); FAPM's stops at block 4: "
               "see the backbone column."]
@@ -523,6 +525,20 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def resumed_rows(path: Path, report: dict) -> dict:
+    """Rows of an earlier run of the same kind (subset limits, backbone layers) at ``path``, by
+    category; {} when there is none. Lets an interrupted run go on with the categories left."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if any(old.get(k) != report[k] for k in ("subset", "limit_train", "limit_test", "layers")):
+        sys.exit(f"--resume: {path} was written by a run with other limits or layers; use another --output")
+    if old["environment"].get("anomalib") != report["environment"]["anomalib"]:
+        sys.exit(f"--resume: {path} was measured with anomalib {old['environment'].get('anomalib')}")
+    rows = {row["category"]: row for row in old.get("rows", []) if row["category"] in report["categories"]}
+    return {**rows, "_started": old.get("started")} if rows else {}
+
+
 def run(args: argparse.Namespace) -> int:
     reexec_in_venv(args)
     one_thread()
@@ -535,8 +551,13 @@ def run(args: argparse.Namespace) -> int:
               "started": now(), "loadavg_start": os.getloadavg(), "environment": environment(),
               "command": "python tools/peer_anomalib.py " + " ".join(sys.argv[1:]),
               "layers": stride_layers(create_feature_extractor(BACKBONE)), "data_root": str(args.data_root_shown)}
+    done = resumed_rows(output / "peer.json", report) if args.resume else {}
+    if done:
+        started = done.pop("_started")
+        report["resumed_from"] = {"categories": sorted(done), "started": started}
+        print(f"resuming: {', '.join(report['resumed_from']['categories'])} already measured", flush=True)
     for category in categories:
-        report["rows"].append(run_category(args, category))
+        report["rows"].append(done[category] if category in done else run_category(args, category))
         report["complete"] = len(report["rows"]) == len(categories)
         report["written"], report["loadavg_end"] = now(), os.getloadavg()
         write_atomic(output / "peer.json", json.dumps(report, indent=2) + "\n")
@@ -579,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=30, help="batch-1 runs per method")
     p.add_argument("--batch-repeats", type=int, default=5, help="batch-16 runs per method")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the categories already in OUTPUT/peer.json (same limits) and measure the others")
     p.add_argument("--limit-train", type=int, default=None, help="SUBSET RUN: first N training images")
     p.add_argument("--limit-test", type=int, default=None, help="SUBSET RUN: N test images spread over the set")
     args = parser.parse_args(argv)
