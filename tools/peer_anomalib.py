@@ -343,7 +343,7 @@ def predict_all(fn, images, batch_size=16):
 
 
 # ---- one category ----------------------------------------------------------------------------
-def run_category(args, category: str) -> dict:
+def run_category(args, category: str, on_partial=None) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -372,6 +372,8 @@ def run_category(args, category: str) -> dict:
                    "peak_rss_increase_mb": mem_f.increase_mb, "memory_bank": fapm.memory_size(),
                    "metrics": compute_metrics(scores_f, test_labels, maps_f, test_masks)}
     print(f"FAPM: fit {fit_w:.1f} s, peak +{mem_f.increase_mb:.0f} MB, {row['fapm']['metrics']}", flush=True)
+    if on_partial:  # FAPM's half on disk before anomalib's long fit (kept if the run is interrupted)
+        on_partial(row)
 
     # anomalib PatchCore: same weights, its own embedding collection + coreset, then the test set
     model = build_anomalib(extractor)
@@ -457,6 +459,13 @@ def markdown(report: dict) -> str:
                   "per category. A quick check of the script, not a result.", ""]
     if not report["complete"]:
         lines += [f"**In progress**: {len(report['rows'])} of {len(report['categories'])} categories done.", ""]
+        if report.get("in_progress"):
+            now_, f = report["in_progress"], report["in_progress"]["fapm"]
+            lines += [f"{now_['category']}: {now_['note']}. FAPM's half so far: fit {fmt(f['fit_s'])} s, peak "
+                      f"+{fmt(f['peak_rss_increase_mb'], 0)} MiB, image / pixel AUROC "
+                      f"{fmt(f['metrics']['image_auroc'], 1, 100)} / {fmt(f['metrics']['pixel_auroc'], 1, 100)}, "
+                      f"pixel F1-max {fmt(f['metrics']['pixel_f1_max'], 1, 100)} (speed is measured after "
+                      "anomalib's fit).", ""]
     lines += ["| method | category | fit s | batch-1 ms | batch-16 img/s | peak memory MB | image AUROC | "
               "pixel AUROC | pixel F1-max | pixel AUPRO |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, label in (("fapm", "FAPM (fapm_lib)"), ("anomalib", f"PatchCore (anomalib {env['anomalib']})")):
@@ -556,12 +565,21 @@ def run(args: argparse.Namespace) -> int:
         started = done.pop("_started")
         report["resumed_from"] = {"categories": sorted(done), "started": started}
         print(f"resuming: {', '.join(report['resumed_from']['categories'])} already measured", flush=True)
-    for category in categories:
-        report["rows"].append(done[category] if category in done else run_category(args, category))
-        report["complete"] = len(report["rows"]) == len(categories)
+    def save() -> None:
         report["written"], report["loadavg_end"] = now(), os.getloadavg()
         write_atomic(output / "peer.json", json.dumps(report, indent=2) + "\n")
         write_atomic(output / "peer.md", markdown(report))
+
+    def partial(row: dict) -> None:
+        report["in_progress"] = {"category": row["category"], "fapm": row["fapm"],
+                                 "note": "FAPM measured; anomalib's fit started " + now() + " UTC"}
+        save()
+
+    for category in categories:
+        report["rows"].append(done[category] if category in done else run_category(args, category, partial))
+        report.pop("in_progress", None)
+        report["complete"] = len(report["rows"]) == len(categories)
+        save()
         print(f"wrote {output / 'peer.md'}", flush=True)
     print(markdown(report))
     return 0
