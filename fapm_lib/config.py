@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -17,7 +16,7 @@ from .errors import ConfigError
 SAMPLING_MODES = ("adaptive", "fixed")
 IMAGE_SCORES = ("max", "reweighted")
 #: ``exact``: one greedy run per region; ``cells``: the greedy within cells of each region's vectors
-#: (:mod:`fapm_lib.method.cells`); ``auto``: exact unless its estimated work is large.
+#: (:mod:`fapm_lib.method.machinery.cells`); ``auto``: exact unless its estimated work is large.
 CORESET_METHODS = ("auto", "exact", "cells")
 
 
@@ -111,9 +110,6 @@ class FAPMConfig:
         """Every setting, JSON-ready."""
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "FAPMConfig":
         """Build from a mapping, refusing unknown keys and wrong types (ConfigError names the key)."""
@@ -123,7 +119,8 @@ class FAPMConfig:
             if key not in known:
                 raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
             if not _type_ok(value, hints[key]):
-                raise ConfigError(f"{source}: key '{key}' expects {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+                raise ConfigError(f"{source}: key '{key}' expects {_type_name(hints[key])}, "
+                                  f"got {type(value).__name__} {value!r}")
         try:
             return cls(**{k: (float(v) if hints[k] is float and isinstance(v, int) else v) for k, v in values.items()})
         except ConfigError as exc:

@@ -90,7 +90,7 @@ def test_valid_settings_round_trip_through_from_dict(values: dict[str, Any]) -> 
         assert stored == value and type(stored) is (float if key in FLOAT_FIELDS else type(value))
     for key in set(FIELDS) - set(values):
         assert getattr(config, key) == getattr(FAPMConfig(), key)
-    assert FAPMConfig.from_dict(json.loads(config.to_json())) == config  # the model file's path
+    assert FAPMConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # the model file's path
 
 
 @settings(max_examples=40, deadline=None)

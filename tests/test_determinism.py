@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import build_mvtec_tree
 from fapm_lib import FAPM, FAPMConfig, MVTecDataset, PatchCore
+from tests.helpers import build_mvtec_tree
 
 TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, k=2)
 CONFIGS = {

@@ -34,7 +34,6 @@ from fapm_lib.method.memory import LayerMemory
 from fapm_lib.method.regions import split_regions
 from fapm_lib.tutorial.ablations import extract_category, score_variant
 
-
 #: Relative tolerance of the stated-radius check: both radii come from float32 distances
 #: (``|q|^2 + |b|^2 - 2 q.b``), whose rounding at these norms reaches about 1e-4 of a distance.
 RADIUS_RTOL = 2e-4

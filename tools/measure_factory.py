@@ -39,10 +39,10 @@ from PIL import Image
 
 from fapm_lib import FAPM, FAPMConfig, MVTecDataset, markdown_table
 from fapm_lib.data.samples import Sample, SampleDataset
-from fapm_lib.decisions.evaluate import decision_metrics, run_test_set
+from fapm_lib.decisions.evaluation import decision_metrics, run_test_set
+from fapm_lib.decisions.nearest_patch import explain_images
 from fapm_lib.decisions.refresh import refresh
-from fapm_lib.detectors.update import predict_maps
-from fapm_lib.decisions.explain import explain_images
+from fapm_lib.detectors.add_good import predict_maps
 
 
 def _subset(dataset: MVTecDataset, keep: list[int]) -> MVTecDataset:

@@ -46,9 +46,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fapm_lib import FAPM, FAPMConfig, MVTecDataset, tune_allocator
+from fapm_lib.data.mvtec import make_loader
 from fapm_lib.method.backbone import BackboneInfo
 from fapm_lib.system.budget import parse_size
-from fapm_lib.data.mvtec import make_loader
 
 MIB = 2**20
 

@@ -37,7 +37,7 @@ def _model_options(p: argparse.ArgumentParser, data_required: bool = True) -> No
 
 
 def _decision_options(p: argparse.ArgumentParser, fitting: bool = True) -> None:
-    """Flags that set how scores become decisions (see fapm_lib/calibration.py)."""
+    """Flags that set how scores become decisions (:mod:`fapm_lib.decisions.calibration`)."""
     if fitting:
         p.add_argument("--calibration-folds", type=int, dest="calibration_folds",
                        help="k-fold calibration on train/good (default 5; 0: uncalibrated, raw scores only)")
@@ -63,7 +63,8 @@ def _scale_options(p: argparse.ArgumentParser) -> None:
     """Bounded-memory fit flags (config keys max_memory, store_dir)."""
     p.add_argument("--max-memory", dest="max_memory", help="fit within this peak RSS through a disk store, "
                    "e.g. 4GB or 512MB (decimal; GiB/MiB are binary)")
-    p.add_argument("--store-dir", dest="store_dir", help="folder for the store's temporary files (default: the temp dir)")
+    p.add_argument("--store-dir", dest="store_dir", help="folder for the store's temporary files "
+                   "(default: the temp dir)")
 
 
 def _scheduler_option(p: argparse.ArgumentParser) -> None:
@@ -71,28 +72,8 @@ def _scheduler_option(p: argparse.ArgumentParser) -> None:
                    "processes) or tcp://HOST:PORT (a running scheduler); default: one after the other here")
 
 
-# ---- commands: each runs one workflow function, imported when the command runs ------------------
-#: subcommand -> "module:function" under fapm_lib.workflows (``fapm --help`` imports none of them)
-HANDLERS = {
-    "fit": "category:run_fit", "fit-all": "categories:run_fit_all", "evaluate": "categories:run_evaluate",
-    "predict": "predict:run_predict", "export": "export:run_export", "synth": "synth:run_synth",
-    "demo": "demo:run_demo", "batch": "notebook_batch:run_batch", "benchmark": "benchmark:run_benchmark_command",
-    "gif": "gif:run_gif", "update": "update:run_update",
-}
-
-
-def handler(command: str) -> Callable[[argparse.Namespace], int]:
-    """The workflow function that runs ``command``."""
-    module, function = HANDLERS[command].split(":")
-    return getattr(importlib.import_module(f"fapm_lib.workflows.{module}"), function)
-
-
-# ---- parser ---------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fapm", description="FAPM: Fast Adaptive Patch Memory anomaly detection")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("fit", help="fit a model on <data-root>/<category>/train/good (or --good DIR)")
+# ---- the commands -----------------------------------------------------------------------------
+def _fit(p: argparse.ArgumentParser) -> None:
     _model_options(p, data_required=False)
     p.add_argument("--good", help="a folder of normal images (any depth, any image format) instead of "
                    "--data-root/--category")
@@ -101,17 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     _scale_options(p)
     p.add_argument("--scheduler", help="with --max-memory: run this category's region jobs on Dask: local[:N] or "
                    "tcp://HOST:PORT (then --store-dir must be a folder every worker reads)")
-    _common(p)
 
-    p = sub.add_parser("fit-all", help="fit one model per category (here or on a Dask cluster)")
+
+def _fit_all(p: argparse.ArgumentParser) -> None:
     _model_options(p, data_required=False)
     p.add_argument("--categories", default="all", help="a,b,... or all (every category folder)")
     p.add_argument("--output", required=True, help="folder for <category>/model.safetensors and fits.md")
     _scale_options(p)
     _scheduler_option(p)
-    _common(p)
 
-    p = sub.add_parser("evaluate", help="fit (or load --model) and evaluate on the test split")
+
+def _evaluate(p: argparse.ArgumentParser) -> None:
     _model_options(p, data_required=False)
     p.add_argument("--model", help="a fitted model file instead of fitting (then only scoring-time flags act)")
     p.add_argument("--output", required=True, help="folder for metrics.json and heatmaps/")
@@ -122,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also write <output>/report.html (one self-contained page)")
     _scale_options(p)
     _scheduler_option(p)
-    _common(p)
 
-    p = sub.add_parser("predict", help="score images with a fitted model")
+
+def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--output", required=True, help="folder for scores.csv, overlays/ and masks/")
@@ -133,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="per image, the nearest normal patch of its most "
                    "anomalous place: explanations/<name>.png and explanations.json")
     p.add_argument("--report", action="store_true", help="also write <output>/report.html (one self-contained page)")
-    _common(p)
 
-    p = sub.add_parser("update", help="add normal images (marked false alarms) to a fitted model, no refit")
+
+def _update(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a fitted model.safetensors")
     p.add_argument("--add-good", required=True, dest="add_good", help="a folder of normal images to add "
                    "(any depth, any image format)")
@@ -143,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "model.safetensors")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them instead of stopping")
-    _common(p)
 
-    p = sub.add_parser("export", help="export a fitted model as one ONNX / OpenVINO graph (uint8 image in)")
+
+def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a fitted model.safetensors")
     p.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
     p.add_argument("--batch-size", default="dynamic", help="fixed batch size N, or dynamic (default)")
@@ -155,26 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="with --int8: data root holding <category>/train/good")
     p.add_argument("--category", help="with --int8: the category whose training images calibrate")
     p.add_argument("--no-check", action="store_true", help="skip the check against the torch model")
-    _common(p)
 
-    p = sub.add_parser("synth", help="generate the built-in dataset (MVTec layout)")
+
+def _synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--categories", help="comma-separated subset")
-    _common(p)
 
-    p = sub.add_parser("demo", help="the main job: every built-in category, results/summary.md")
+
+def _demo(p: argparse.ArgumentParser) -> None:
     _model_options(p, data_required=False)
     p.set_defaults(data_root=str(BUILTIN_ROOT))
     p.add_argument("--categories", help="comma-separated subset (default: all built-in)")
     p.add_argument("--with-patchcore", action="store_true", help="also fit and evaluate PatchCore (slower)")
     p.add_argument("--calibration-folds", type=int, dest="calibration_folds", help="k-fold calibration (default 5)")
-    p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate", help="target false-alarm rate (default 0.01)")
+    p.add_argument("--false-alarm-rate", type=float, dest="false_alarm_rate",
+                   help="target false-alarm rate (default 0.01)")
     p.add_argument("--output", default="results")
-    _common(p)
 
-    p = sub.add_parser("batch", help="run a notebook once per category with papermill")
+
+def _batch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notebook", required=True)
     p.add_argument("--data-root", required=True)
     p.add_argument("--categories", default="all", help="a,b,... or all")
@@ -182,23 +164,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="pass fast=True to the notebook")
     p.add_argument("--output", required=True)
     _scheduler_option(p)
-    _common(p)
 
-    p = sub.add_parser("benchmark", help="FAPM vs PatchCore: accuracy and speed, side by side")
+
+def _benchmark(p: argparse.ArgumentParser) -> None:
     _model_options(p, data_required=True)
     p.add_argument("--repeats", type=int, default=20, help="timed single-image runs per method")
-    p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, openvino_int8")
+    p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, "
+                   "openvino_int8")
     p.add_argument("--output", required=True)
-    _common(p)
 
-    p = sub.add_parser("gif", help="animate test images with heatmap and mask")
+
+def _gif(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data-root", required=True)
     p.add_argument("--category", required=True)
     p.add_argument("--output", required=True, help="the .gif file")
     p.add_argument("--max-frames", type=int, default=24)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    _common(p)
+
+
+#: command -> (help, the function adding its own options). Each command runs the function
+#: ``run_<command>`` of ``fapm_lib.workflows.<command>`` (``-`` read as ``_``), imported when it runs,
+#: so ``fapm --help`` imports no workflow.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "fit": ("fit a model on <data-root>/<category>/train/good (or --good DIR)", _fit),
+    "fit-all": ("fit one model per category (here or on a Dask cluster)", _fit_all),
+    "evaluate": ("fit (or load --model) and evaluate on the test split", _evaluate),
+    "predict": ("score images with a fitted model", _predict),
+    "update": ("add normal images (marked false alarms) to a fitted model, no refit", _update),
+    "export": ("export a fitted model as one ONNX / OpenVINO graph (uint8 image in)", _export),
+    "synth": ("generate the built-in dataset (MVTec layout)", _synth),
+    "demo": ("the main job: every built-in category, results/summary.md", _demo),
+    "batch": ("run a notebook once per category with papermill", _batch),
+    "benchmark": ("FAPM vs PatchCore: accuracy and speed, side by side", _benchmark),
+    "gif": ("animate test images with heatmap and mask", _gif),
+}
+
+
+def handler(command: str) -> Callable[[argparse.Namespace], int]:
+    """The workflow function that runs ``command``: ``fapm_lib.workflows.<command>.run_<command>``."""
+    name = command.replace("-", "_")
+    return getattr(importlib.import_module(f"fapm_lib.workflows.{name}"), f"run_{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fapm`` parser: one sub-parser per entry of :data:`COMMANDS`, each with the common flags."""
+    parser = argparse.ArgumentParser(prog="fapm", description="FAPM: Fast Adaptive Patch Memory anomaly detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (text, add_options) in COMMANDS.items():
+        command = sub.add_parser(name, help=text)
+        add_options(command)
+        _common(command)
     return parser
 
 

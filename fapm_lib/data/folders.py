@@ -1,19 +1,104 @@
 """Images in plain folders (any depth), as ``fapm predict``, ``fapm fit --good`` and
-``predict_folder`` read them, and the output names ``fapm predict`` gives them.
+``predict_folder`` read them, and labelled plain folders as a dataset (:class:`FolderDataset`):
+``--good DIR`` (normal images), ``--defect DIR`` (defective images) and ``--masks DIR`` (their
+masks), any depth, any mix of image formats.
 
-Rules: files are images by extension (``IMAGE_EXTENSIONS``, case-insensitive, any mix); hidden
-files and folders (a name starting with ``.``) are ignored; every other file is *skipped* and
-listed by :func:`scan_folder` (``notes.txt``, ``Thumbs.db``); paths are sorted.
+Rules, exactly:
+
+- files are images by extension (``IMAGE_EXTENSIONS``, case-insensitive, any mix); hidden
+  files and folders (a name starting with ``.``) are ignored; every other file is *skipped* and
+  listed by :func:`scan_folder` (``notes.txt``, ``Thumbs.db``); paths are sorted;
+- in a :class:`FolderDataset`, the skipped files are listed in ``skipped`` as
+  ``(path, "<path>: not an image file")``;
+- label 0 for the images under ``good``, 1 under ``defect``; the defect type is the first folder
+  below ``defect`` (``defect/scratch/7.jpg``: ``scratch``), ``defect`` for files directly in it;
+- the mask of ``defect/<rel>/<stem>.<ext>`` is ``masks/<rel>/<stem>.png`` or
+  ``masks/<rel>/<stem>_mask.png`` (the same relative folder; the MVTec ``ground_truth`` folder
+  of one category fits as it is); with ``masks`` given, every defect image needs exactly one,
+  else a one-line DataError names the image and the names looked for; good images have none.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS
+from .samples import Sample, SampleDataset
+from .transform import Transform
+
+GOOD = "good"
+DEFECT = "defect"
+MASK_NAMES = ("{stem}.png", "{stem}_mask.png")
+
+
+class FolderDataset(SampleDataset):
+    """Labelled plain folders as a dataset (the items of :class:`~fapm_lib.data.mvtec.MVTecDataset`).
+
+    >>> train = FolderDataset(good="parts/ok", transform=model.transform)
+    >>> test = FolderDataset(good="new/ok", defect="new/ng", masks="new/ng_masks", split="test")
+
+    ``skipped`` lists the non-image files, then (with ``skip_bad``) the unreadable images."""
+
+    def __init__(self, good: str | os.PathLike | None = None, defect: str | os.PathLike | None = None,
+                 masks: str | os.PathLike | None = None, transform: Transform | None = None,
+                 skip_bad: bool = False, split: str = "train") -> None:
+        samples, not_images = folder_samples(good, defect, masks)
+        name = ", ".join(str(f) for f in (good, defect) if f is not None)
+        super().__init__(samples, transform, masks is not None, skip_bad, name, split)
+        self.skipped = not_images + self.skipped
+
+
+def folder_samples(good: str | os.PathLike | None, defect: str | os.PathLike | None = None,
+                   masks: str | os.PathLike | None = None) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """The samples of labelled folders (good first, then defects, each sorted) and the skipped
+    non-image files ``(path, reason)``; ConfigError / DataError (one line) on bad arguments."""
+    if good is None and defect is None:
+        raise ConfigError("give a folder of good images (--good), of defective ones (--defect), or both")
+    if masks is not None and defect is None:
+        raise ConfigError("--masks needs --defect: masks belong to defective images")
+    samples: list[Sample] = []
+    skipped: list[tuple[Path, str]] = []
+    for folder, label in ((good, 0), (defect, 1)):
+        if folder is None:
+            continue
+        folder = Path(folder)
+        images, others = scan_folder(folder)
+        skipped += [(p, f"{p}: not an image file") for p in others]
+        if not images:
+            raise DataError(f"{folder}: no images found")
+        if label == 0:
+            samples += [Sample(p, 0, GOOD, None) for p in images]
+        else:
+            samples += [Sample(p, 1, _defect_type(p, folder),
+                               None if masks is None else mask_for(p, folder, Path(masks)))
+                        for p in images]
+    return samples, skipped
+
+
+def mask_for(image: Path, defect_dir: Path, mask_dir: Path) -> Path:
+    """The one mask of a defect image under ``mask_dir`` (see the module's rules)."""
+    folder = mask_dir / image.parent.relative_to(defect_dir)
+    candidates = [folder / pattern.format(stem=image.stem) for pattern in MASK_NAMES]
+    present = [c for c in candidates if c.is_file()]
+    if not present:
+        raise DataError(f"{image}: no mask (looked for {candidates[0]} and {candidates[1].name})")
+    if len(present) > 1:
+        raise DataError(f"{image}: two masks match ({present[0]} and {present[1].name}); keep one")
+    return present[0]
+
+
+def _defect_type(image: Path, defect_dir: Path) -> str:
+    rel = image.relative_to(defect_dir).parts
+    return rel[0] if len(rel) > 1 else DEFECT
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Visible image files under ``folder`` (recursive), sorted; DataError when there are none."""
+    images, _ = scan_folder(folder)
+    if not images:
+        raise DataError(f"{folder}: no images found")
+    return images
 
 
 def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
@@ -26,62 +111,3 @@ def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     return images, [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Visible image files under ``folder`` (recursive), sorted; DataError when there are none."""
-    images, _ = scan_folder(folder)
-    if not images:
-        raise DataError(f"{folder}: no images found")
-    return images
-
-
-@dataclass
-class NamedInputs:
-    """Images given on a command line: ``pairs`` (image path, output name), ``repeats`` (files
-    given more than once, scored once) and ``skipped`` (non-image files inside folders)."""
-
-    pairs: list[tuple[Path, Path]] = field(default_factory=list)
-    repeats: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-
-
-def output_names(inputs: Iterable[str | os.PathLike]) -> NamedInputs:
-    """Output names for files and folders given on a command line.
-
-    A name is the end of the image's path, with its extension: below a folder argument, the
-    folder's own name and the path inside it (``test/crack/000.png``); for a file argument, its
-    parent folder and its name (``crack/000.png``). Where two different files would get the
-    same name (``a/good/1.png`` and ``b/good/1.png``), both take parent folders in front until
-    the names differ (``a/good/1.png``, ``b/good/1.png``). ``part1.png`` and ``part1.jpg`` keep
-    apart by their extensions. A file given twice is scored once (listed in ``repeats``)."""
-    found: list[tuple[Path, int]] = []  # (image path as given, parts of its resolved path the name keeps)
-    named = NamedInputs()
-    for item in map(Path, inputs):
-        if item.is_dir():
-            images, others = scan_folder(item)
-            found += [(p, len(p.relative_to(item).parts) + 1) for p in images]
-            named.skipped += others
-        elif item.is_file():
-            found.append((item, 2))
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    given: dict[Path, Path] = {}  # resolved -> as given (the first time)
-    depth: dict[Path, int] = {}
-    for path, parts in found:
-        resolved = path.resolve()
-        if resolved in depth:
-            named.repeats.append(path)
-        else:
-            given[resolved], depth[resolved] = path, parts
-    while True:
-        names: dict[tuple[str, ...], list[Path]] = {}
-        for resolved, parts in depth.items():
-            names.setdefault(resolved.parts[-parts:], []).append(resolved)
-        clashes = [paths for paths in names.values() if len(paths) > 1]
-        if not clashes:
-            break
-        for resolved in (p for paths in clashes for p in paths):  # distinct paths differ below the root
-            depth[resolved] = min(depth[resolved] + 1, len(resolved.parts) - 1)
-    named.pairs = [(given[resolved], Path(*resolved.parts[-parts:])) for resolved, parts in depth.items()]
-    return named

@@ -135,7 +135,7 @@ class MVTecDataset(SampleDataset):
         root: str | os.PathLike,
         category: str,
         split: Split = "train",
-        transform: Transform = Transform(),
+        transform: Transform | None = None,
         skip_bad: bool = False,
     ) -> None:
         self.root = Path(root)

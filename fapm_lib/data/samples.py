@@ -1,6 +1,6 @@
 """A dataset over a list of samples (image, label, defect type, optional mask), whatever layout
 listed them: the MVTec AD layout (:mod:`fapm_lib.data.mvtec`) or plain folders
-(:mod:`fapm_lib.data.flat`). Items are dicts of tensors; every problem is a one-line DataError."""
+(:mod:`fapm_lib.data.folders`). Items are dicts of tensors; every problem is a one-line DataError."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,9 +33,9 @@ class SampleDataset(Dataset):
     ``skip_bad``, every image and mask is decoded once here; unreadable ones are left out and
     listed in ``skipped`` as (image path, reason). ``name`` and ``split`` only word messages."""
 
-    def __init__(self, samples: list[Sample], transform: Transform, has_masks: bool, skip_bad: bool = False,
+    def __init__(self, samples: list[Sample], transform: Transform | None, has_masks: bool, skip_bad: bool = False,
                  name: str = "images", split: str = "train") -> None:
-        self.transform = transform
+        self.transform = transform or Transform()  # None: the default transform
         self.split = split
         self.name = name
         self.samples: list[Sample] = samples

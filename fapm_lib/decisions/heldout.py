@@ -1,9 +1,9 @@
 """k-fold held-out scores of the normal training images, and the thresholds they give.
 
-Image ``i`` is in fold ``i % folds`` (:mod:`fapm_lib.method.folds`). For each fold, memories are
+Image ``i`` is in fold ``i % folds`` (:mod:`fapm_lib.method.machinery.folds`). For each fold, memories are
 built from the other folds' region features (row subsets of the features already extracted: no
 second backbone pass), and the fold's scored images (every one, or a seeded sample of at most
-``calibration_images``) by the same :class:`~fapm_lib.method.fapm.FAPMModel` that predicts,
+``calibration_images``) by the same :class:`~fapm_lib.method.fapm_model.FAPMModel` that predicts,
 each query in its own region and layer. See :mod:`fapm_lib.decisions.calibration`.
 """
 from __future__ import annotations
@@ -14,13 +14,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..method.fapm import FAPMModel
-from ..method.folds import fold_count, heldout_images, kept_images, scored_images
-from ..method.memory import build_layer_memory, build_layer_memory_cells, check_fold_k
+from ..config import FAPMConfig
+from ..method.fapm_model import FAPMModel
+from ..method.machinery.folds import fold_count, heldout_images, kept_images, scored_images
+from ..method.memory_builders import build_layer_memory, build_layer_memory_cells, check_fold_k
 from ..method.regions import image_rows, merge_regions
 from ..method.scoring import top_neighbours
-from .calibration import (K_KEPT, PIXEL_TABLE_RATES, QUANTILE_RULE, Calibration, describe, floor_spread,
-                          image_scores, quantile_threshold, spread)
+from .calibration import (
+    K_KEPT,
+    PIXEL_TABLE_RATES,
+    QUANTILE_RULE,
+    Calibration,
+    describe,
+    floor_spread,
+    image_scores,
+    quantile_threshold,
+    spread,
+)
 from .quantiles import ValueFile
 
 
@@ -32,7 +42,7 @@ def regions_to_maps(regions: Tensor, images: Tensor, grid: int, size: tuple[int,
     return merge_regions(regions.index_select(1, rows), grid, h, w).permute(0, 3, 1, 2)
 
 
-def fold_model(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config, train: Tensor,
+def fold_model(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config: FAPMConfig, train: Tensor,
                progress: bool = False, method: str = "exact") -> FAPMModel:
     """A model (no backbone) whose memories are built from the ``train`` images' rows only, by
     the coreset ``method`` of the fit (``exact`` or ``cells``)."""
@@ -62,7 +72,7 @@ class HeldOut:
 
 
 @torch.inference_mode()
-def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config,
+def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config: FAPMConfig,
                         progress: bool = False, method: str = "exact") -> HeldOut:
     """k-fold held-out predictions of the scored training images (:func:`scored_images`, in
     image order) from per-layer region features ``[R, N*s*s, C]`` (``config.calibration_folds``
@@ -115,7 +125,7 @@ def from_heldout(heldout: HeldOut, image_score: str, k: int, false_alarm_rate: f
                        "false_alarm_rate", false_alarm_rate, summary, image_score, k)
 
 
-def calibrate_regions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config,
+def calibrate_regions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config: FAPMConfig,
                       progress: bool = False, method: str = "exact") -> Calibration | None:
     """k-fold calibration of a fit from its per-layer region features ``[R, N*s*s, C]``; None
     when ``config.calibration_folds`` is 0 or there are fewer than 2 images. ``method``: the

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..method.fapm import fuse_region_distances
+from ..config import FAPMConfig
+from ..method.fapm_model import fuse_region_distances
 from ..method.regions import merge_regions
 from ..method.scoring import postprocess, top_neighbours
 from ..scale.pipeline import RegionFit
@@ -24,7 +25,7 @@ MERGE_IMAGES = 64
 
 
 @torch.inference_mode()
-def heldout_from_knn(fit: RegionFit, feature_sizes: list[tuple[int, int]], config, workdir: Path,
+def heldout_from_knn(fit: RegionFit, feature_sizes: list[tuple[int, int]], config: FAPMConfig, workdir: Path,
                      progress: bool = False) -> HeldOut:
     """Held-out neighbours ``[N, k]`` and the anomaly maps' pixels (a :class:`ValueFile` under
     ``workdir``) from ``fit.knn``."""
@@ -43,7 +44,7 @@ def heldout_from_knn(fit: RegionFit, feature_sizes: list[tuple[int, int]], confi
     return HeldOut(neighbours, values, fit.folds)
 
 
-def calibrate_from_knn(fit: RegionFit, feature_sizes: list[tuple[int, int]], config, workdir: Path,
+def calibrate_from_knn(fit: RegionFit, feature_sizes: list[tuple[int, int]], config: FAPMConfig, workdir: Path,
                        progress: bool = False) -> Calibration | None:
     """The k-fold calibration of a bounded fit; None without folds (``calibration_folds`` 0, or
     fewer than 2 images)."""

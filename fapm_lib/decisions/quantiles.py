@@ -91,7 +91,8 @@ class ValueFile:
             keys = sort_keys(values)
             slot = slot_of[keys >> 16]
             hit = slot >= 0
-            lower += np.bincount(slot[hit] * BINS + (keys[hit] & 0xFFFF), minlength=len(wanted) * BINS).reshape(-1, BINS)
+            lower += np.bincount(slot[hit] * BINS + (keys[hit] & 0xFFFF),
+                                 minlength=len(wanted) * BINS).reshape(-1, BINS)
         out = {}
         for rank, b in bins.items():
             i = int(np.searchsorted(wanted, b))

@@ -28,7 +28,8 @@ from ..data.images import ImageInput, as_pil
 from ..data.transform import Transform
 from ..errors import ConfigError
 from .calibration import Calibration, manual
-from .explain import Explanation, explain_images
+from .detector_protocol import ScoringDetector
+from .nearest_patch import Explanation, explain_images
 
 UNCALIBRATED = "uncalibrated"
 
@@ -52,7 +53,7 @@ class Result:
 
     def explain(self) -> Explanation:
         """The nearest normal patch at this image's most anomalous place: test crop, nearest
-        training crop, distance and region per layer (:mod:`fapm_lib.decisions.explain`).
+        training crop, distance and region per layer (:mod:`fapm_lib.decisions.nearest_patch`).
         Computed on first call (one more pass of this image); ConfigError (one line) for a model
         that cannot explain."""
         if self.explainer is None:
@@ -87,14 +88,15 @@ def map_to_input(amap: Tensor, size: tuple[int, int], transform: Transform) -> t
     return torch.where(inside, out, torch.zeros(())).numpy().astype(np.float32), box
 
 
-def resolve_calibration(model, threshold: float | None = None, pixel_threshold: float | None = None) -> Calibration | None:
+def resolve_calibration(model: ScoringDetector, threshold: float | None = None,
+                        pixel_threshold: float | None = None) -> Calibration | None:
     """The model's calibration, with a manual image and/or pixel threshold (raw units) if given."""
     if threshold is None and pixel_threshold is None:
         return model.calibration
     return manual(model.calibration, threshold, pixel_threshold, model.config.image_score, model.config.search_k)
 
 
-def predict_images(model, images: Sequence[ImageInput], threshold: float | None = None,
+def predict_images(model: ScoringDetector, images: Sequence[ImageInput], threshold: float | None = None,
                    pixel_threshold: float | None = None) -> list[Result]:
     """Score images of any sizes (batched by ``model.config.batch_size``) -> one :class:`Result` each."""
     calibration = resolve_calibration(model, threshold, pixel_threshold)
@@ -113,7 +115,7 @@ def predict_images(model, images: Sequence[ImageInput], threshold: float | None 
     return results
 
 
-def _explain_one(model, image: ImageInput) -> Explanation:
+def _explain_one(model: ScoringDetector, image: ImageInput) -> Explanation:
     return explain_images(model, [image])[0]
 
 
@@ -127,7 +129,7 @@ def decide(raw: float, amap: np.ndarray, box: tuple[float, ...], calibration: Ca
     return result
 
 
-def predict_folder(model, folder: str | os.PathLike, threshold: float | None = None,
+def predict_folder(model: ScoringDetector, folder: str | os.PathLike, threshold: float | None = None,
                    pixel_threshold: float | None = None) -> list[Result]:
     """Every image under ``folder`` -> list of :class:`Result` (``path`` set)."""
     return predict_images(model, list_images(folder), threshold, pixel_threshold)

@@ -47,7 +47,7 @@ def is_exported(path: str | os.PathLike) -> bool:
 
 
 class ExportedModel:
-    """An exported FAPM graph (see :mod:`fapm_lib.deploy.export`), run by onnxruntime or OpenVINO."""
+    """An exported FAPM graph (see :mod:`fapm_lib.deploy.graph_export`), run by onnxruntime or OpenVINO."""
 
     kind = "exported"
 

@@ -26,7 +26,7 @@ def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: st
     ``[S, S, 3]`` each, training images); write the IR to ``output``. Returns what was done."""
     try:
         import nncf
-        import openvino as ov
+        import openvino  # noqa: F401  (nncf quantizes an OpenVINO model: both are needed)
     except ImportError:
         raise ConfigError("--int8 needs nncf and openvino: pip install nncf openvino") from None
     if not images:

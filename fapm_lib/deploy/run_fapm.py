@@ -130,7 +130,8 @@ class ExportedRunner:
             self.output_names = list(self.meta["outputs"])
             self.preprocessing = self.meta["preprocessing"]
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise ExportError(f"{self.sidecar_path}: unreadable export description ({type(exc).__name__}: {exc})") from None
+            raise ExportError(f"{self.sidecar_path}: unreadable export description "
+                              f"({type(exc).__name__}: {exc})") from None
         if self.meta.get("format") != "fapm_export":
             raise ExportError(f"{self.sidecar_path}: not a fapm export description")
         batch = self.meta.get("batch_size")
@@ -285,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                 if args.masks:
                     (out / "masks").mkdir(exist_ok=True)
                     mask = Image.fromarray(result["mask"][j].astype(np.uint8) * 255)
-                    _write_atomic(out / "masks" / f"{name}.png", lambda t: mask.save(t, format="PNG"))
+                    _write_atomic(out / "masks" / f"{name}.png", lambda t, mask=mask: mask.save(t, format="PNG"))
                 if args.maps:
                     (out / "maps").mkdir(exist_ok=True)
                     amap = result["anomaly_map"][j].astype(np.float32)
-                    _write_atomic(out / "maps" / f"{name}.npy", lambda t: _save_npy(t, amap))
+                    _write_atomic(out / "maps" / f"{name}.npy", lambda t, amap=amap: _save_npy(t, amap))
 
         def write_csv(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -67,7 +67,7 @@ def build_runners(model: FAPM, names: list[str], folder: Path, train: MVTecDatas
                   threads: int) -> dict[str, tuple[Callable[[np.ndarray], tuple[Any, Any]], dict]]:
     """For each runtime name: ``run(uint8 [B, S, S, 3]) -> (maps [B, S, S], raw scores [B])`` and
     a few facts (export folder, files' MB, export seconds)."""
-    from .export import export_model
+    from .graph_export import export_model
 
     out: dict[str, tuple[Callable, dict]] = {}
     if "torch" in names:

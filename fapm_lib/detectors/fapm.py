@@ -1,6 +1,6 @@
 """FAPM, the detector: fit per-region, per-layer memories and calibrate; predict; save and load.
 
-The inference itself is :class:`~fapm_lib.method.fapm.FAPMModel` (``FAPM.model`` once fitted).
+The inference itself is :class:`~fapm_lib.method.fapm_model.FAPMModel` (``FAPM.model`` once fitted).
 """
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from ..decisions.heldout import calibrate_regions
 from ..decisions.heldout_store import calibrate_from_knn
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
-from ..method.cells import resolve_method
-from ..method.fapm import FAPMModel
-from ..method.memory import BankGroup, LayerMemory, build_memories, check_k
+from ..method.fapm_model import FAPMModel
+from ..method.machinery.cells import resolve_method
+from ..method.memory import BankGroup, LayerMemory
+from ..method.memory_builders import build_memories, check_k
 from ..method.regions import RegionFeatureBuffer, check_grid, split_regions, valid_grids
-from ..scale.bounded import TensorRegions, check_budget, write_store
+from ..scale.bounded import check_budget, write_store
 from ..scale.pipeline import check_scheduler, fit_layers
+from ..scale.region_source import TensorRegions
 from ..scale.store import FeatureStore
 from .base import Detector, ImageBatches, iter_images
 from .model_file import save_tensors
@@ -136,7 +138,8 @@ class FAPM(Detector):
         def first_batch(maps: list[Tensor]) -> None:
             self._set_feature_sizes(maps)
             if n_images is not None:  # refuse a budget too small before extracting everything
-                check_budget(self.config, n_images, [(p, int(f.shape[1])) for p, f in zip(self._rows_per_image(), maps)])
+                check_budget(self.config, n_images,
+                             [(p, int(f.shape[1])) for p, f in zip(self._rows_per_image(), maps)])
 
         with FeatureStore(self.config.store_dir) as store:
             layers = write_store(store, batches, self.config, n_images, on_first=first_batch)
@@ -158,15 +161,16 @@ class FAPM(Detector):
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
         options = valid_grids(*(side for size in sizes for side in size))  # grids that fit every layer
         for i, (h, w) in enumerate(sizes):
-            check_grid(h, w, self.config.grid, f"layer-{i} feature map (stride {self.backbone_info.strides[i]})", options)
+            check_grid(h, w, self.config.grid, f"layer-{i} feature map (stride {self.backbone_info.strides[i]})",
+                       options)
         self.feature_sizes = sizes
 
     # ---- adding normal images (fapm update) -------------------------------------------------
     def add_good(self, data: ImageBatches | Tensor, progress: bool = False):
         """Add normal images (a dataset, loader or ``[N, 3, S, S]`` tensor) to the fitted memories
-        without a refit and refresh the calibration (:mod:`fapm_lib.detectors.update`); returns
-        its :class:`~fapm_lib.detectors.update.UpdateReport`."""
-        from .update import add_good
+        without a refit and refresh the calibration (:mod:`fapm_lib.detectors.add_good`); returns
+        its :class:`~fapm_lib.detectors.add_good.UpdateReport`."""
+        from .add_good import add_good
 
         return add_good(self, data, progress)
 
@@ -175,14 +179,14 @@ class FAPM(Detector):
         """One safetensors file: memories + the config, backbone and calibration that go with them."""
         self._require_fitted()
         tensors: dict[str, Tensor] = {}
-        for l, mem in enumerate(self.memories):
-            tensors[f"layers.{l}.radii"] = mem.radii
-            tensors[f"layers.{l}.far"] = mem.far.to(torch.uint8)
+        for layer, mem in enumerate(self.memories):
+            tensors[f"layers.{layer}.radii"] = mem.radii
+            tensors[f"layers.{layer}.far"] = mem.far.to(torch.uint8)
             for g, group in enumerate(mem.groups):
-                tensors[f"layers.{l}.groups.{g}.regions"] = group.regions
-                tensors[f"layers.{l}.groups.{g}.bank"] = group.bank
+                tensors[f"layers.{layer}.groups.{g}.regions"] = group.regions
+                tensors[f"layers.{layer}.groups.{g}.bank"] = group.bank
                 if group.sources is not None:
-                    tensors[f"layers.{l}.groups.{g}.sources"] = group.sources
+                    tensors[f"layers.{layer}.groups.{g}.sources"] = group.sources
         header = {**self._header(), "n_layers": len(self.memories),
                   "n_groups": [len(m.groups) for m in self.memories]}
         return save_tensors(path, tensors, self.kind, header)
@@ -196,13 +200,13 @@ class FAPM(Detector):
         try:
             channels = header["backbone"]["channels"]
             memories = []
-            for l in range(header["n_layers"]):
-                parts = [(tensors[f"layers.{l}.groups.{g}.regions"], tensors[f"layers.{l}.groups.{g}.bank"])
-                         for g in range(header["n_groups"][l])]
-                sources = [tensors.get(f"layers.{l}.groups.{g}.sources") for g in range(len(parts))]
-                radii, far = tensors[f"layers.{l}.radii"], tensors[f"layers.{l}.far"]
-                _check_layer(path, l, parts, radii, far, channels[l], config.grid, header["backbone"]["name"])
-                _check_sources(path, l, parts, sources)
+            for layer in range(header["n_layers"]):
+                parts = [(tensors[f"layers.{layer}.groups.{g}.regions"], tensors[f"layers.{layer}.groups.{g}.bank"])
+                         for g in range(header["n_groups"][layer])]
+                sources = [tensors.get(f"layers.{layer}.groups.{g}.sources") for g in range(len(parts))]
+                radii, far = tensors[f"layers.{layer}.radii"], tensors[f"layers.{layer}.far"]
+                _check_layer(path, layer, parts, radii, far, channels[layer], config.grid, header["backbone"]["name"])
+                _check_sources(path, layer, parts, sources)
                 memories.append(LayerMemory([BankGroup(r, b, src) for (r, b), src in zip(parts, sources)], radii,
                                             far.bool()))
             if len(model.feature_sizes) != len(memories):
@@ -236,7 +240,8 @@ def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]
         raise ModelFileError(f"{path}: layer {layer}: {problem}")
 
 
-def _check_sources(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]], sources: list[Tensor | None]) -> None:
+def _check_sources(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]],
+                   sources: list[Tensor | None]) -> None:
     """Refuse malformed sources: one int64 row index ``>= 0`` per memory vector, or none at all
     (format version 1)."""
     if all(src is None for src in sources):

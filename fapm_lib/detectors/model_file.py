@@ -11,8 +11,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..system.atomic import atomic_path
 from ..errors import ModelFileError
+from ..system.atomic import atomic_path
 
 #: The file name fit, evaluate and fit-all write a model to.
 MODEL_FILE = "model.safetensors"

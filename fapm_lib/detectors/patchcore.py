@@ -1,5 +1,5 @@
 """PatchCore, the detector: the baseline FAPM speeds up, on the same backbone, coreset and
-post-processing (:class:`~fapm_lib.method.patchcore.PatchCoreModel`)."""
+post-processing (:class:`~fapm_lib.method.patchcore_model.PatchCoreModel`)."""
 from __future__ import annotations
 
 import time
@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import FeatureExtractor
-from ..method.patchcore import PATCHCORE_PROJECTION, PatchCoreModel, build_bank, patch_rows
+from ..method.patchcore_model import PATCHCORE_PROJECTION, PatchCoreModel, build_bank, patch_rows
 from .base import Detector, ImageBatches, iter_images
 from .model_file import save_tensors
 

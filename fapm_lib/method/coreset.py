@@ -1,29 +1,27 @@
-"""Greedy k-center coreset (Sener & Savarese), batched over regions, with covering radii.
+"""Step 3 of the fit: greedy k-center coreset (Sener & Savarese), batched over regions, with
+covering radii; and FAPM's adaptive rule on those radii (near / far regions).
 
 All regions of a layer are processed at once: one batched vector-matrix product per greedy
 step, no loop over regions or positions. The vectors are kept transposed (``[R, C, N]``), so
 that product reads memory in order: about 4x faster on a CPU than ``[R, N, C]``. Greedy
 prefixes are nested, so a selection can be extended later (FAPM's "far" regions continue the
-same run up to ``a * r``).
+same run up to ``a * r``). How the runs are stepped in parallel:
+:mod:`fapm_lib.method.machinery.threads`.
 
-A step is a handful of passes over ``[R, N]`` after the product; with torch's intra-op threads,
-each pass ends in a thread barrier, and on a shared 2-core machine a step over 160,000 x 512
-floats took 47 to 60 ms instead of 16 (one thread already reads memory at the machine's
-bandwidth). So :meth:`GreedyKCenter.extend` runs every step on one intra-op thread and splits the
-regions into contiguous slices, one per torch thread, stepped in parallel by Python threads: the
-same arithmetic per region (results bit-identical), no barrier per pass.
+Reading order: :class:`GreedyKCenter`; the adaptive rule (:func:`far_regions`,
+:func:`near_far_sizes`, :func:`coreset_size`); what a selection is (:class:`Selection`,
+:class:`GreedyState`); :func:`random_projection`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from .machinery.threads import one_torch_thread, region_slices, thread_pool
 
 
 class GreedyKCenter:
@@ -44,15 +42,6 @@ class GreedyKCenter:
         self._index_chunks: list[Tensor] = []
         self._radius_chunks: list[Tensor] = []
         self._add(first)
-
-    def _prepare(self, x: Tensor) -> None:
-        if x.ndim != 3 or x.shape[1] == 0:
-            raise ValueError(f"expected [R, N, C] with N > 0, got {tuple(x.shape)}")
-        self.xt = x.transpose(1, 2).contiguous()  # [R, C, N]
-        self.sq = torch.linalg.vector_norm(x, dim=-1).square_()  # [R, N], no x-sized temporary
-        # one distance buffer for the whole run: a fresh [R, N] per step fragments the heap
-        # (RSS then grows step after step on long runs)
-        self._d2 = torch.empty_like(self.sq)
 
     @classmethod
     def resume(cls, x: Tensor, state: "GreedyState") -> "GreedyKCenter":
@@ -87,21 +76,48 @@ class GreedyKCenter:
         """``[R, m]`` covering radius after 1..m centres."""
         return torch.cat(self._radius_chunks, dim=1)
 
-    def _sq_dist_to(self, centres: Tensor, part: slice = slice(None)) -> Tensor:
-        """Squared L2 distance of every vector of the sets ``part`` to its set's centre:
-        ``[G, C] -> [G, N]``."""
-        d2 = self._d2[part]
-        torch.bmm(centres.unsqueeze(1), self.xt[part], out=d2.unsqueeze(1))  # dot products, then in place:
-        return d2.mul_(-2).add_(self.sq[part]).add_(centres.pow(2).sum(-1, keepdim=True)).clamp_min_(0)
+    def extend(self, n_total: int, progress: bool = False, desc: str = "coreset") -> "GreedyKCenter":
+        """Grow every set's selection to ``min(n_total, N)`` centres (the sets in slices, one per
+        torch thread, each stepped on one intra-op thread: see the module's docstring)."""
+        steps = min(n_total, self.sq.shape[1]) - self.n_selected
+        if steps > 0:
+            parts = region_slices(self.sq.shape[0], torch.get_num_threads())
+            with tqdm(total=steps * len(parts), desc=desc, disable=not progress, leave=False, mininterval=0.5) as bar, \
+                    one_torch_thread():
+                if len(parts) == 1:
+                    runs = [self._steps(parts[0], steps, bar)]
+                else:
+                    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+                    runs = list(thread_pool(len(parts)).map(lambda part: self._run(part, steps, bar, modes), parts))
+            self._index_chunks.append(torch.cat([r[0] for r in runs]))
+            self._radius_chunks.append(torch.cat([r[1] for r in runs]))
+            self._farthest = torch.cat([r[2] for r in runs])
+        self._compact()
+        return self
 
-    def _step(self, idx: Tensor, part: slice = slice(None)) -> tuple[Tensor, Tensor]:
-        """Add centre ``idx [G]`` to the sets ``part``; their squared radius and next centre ``[G]``."""
-        xt = self.xt[part]
-        centres = xt[torch.arange(xt.shape[0], device=idx.device), :, idx]  # [G, C]
-        min_sq = self.min_sq[part]
-        torch.minimum(min_sq, self._sq_dist_to(centres, part), out=min_sq)
-        min_sq.scatter_(1, idx[:, None], 0.0)  # a centre covers itself exactly
-        return min_sq.max(dim=1)  # the next centre comes with the radius
+    def subset(self, regions: Tensor) -> "GreedyKCenter":
+        """The same run restricted to some sets (``regions: [G]`` long), state kept."""
+        new = object.__new__(GreedyKCenter)
+        new.xt, new.sq, new.min_sq = self.xt[regions], self.sq[regions], self.min_sq[regions].clone()
+        new._d2 = torch.empty_like(new.sq)
+        new._farthest = self._farthest[regions]
+        new._index_chunks = [self.indices[regions]]
+        new._radius_chunks = [self.radii[regions]]
+        return new
+
+    def _prepare(self, x: Tensor) -> None:
+        if x.ndim != 3 or x.shape[1] == 0:
+            raise ValueError(f"expected [R, N, C] with N > 0, got {tuple(x.shape)}")
+        self.xt = x.transpose(1, 2).contiguous()  # [R, C, N]
+        self.sq = torch.linalg.vector_norm(x, dim=-1).square_()  # [R, N], no x-sized temporary
+        # one distance buffer for the whole run: a fresh [R, N] per step fragments the heap
+        # (RSS then grows step after step on long runs)
+        self._d2 = torch.empty_like(self.sq)
+
+    def _compact(self) -> None:
+        if len(self._index_chunks) > 1:
+            self._index_chunks = [self.indices]
+            self._radius_chunks = [self.radii]
 
     def _add(self, idx: Tensor) -> None:
         radius_sq, self._farthest = self._step(idx)
@@ -127,70 +143,42 @@ class GreedyKCenter:
             bar.update(1)
         return torch.stack(chosen, 1), torch.stack(radii, 1), idx
 
-    def extend(self, n_total: int, progress: bool = False, desc: str = "coreset") -> "GreedyKCenter":
-        """Grow every set's selection to ``min(n_total, N)`` centres (the sets in slices, one per
-        torch thread, each stepped on one intra-op thread: see the module's docstring)."""
-        steps = min(n_total, self.sq.shape[1]) - self.n_selected
-        if steps > 0:
-            parts = region_slices(self.sq.shape[0], torch.get_num_threads())
-            with tqdm(total=steps * len(parts), desc=desc, disable=not progress, leave=False, mininterval=0.5) as bar, \
-                    one_torch_thread():
-                if len(parts) == 1:
-                    runs = [self._steps(parts[0], steps, bar)]
-                else:
-                    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-                    runs = list(_pool(len(parts)).map(lambda part: self._run(part, steps, bar, modes), parts))
-            self._index_chunks.append(torch.cat([r[0] for r in runs]))
-            self._radius_chunks.append(torch.cat([r[1] for r in runs]))
-            self._farthest = torch.cat([r[2] for r in runs])
-        self._compact()
-        return self
+    def _step(self, idx: Tensor, part: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """Add centre ``idx [G]`` to the sets ``part``; their squared radius and next centre ``[G]``."""
+        xt = self.xt[part]
+        centres = xt[torch.arange(xt.shape[0], device=idx.device), :, idx]  # [G, C]
+        min_sq = self.min_sq[part]
+        torch.minimum(min_sq, self._sq_dist_to(centres, part), out=min_sq)
+        min_sq.scatter_(1, idx[:, None], 0.0)  # a centre covers itself exactly
+        return min_sq.max(dim=1)  # the next centre comes with the radius
 
-    def _compact(self) -> None:
-        if len(self._index_chunks) > 1:
-            self._index_chunks = [self.indices]
-            self._radius_chunks = [self.radii]
-
-    def subset(self, regions: Tensor) -> "GreedyKCenter":
-        """The same run restricted to some sets (``regions: [G]`` long), state kept."""
-        new = object.__new__(GreedyKCenter)
-        new.xt, new.sq, new.min_sq = self.xt[regions], self.sq[regions], self.min_sq[regions].clone()
-        new._d2 = torch.empty_like(new.sq)
-        new._farthest = self._farthest[regions]
-        new._index_chunks = [self.indices[regions]]
-        new._radius_chunks = [self.radii[regions]]
-        return new
+    def _sq_dist_to(self, centres: Tensor, part: slice = slice(None)) -> Tensor:
+        """Squared L2 distance of every vector of the sets ``part`` to its set's centre:
+        ``[G, C] -> [G, N]``."""
+        d2 = self._d2[part]
+        torch.bmm(centres.unsqueeze(1), self.xt[part], out=d2.unsqueeze(1))  # dot products, then in place:
+        return d2.mul_(-2).add_(self.sq[part]).add_(centres.pow(2).sum(-1, keepdim=True)).clamp_min_(0)
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+def far_regions(radii: Tensor, n_near: int, n_far: int) -> Tensor:
+    """FAPM's adaptive rule, ``[R] -> [R]`` bool: a region is "far" (keeps ``n_far`` centres)
+    when its covering radius at the base ratio exceeds the mean radius of its layer's regions;
+    none is when ``n_far == n_near`` (fixed sampling, or a ratio too small to differ)."""
+    if n_far <= n_near:
+        return torch.zeros_like(radii, dtype=torch.bool)
+    return radii > radii.mean()
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A pool of ``workers`` threads kept for the process (starting threads for every run of a
-    few steps cost more than the steps)."""
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="greedy")
-    return _POOLS[workers]
+def near_far_sizes(n: int, ratio: float, multiplier: float, sampling: str) -> tuple[int, int]:
+    """Centres a "near" and a "far" region of ``n`` vectors keep: ``ceil(r n)`` and
+    ``ceil(a r n)`` with ``adaptive`` sampling; ``ceil(r n)`` both with ``fixed``."""
+    n_near = coreset_size(n, ratio)
+    return n_near, coreset_size(n, ratio * multiplier) if sampling == "adaptive" else n_near
 
 
-def region_slices(n_sets: int, workers: int) -> list[slice]:
-    """``n_sets`` in at most ``workers`` contiguous slices of nearly equal size."""
-    bounds = torch.linspace(0, n_sets, max(1, min(workers, n_sets)) + 1).round().long().tolist()
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Torch's intra-op thread count set to 1 inside the block (process-wide), restored after."""
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def coreset_size(n: int, ratio: float) -> int:
+    """Number of centres kept from ``n`` vectors at ``ratio`` (at least one)."""
+    return max(1, min(n, math.ceil(round(n * ratio, 9))))  # round: 0.1 * 3 * 100 is 30, not 31
 
 
 @dataclass
@@ -220,27 +208,6 @@ class GreedyState:
     radii: Tensor
     min_sq: Tensor
     farthest: Tensor
-
-
-def coreset_size(n: int, ratio: float) -> int:
-    """Number of centres kept from ``n`` vectors at ``ratio`` (at least one)."""
-    return max(1, min(n, math.ceil(round(n * ratio, 9))))  # round: 0.1 * 3 * 100 is 30, not 31
-
-
-def near_far_sizes(n: int, ratio: float, multiplier: float, sampling: str) -> tuple[int, int]:
-    """Centres a "near" and a "far" region of ``n`` vectors keep: ``ceil(r n)`` and
-    ``ceil(a r n)`` with ``adaptive`` sampling; ``ceil(r n)`` both with ``fixed``."""
-    n_near = coreset_size(n, ratio)
-    return n_near, coreset_size(n, ratio * multiplier) if sampling == "adaptive" else n_near
-
-
-def far_regions(radii: Tensor, n_near: int, n_far: int) -> Tensor:
-    """FAPM's adaptive rule, ``[R] -> [R]`` bool: a region is "far" (keeps ``n_far`` centres)
-    when its covering radius at the base ratio exceeds the mean radius of its layer's regions;
-    none is when ``n_far == n_near`` (fixed sampling, or a ratio too small to differ)."""
-    if n_far <= n_near:
-        return torch.zeros_like(radii, dtype=torch.bool)
-    return radii > radii.mean()
 
 
 def random_projection(x: Tensor, dim: int | None, seed: int = 0) -> Tensor:

@@ -7,6 +7,31 @@ from torch import Tensor
 from ..errors import ConfigError
 
 
+def split_regions(features: Tensor, grid: int) -> Tensor:
+    """``[B, C, H, W] -> [R, B*s*s, C]`` with ``R = grid**2`` and ``s = H / grid``.
+
+    Region ``r = gy * grid + gx``; within a region, rows are ordered (image, y, x): in einops
+    notation ``b c (gy sy) (gx sx) -> (gy gx) (b sy sx) c``. Written with ``reshape`` and
+    ``permute`` and ``-1`` for the batch, so a traced (exported) model keeps a dynamic batch.
+    """
+    channels, height, width = features.shape[1:]
+    side = height // grid if torch.jit.is_tracing() else check_grid(height, width, grid)  # traced sizes are tensors
+    regions = features.reshape(-1, channels, grid, side, grid, width // grid)  # b c gy sy gx sx
+    # contiguous: the same values in another memory layout would round differently in bmm (the
+    # reshape alone returns a view when a region is one cell)
+    return regions.permute(2, 4, 0, 3, 5, 1).reshape(grid * grid, -1, channels).contiguous()
+
+
+def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
+    """``[R, B*s*s, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`
+    (``(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...``)."""
+    sy, sx = height // grid, width // grid
+    tail = tuple(values.shape[2:])
+    cells = values.reshape(grid, grid, -1, sy, sx, *tail)  # gy gx b sy sx ...
+    order = (2, 0, 3, 1, 4, *range(5, cells.ndim))  # b gy sy gx sx ...
+    return cells.permute(order).reshape(-1, height, width, *tail)
+
+
 def check_grid(height: int, width: int, grid: int, what: str = "feature map",
                options: list[int] | None = None) -> int:
     """Side ``s`` of one region; ConfigError when ``grid`` does not divide the map.
@@ -26,35 +51,10 @@ def valid_grids(*sizes: int) -> list[int]:
     return [g for g in range(1, min(sizes) + 1) if all(s % g == 0 for s in sizes)]
 
 
-def split_regions(features: Tensor, grid: int) -> Tensor:
-    """``[B, C, H, W] -> [R, B*s*s, C]`` with ``R = grid**2`` and ``s = H / grid``.
-
-    Region ``r = gy * grid + gx``; within a region, rows are ordered (image, y, x): in einops
-    notation ``b c (gy sy) (gx sx) -> (gy gx) (b sy sx) c``. Written with ``reshape`` and
-    ``permute`` and ``-1`` for the batch, so a traced (exported) model keeps a dynamic batch.
-    """
-    channels, height, width = features.shape[1:]
-    side = height // grid if torch.jit.is_tracing() else check_grid(height, width, grid)  # traced sizes are tensors
-    regions = features.reshape(-1, channels, grid, side, grid, width // grid)  # b c gy sy gx sx
-    # contiguous: the same values in another memory layout would round differently in bmm (the
-    # reshape alone returns a view when a region is one cell)
-    return regions.permute(2, 4, 0, 3, 5, 1).reshape(grid * grid, -1, channels).contiguous()
-
-
 def image_rows(images: Tensor, per_image: int) -> Tensor:
     """Rows of ``images [K]`` among one region's vectors ``[N * per_image, C]`` (image-major, as
     :func:`split_regions` orders them) -> ``[K * per_image]``."""
     return (images[:, None] * per_image + torch.arange(per_image, device=images.device)).flatten()
-
-
-def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
-    """``[R, B*s*s, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`
-    (``(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...``)."""
-    sy, sx = height // grid, width // grid
-    tail = tuple(values.shape[2:])
-    cells = values.reshape(grid, grid, -1, sy, sx, *tail)  # gy gx b sy sx ...
-    order = (2, 0, 3, 1, 4, *range(5, cells.ndim))  # b gy sy gx sx ...
-    return cells.permute(order).reshape(-1, height, width, *tail)
 
 
 class RegionFeatureBuffer:

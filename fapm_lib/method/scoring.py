@@ -22,6 +22,18 @@ class Prediction(NamedTuple):
     patch_scores: Tensor
 
 
+def align_layer(distances: Tensor, fine: int, alignment: str = "aligned", grid: int = 7) -> Tensor:
+    """One layer's distances ``[B, h, w, k]`` onto the ``fine x fine`` layer-2 grid:
+    ``aligned`` (:func:`upsample_nearest`, the 2x2 tiling, the library's) or ``official`` (:func:`upsample_official`,
+    the official code's, for comparison)."""
+    factor = fine // distances.shape[1]
+    if alignment == "aligned":
+        return upsample_nearest(distances, factor)
+    if alignment == "official":
+        return upsample_official(distances, factor, grid)
+    raise ValueError(f"alignment={alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
+
+
 def upsample_nearest(coarse: Tensor, factor: int) -> Tensor:
     """Bring a coarse layer's values onto the finer grid, aligned with the 2x2 tiling convention:
     ``[B, h, w, ...] -> [B, h*f, w*f, ...]``, coarse cell (i, j) onto the fine cells
@@ -52,18 +64,6 @@ def upsample_official(coarse: Tensor, factor: int, grid: int) -> Tensor:
     return rearrange(fine, "b gy gx (sy sx) ... -> b (gy sy) (gx sx) ...", sy=h * factor, sx=w * factor)
 
 
-def align_layer(distances: Tensor, fine: int, alignment: str = "aligned", grid: int = 7) -> Tensor:
-    """One layer's distances ``[B, h, w, k]`` onto the ``fine x fine`` layer-2 grid:
-    ``aligned`` (:func:`upsample_nearest`, the 2x2 tiling, the library's) or ``official`` (:func:`upsample_official`,
-    the official code's, for comparison)."""
-    factor = fine // distances.shape[1]
-    if alignment == "aligned":
-        return upsample_nearest(distances, factor)
-    if alignment == "official":
-        return upsample_official(distances, factor, grid)
-    raise ValueError(f"alignment={alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
-
-
 def fuse_layers(aligned: list[Tensor]) -> Tensor:
     """Fuse the layers: the sum of their k-NN distances, already on one grid (see
     :func:`upsample_nearest`): list of ``[B, H, W, k] -> [B, H, W, k]`` (a new tensor)."""
@@ -77,9 +77,11 @@ def fuse_layers(aligned: list[Tensor]) -> Tensor:
     return total
 
 
-def gaussian_kernel_size(sigma: float) -> int:
-    """Odd kernel size covering +-4 sigma, as anomalib and PatchCore use."""
-    return 2 * int(4.0 * sigma + 0.5) + 1
+def postprocess(knn: Tensor, size: int, sigma: float = 4.0, mode: str = "max") -> Prediction:
+    """Fused nearest distances ``[B, H8, W8, k]`` -> :class:`Prediction`: the anomaly map
+    (:func:`anomaly_map` of the 1-NN distances) and the image score (:func:`image_score`)."""
+    patch = knn[..., 0]
+    return Prediction(anomaly_map(patch, size, sigma), image_score(knn, mode), patch)
 
 
 def anomaly_map(patch_scores: Tensor, size: int, sigma: float = 4.0) -> Tensor:
@@ -111,12 +113,9 @@ def resize_blur_operator(n_in: int, n_out: int, sigma: float, device: torch.devi
     return out.squeeze(1).T.contiguous().to(device=device, dtype=dtype)
 
 
-def top_neighbours(knn: Tensor) -> Tensor:
-    """``[B, H, W, k] -> [B, k]``: the k distances at each image's largest 1-NN position (what
-    both image scores read)."""
-    flat = knn.flatten(1, 2)  # [B, P, k]
-    best = flat[..., 0].argmax(dim=1)  # [B]
-    return flat[torch.arange(flat.shape[0], device=flat.device), best]
+def gaussian_kernel_size(sigma: float) -> int:
+    """Odd kernel size covering +-4 sigma, as anomalib and PatchCore use."""
+    return 2 * int(4.0 * sigma + 0.5) + 1
 
 
 def image_score(knn: Tensor, mode: str = "max") -> Tensor:
@@ -136,8 +135,9 @@ def image_score(knn: Tensor, mode: str = "max") -> Tensor:
     raise ValueError(f"unknown image score mode {mode!r}")
 
 
-def postprocess(knn: Tensor, size: int, sigma: float = 4.0, mode: str = "max") -> Prediction:
-    """Fused nearest distances ``[B, H8, W8, k]`` -> :class:`Prediction`: the anomaly map
-    (:func:`anomaly_map` of the 1-NN distances) and the image score (:func:`image_score`)."""
-    patch = knn[..., 0]
-    return Prediction(anomaly_map(patch, size, sigma), image_score(knn, mode), patch)
+def top_neighbours(knn: Tensor) -> Tensor:
+    """``[B, H, W, k] -> [B, k]``: the k distances at each image's largest 1-NN position (what
+    both image scores read)."""
+    flat = knn.flatten(1, 2)  # [B, P, k]
+    best = flat[..., 0].argmax(dim=1)  # [B]
+    return flat[torch.arange(flat.shape[0], device=flat.device), best]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..data.mvtec import MVTecDataset
 from ..decisions.calibration import Calibration
-from ..decisions.evaluate import EvalResult, pick_examples
+from ..decisions.evaluation import EvalResult, pick_examples
 from .viz import calibrated_overlay, denormalize, result_panel, save_png
 
 

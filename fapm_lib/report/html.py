@@ -166,7 +166,8 @@ def render_report(title: str, images: Sequence[ReportImage], calibration: Calibr
                 '<p class="note">At each image\'s most anomalous place, per layer: the test image (cell boxed), the '
                 "test crop, the nearest normal crop in that region's memory, and the training image it came from "
                 "(cell boxed).</p>"]
-        out += [f'<div class="explain"><img src="{_uri(i.explanation, "JPEG")}" alt="explanation of {html.escape(i.name)}">'
+        out += [f'<div class="explain"><img src="{_uri(i.explanation, "JPEG")}" '
+                f'alt="explanation of {html.escape(i.name)}">'
                 f'<div class="note">{html.escape(i.explanation_text)}</div></div>' for i in explained]
     out += ["<h2>Settings</h2>", _table(settings), "</body></html>"]
     return "\n".join(out) + "\n"

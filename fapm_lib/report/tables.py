@@ -70,5 +70,6 @@ def summary_markdown(results: Results, heading: str, notes: list[str] | None = N
 def write_summary(output_dir: Path, results: Results, heading: str, notes: list[str] | None = None,
                   failures: Mapping[str, str] | None = None) -> Path:
     """Write ``summary.md`` and ``summary.json`` atomically into ``output_dir``."""
-    write_text_atomic(output_dir / "summary.json", json.dumps({"results": results, "failures": failures or {}}, indent=2))
+    summary = {"results": results, "failures": failures or {}}
+    write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
     return write_text_atomic(output_dir / "summary.md", summary_markdown(results, heading, notes, failures))

@@ -130,7 +130,7 @@ def _mask_rgb(mask: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(mask, dtype=bool)[..., None], 3, axis=2).astype(np.uint8) * 255
 
 
-def _hstack_with_gaps(panels: Sequence[np.ndarray]) -> np.ndarray:
+def hstack_with_gaps(panels: Sequence[np.ndarray]) -> np.ndarray:
     """Equal-height [H,W,3] panels -> one [H, sum(W) + gaps, 3] array, grey gaps."""
     gap = np.full((panels[0].shape[0], _GAP, 3), 128, dtype=np.uint8)
     pieces = [piece for panel in panels for piece in (panel, gap)][:-1]
@@ -161,7 +161,7 @@ def result_panel(
     third = heatmap_rgb(anomaly_map, vmin, vmax) if mask is None else _mask_rgb(mask)
     panels = [image_rgb, overlay(image_rgb, anomaly_map, vmin=vmin, vmax=vmax, mask=mask), third]
     caption = title if score is None else f"{title}  score {score:.3f}".strip()
-    return with_caption(_hstack_with_gaps(panels), caption)
+    return with_caption(hstack_with_gaps(panels), caption)
 
 
 def _shrink(frame: Image.Image, max_side: int | None) -> Image.Image:

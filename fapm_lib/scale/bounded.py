@@ -5,53 +5,19 @@ regions as the budget allows: the same memories as the in-RAM fit (greedy runs o
 regions never interact)."""
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable
 
-import torch
 from torch import Tensor
 
+from ..config import FAPMConfig
 from ..errors import DataError
-from ..method.cells import resolve_method
 from ..method.coreset import near_far_sizes
-from ..method.regions import image_rows
+from ..method.machinery.cells import resolve_method
 from ..system.budget import current_rss, parse_size, regions_per_chunk
 from .store import FeatureStore, LayerStore, LayerStoreWriter
 
 
-class RegionSource(Protocol):
-    """Region features readable a chunk of regions at a time (a disk store, or a tensor)."""
-
-    n_regions: int
-    dim: int
-
-    def rows(self, images: Tensor | None = None) -> int:
-        """Vectors per region for ``images`` (ascending image indices; None: all)."""
-
-    def read(self, regions: Sequence[int] | Tensor, images: Tensor | None = None,
-             out: Tensor | None = None) -> Tensor:
-        """Regions ``regions`` (ascending ids) -> ``[len(regions), rows(images), C]`` on the CPU."""
-
-
-class TensorRegions:
-    """A :class:`RegionSource` over region features in RAM, ``[R, N * rows_per_image, C]``."""
-
-    def __init__(self, features: Tensor, rows_per_image: int = 1) -> None:
-        self.features, self.rows_per_image = features, rows_per_image
-        self.n_regions, self.dim = int(features.shape[0]), int(features.shape[2])
-
-    def rows(self, images: Tensor | None = None) -> int:
-        return int(self.features.shape[1]) if images is None else int(images.numel()) * self.rows_per_image
-
-    def read(self, regions: Sequence[int] | Tensor, images: Tensor | None = None,
-             out: Tensor | None = None) -> Tensor:
-        ids = torch.as_tensor(list(map(int, regions)), dtype=torch.long, device=self.features.device)
-        chunk = self.features.index_select(0, ids)
-        if images is not None:
-            chunk = chunk.index_select(1, image_rows(images.long(), self.rows_per_image).to(chunk.device))
-        return chunk
-
-
-def check_budget(config, n_images: int, layers: list[tuple[int, int]]) -> None:
+def check_budget(config: FAPMConfig, n_images: int, layers: list[tuple[int, int]]) -> None:
     """Before extraction, refuse (ConfigError with the minimum) a ``config.max_memory`` that cannot
     hold beside this process the smallest memory this fit can have (every region "near") and one
     region's vectors of the largest layer. ``layers``: per layer (vectors per image and region, dim).
@@ -67,7 +33,7 @@ def check_budget(config, n_images: int, layers: list[tuple[int, int]]) -> None:
                       one_region, n_regions, str(config.max_memory), f"this fit ({method} coreset)")
 
 
-def write_store(store: FeatureStore, batches: Iterable[list[Tensor]], config, n_images: int | None,
+def write_store(store: FeatureStore, batches: Iterable[list[Tensor]], config: FAPMConfig, n_images: int | None,
                 on_first=None) -> list[LayerStore]:
     """Aggregated maps arriving batch by batch (per layer ``[B, C, h, w]``) -> one
     :class:`LayerStore` per layer. ``on_first(maps)``: called with the first batch before

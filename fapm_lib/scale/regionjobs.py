@@ -17,29 +17,31 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..method.cells import CellChoice, choose_regions
+from ..config import FAPMConfig
 from ..method.coreset import GreedyKCenter, GreedyState, random_projection
+from ..method.machinery.cells import CellChoice, choose_regions
 from ..method.memory import BankGroup
 from ..method.regions import image_rows
 from ..system.positional import byte_view, pwrite_all, read_tensor
+from .region_source import RegionSource
 from .store import LayerStore
 
 
-def _report(began: float, source: Any, ids: Sequence[int], images: Tensor | None = None) -> dict[str, float]:
+def _report(began: float, source: RegionSource, ids: Sequence[int], images: Tensor | None = None) -> dict[str, float]:
     return {"seconds": time.perf_counter() - began, "regions": len(ids),
             "read_bytes": 4 * len(ids) * source.rows(images) * source.dim}
 
 
-def cells_job(source: Any, ids: list[int], variants: list[Tensor], per_image: int,
-              config: Any) -> tuple[list[list[CellChoice]], dict]:
-    """The greedy within cells (:func:`~fapm_lib.method.cells.choose_regions`) of regions ``ids``,
+def cells_job(source: RegionSource, ids: list[int], variants: list[Tensor], per_image: int,
+              config: FAPMConfig) -> tuple[list[list[CellChoice]], dict]:
+    """The greedy within cells (:func:`~fapm_lib.method.machinery.cells.choose_regions`) of regions ``ids``,
     for each variant (image set: every image, or the images outside one calibration fold)."""
     began = time.perf_counter()
     choices = choose_regions(source.read(ids), ids, variants, per_image, config)
     return choices, _report(began, source, ids)
 
 
-def greedy_first_job(source: Any, ids: list[int], images: Tensor | None, n_near: int, projection: int | None,
+def greedy_first_job(source: RegionSource, ids: list[int], images: Tensor | None, n_near: int, projection: int | None,
                      seed: int) -> tuple[GreedyState, dict]:
     """The exact greedy of regions ``ids`` (over ``images``' rows; None: all) to ``n_near``
     centres, paused (:meth:`~fapm_lib.method.coreset.GreedyKCenter.state`)."""
@@ -49,7 +51,7 @@ def greedy_first_job(source: Any, ids: list[int], images: Tensor | None, n_near:
     return state, _report(began, source, ids, images)
 
 
-def greedy_resume_job(source: Any, ids: list[int], images: Tensor | None, state: GreedyState, n_far: int,
+def greedy_resume_job(source: RegionSource, ids: list[int], images: Tensor | None, state: GreedyState, n_far: int,
                       projection: int | None, seed: int) -> tuple[Tensor, dict]:
     """A paused greedy run of regions ``ids`` continued to ``n_far`` centres: ``[G, n_far]`` rows."""
     began = time.perf_counter()
@@ -108,7 +110,7 @@ class BankFile:
 @dataclass
 class HeldOutTask:
     """The k-fold part of a region pass: per fold ``f``, ``images[f]`` (the scored images it
-    holds out, :mod:`fapm_lib.method.folds`) and ``slots[f]`` (their places among the scored
+    holds out, :mod:`fapm_lib.method.machinery.folds`) and ``slots[f]`` (their places among the scored
     images, in ``knn``: a store of ``[R, n_scored * s*s, k]``); ``rows[f][i]``: the rows of the
     i-th region of the job kept by fold ``f``'s memory; ``k`` neighbours kept."""
 
@@ -136,7 +138,7 @@ def query_batches(n: int, size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def region_pass_job(source: Any, ids: list[int], final_rows: list[Tensor], sink: Any, per_image: int,
+def region_pass_job(source: RegionSource, ids: list[int], final_rows: list[Tensor], sink: Any, per_image: int,
                     heldout: HeldOutTask | None = None) -> dict:
     """One read of regions ``ids`` (all images): their memory banks (``final_rows``, one tensor
     of rows per region) into ``sink``; with ``heldout``, every fold's memory of these regions

@@ -53,12 +53,3 @@ def read_tensor(path: str | os.PathLike, out: Tensor, offset: int = 0) -> Tensor
     finally:
         os.close(fd)
     return out
-
-
-def write_tensor(path: str | os.PathLike, t: Tensor, offset: int = 0) -> None:
-    """Write the contiguous CPU tensor ``t`` into ``path`` (created if missing) at ``offset``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        pwrite_all(fd, byte_view(t), offset)
-    finally:
-        os.close(fd)

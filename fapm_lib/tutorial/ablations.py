@@ -7,7 +7,8 @@ a whole table costs a few coreset runs and searches, not one backbone pass per r
 The variants (one change each from the defaults):
 
 - ``official fusion``: layer-3 distances brought onto the layer-2 grid as the official code
-  does (:func:`~fapm_lib.method.scoring.upsample_official`), instead of the 2x2 tiling (:func:`~fapm_lib.method.scoring.upsample_nearest`);
+  does (:func:`~fapm_lib.method.scoring.upsample_official`), instead of the 2x2 tiling
+  (:func:`~fapm_lib.method.scoring.upsample_nearest`);
 - ``reweighted score``: the official re-weighted image score instead of ``max``;
 - ``projected coreset``: greedy k-center selects on a random projection of the features;
 - ``fixed sampling``: one ratio for every region (no near/far rule);
@@ -132,7 +133,8 @@ def run_ablation(features: CategoryFeatures, extractor: FeatureExtractor, base: 
     n_test = features.test_maps[0].shape[0]
     for variant in variants:
         if variant.fusion not in FUSIONS:
-            raise ValueError(f"variant {variant.name!r}: fusion={variant.fusion!r}, expected one of {', '.join(FUSIONS)}")
+            raise ValueError(f"variant {variant.name!r}: fusion={variant.fusion!r}, "
+                             f"expected one of {', '.join(FUSIONS)}")
         config = base.replace(**variant.changes)
         key = tuple(getattr(config, name) for name in MEMORY_KEYS)
         model = FAPM(config, extractor=extractor)

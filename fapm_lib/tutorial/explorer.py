@@ -24,7 +24,8 @@ from ..decisions.metrics import image_auroc, pixel_auroc
 from ..detectors.fapm import FAPM
 from ..errors import ConfigError, FAPMError
 from ..method.coreset import GreedyKCenter, coreset_size, random_projection
-from ..method.memory import LayerMemory, memory_from_greedy
+from ..method.memory import LayerMemory
+from ..method.memory_builders import memory_from_greedy
 from ..method.regions import split_regions, valid_grids
 from ..report.tables import percent
 from ..report.viz import denormalize, overlay, with_caption
@@ -122,7 +123,8 @@ class Explorer:
         self._runs: dict[int, tuple[list[Tensor], list[GreedyKCenter]]] = {}
         self._sub_masks = None if masks is None else masks[:, ::pixel_stride, ::pixel_stride]
         self._has_images = int(labels.unique().numel()) == 2
-        self._has_pixels = self._sub_masks is not None and bool(self._sub_masks.any()) and not bool(self._sub_masks.all())
+        masks = self._sub_masks
+        self._has_pixels = masks is not None and bool(masks.any()) and not bool(masks.all())
 
     @classmethod
     def from_datasets(cls, model: FAPM, train: MVTecDataset, test: MVTecDataset, n_examples: int = 4,

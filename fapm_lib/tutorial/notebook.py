@@ -23,7 +23,7 @@ def prepare_data(data_root: str | Path, category: str) -> Path:
     """Absolute data root holding ``category``. A missing built-in category is generated
     (the whole built-in set, once); anything else missing is a DataError naming the folder.
 
-    Every notebook starts here, so this also applies :func:`fapm_lib.allocator.tune_allocator`
+    Every notebook starts here, so this also applies :func:`fapm_lib.system.allocator.tune_allocator`
     (the same allocator settings as the ``fapm`` command)."""
     from ..data.synthetic import CATEGORIES, ensure_dataset
 

@@ -147,7 +147,7 @@ def _fit_all(models: dict[str, Detector], train: MVTecDataset, progress: bool) -
     return out
 
 
-def run_benchmark(config: FAPMConfig, data_root: str | Path, category: str, output: str | Path | None = None,
+def benchmark_category(config: FAPMConfig, data_root: str | Path, category: str, output: str | Path | None = None,
                   device: str = "cpu", repeats: int = 20, progress: bool = True, skip_bad: bool = False,
                   runtimes: list[str] | None = None) -> dict[str, Any]:
     """Fit and evaluate FAPM and PatchCore side by side; return (and, with ``output``, write
@@ -283,13 +283,13 @@ def write_report(report: dict[str, Any], output: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-def run_benchmark_command(args) -> int:
+def run_benchmark(args) -> int:
     """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
     config = build_config(args)
     if not args.data_root or not args.category:
         raise ConfigError("--data-root and --category are required (or set them in --config)")
     runtimes = parse_runtimes(args.runtimes)
-    report = run_benchmark(config, args.data_root, args.category, args.output, check_device(args.device), args.repeats,
+    report = benchmark_category(config, args.data_root, args.category, args.output, check_device(args.device), args.repeats,
                            progress=not args.no_progress, skip_bad=args.skip_bad, runtimes=runtimes)
     print(benchmark_markdown(report))
     return 0

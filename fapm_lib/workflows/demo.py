@@ -13,10 +13,8 @@ from ..data.synthetic import CATEGORIES, ensure_dataset
 from ..detectors.patchcore import PatchCore
 from ..errors import FAPMError
 from ..report.tables import write_summary
-from .category import evaluate_category
+from .category_run import evaluate_category
 from .options import build_config
-
-
 
 
 def settings_line(config: FAPMConfig) -> str:

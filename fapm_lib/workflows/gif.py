@@ -7,7 +7,7 @@ from pathlib import Path
 from ..data.mvtec import MVTecDataset
 from ..detectors.fapm import FAPM
 from ..errors import ConfigError
-from ..report.gif import make_gif, pick_frames
+from ..report.animation import make_gif, pick_frames
 from .options import check_device
 
 

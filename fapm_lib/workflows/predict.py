@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.folders import output_names
 from ..data.images import load_image
-from ..decisions.explain import Explanation, check_explainable, explain_images
+from ..data.output_names import output_names
+from ..decisions.nearest_patch import Explanation, check_explainable, explain_images
 from ..decisions.results import Result, predict_images, resolve_calibration
 from ..deploy.exported import load_predictor
 from ..errors import DataError
-from ..report.explain import explanation_panel, layer_caption
+from ..report.explanation_panel import explanation_panel, layer_caption
 from ..report.html import THUMB_SIDE, ReportImage, data_uri, model_settings, write_report
 from ..report.viz import calibrated_overlay, overlay, save_png, with_caption
 from ..system.atomic import write_text_atomic

@@ -1,5 +1,5 @@
 """``fapm update --model M --add-good DIR --output M2``: add normal images (the false alarms an
-operator marked) to a fitted model without a refit (:mod:`fapm_lib.detectors.update`), save it,
+operator marked) to a fitted model without a refit (:mod:`fapm_lib.detectors.add_good`), save it,
 and say what each added image scored before and after."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data.flat import FolderDataset
+from ..data.folders import FolderDataset
 from ..detectors.fapm import FAPM
 from ..detectors.model_file import MODEL_FILE
 from .options import check_device as _device

@@ -33,7 +33,7 @@ def test_readme_links_every_notebook_and_the_home_page_keeps_the_links() -> None
 
 def test_book_links_mirror_the_repository() -> None:
     text = ("[m](method.md#the-steps) [r](../README.md) [n](../notebooks/02_patch_layer_memory.ipynb) "
-            "[d](../data/README.md) [src](../fapm_lib/method/fapm.py) [t](../tests/method/) "
+            "[d](../data/README.md) [src](../fapm_lib/method/fapm_model.py) [t](../tests/method/) "
             "[w](https://example.org/a.md) [a](#defaults) ![g](../assets/vial.gif)")
     page = build_book.book_links(text, "docs/usage.md")
     assert "[m](method.md#the-steps)" in page and "[r](../index.md)" in page

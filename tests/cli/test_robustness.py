@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tests.helpers import build_mvtec_tree
 from fapm_lib import FAPM, FAPMConfig, PatchCore
-from fapm_lib.detectors import base
 from fapm_lib.cli import main as cli
+from fapm_lib.detectors import base
+from fapm_lib.detectors.model_file import MODEL_FILE
 from fapm_lib.method.backbone import create_feature_extractor
 from fapm_lib.method.coreset import GreedyKCenter
-from fapm_lib.detectors.model_file import MODEL_FILE
+from tests.helpers import build_mvtec_tree
 
 CATEGORY = "widget"
 TINY_YAML = "resize: 64\ncrop_size: 64\ngrid: 2\nbatch_size: 4\ncoreset_ratio: 0.5\nimage_score: reweighted\nk: 2\n"
@@ -347,10 +347,10 @@ def test_valid_predict_writes_scores(capsys, tmp_path: Path, tiny_root: Path, mo
 
 def test_every_subcommand_runs_a_workflow_function() -> None:
     """The CLI only parses and dispatches: each subcommand has a handler in fapm_lib.workflows."""
-    from fapm_lib.cli.main import HANDLERS, build_parser, handler
+    from fapm_lib.cli.main import COMMANDS, build_parser, handler
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == set(HANDLERS)
-    for command in HANDLERS:
+    assert set(sub.choices) == set(COMMANDS)
+    for command in COMMANDS:
         assert callable(handler(command)) and handler(command).__module__.startswith("fapm_lib.workflows.")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fapm_lib.data.flat import FolderDataset, folder_samples
-from fapm_lib.data.folders import output_names, scan_folder
+from fapm_lib.data.folders import FolderDataset, folder_samples, scan_folder
+from fapm_lib.data.output_names import output_names
 from fapm_lib.data.samples import sample_paths
 from fapm_lib.data.transform import Transform
 from fapm_lib.errors import ConfigError, DataError

@@ -16,8 +16,8 @@ from PIL import Image, ImageFile
 
 from fapm_lib.data import mvtec as data
 from fapm_lib.data.images import IMAGE_EXTENSIONS, load_image, load_mask
-from fapm_lib.data.transform import IMAGENET_MEAN, IMAGENET_STD, Transform
 from fapm_lib.data.mvtec import MVTecDataset, Sample, default_shared_root, list_samples, make_loader
+from fapm_lib.data.transform import IMAGENET_MEAN, IMAGENET_STD, Transform
 from fapm_lib.errors import ConfigError, DataError
 from tests.helpers import REPO
 

@@ -11,9 +11,17 @@ import pytest
 from PIL import Image
 
 from fapm_lib.data import synthetic
-from fapm_lib.data.synthetic import render, writer
+from fapm_lib.data.synthetic import (
+    CATEGORIES,
+    ensure_dataset,
+    generate_category,
+    generate_dataset,
+    plot_overview,
+    render,
+    render_sample,
+    writer,
+)
 from fapm_lib.errors import DataError
-from fapm_lib.data.synthetic import (CATEGORIES, ensure_dataset, generate_category, generate_dataset, plot_overview, render_sample)
 
 MVTEC_NAMES = {"bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
                "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper"}

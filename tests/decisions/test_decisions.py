@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 
 from fapm_lib import FAPM, FAPMConfig, PatchCore
-from fapm_lib.detectors import base
 from fapm_lib.cli import main as cli
-from fapm_lib.method.backbone import create_feature_extractor
 from fapm_lib.decisions.calibration import Calibration, f1_optimal_threshold, normalize_score, quantile_threshold
 from fapm_lib.decisions.heldout import fold_model, image_rows, regions_to_maps
-from fapm_lib.method.folds import fold_count, heldout_images, kept_images, scored_images
-from fapm_lib.method.regions import split_regions
+from fapm_lib.detectors import base
 from fapm_lib.detectors.model_file import MODEL_FILE
+from fapm_lib.method.backbone import create_feature_extractor
+from fapm_lib.method.machinery.folds import fold_count, heldout_images, kept_images, scored_images
+from fapm_lib.method.regions import split_regions
 
 CATEGORY = "part"
 SIZE = 64

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fapm_lib.errors import FAPMError
 from fapm_lib.decisions.metrics import compute_metrics, image_auroc, pixel_aupro, pixel_auroc, pixel_f1_max
+from fapm_lib.errors import FAPMError
 
 
 def _t(values: list[float]) -> torch.Tensor:

@@ -15,20 +15,20 @@ from PIL import Image
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from fapm_lib.method.backbone import create_feature_extractor  # noqa: E402
-from fapm_lib.decisions.calibration import Calibration, normalize_score  # noqa: E402
 from fapm_lib.cli.main import main  # noqa: E402
 from fapm_lib.config import FAPMConfig  # noqa: E402
-from fapm_lib.data.mvtec import MVTecDataset  # noqa: E402
-from fapm_lib.data.transform import Transform  # noqa: E402
 from fapm_lib.data.images import load_image  # noqa: E402
-from fapm_lib.errors import ConfigError, ModelFileError  # noqa: E402
-from fapm_lib.deploy.export import FAPMGraph, export_model, output_names  # noqa: E402
-from fapm_lib.detectors.fapm import FAPM  # noqa: E402
+from fapm_lib.data.mvtec import MVTecDataset  # noqa: E402
+from fapm_lib.data.synthetic import CATEGORIES, generate_category  # noqa: E402
+from fapm_lib.data.transform import Transform  # noqa: E402
+from fapm_lib.decisions.calibration import Calibration, normalize_score  # noqa: E402
+from fapm_lib.deploy.exported import ExportedModel, is_exported, load_predictor, to_uint8  # noqa: E402
+from fapm_lib.deploy.graph_export import FAPMGraph, export_model, output_names  # noqa: E402
 from fapm_lib.deploy.run_fapm import ExportedRunner, load_rgb, resize_crop  # noqa: E402
 from fapm_lib.deploy.run_fapm import main as runner_main  # noqa: E402
-from fapm_lib.deploy.exported import ExportedModel, is_exported, load_predictor, to_uint8  # noqa: E402
-from fapm_lib.data.synthetic import CATEGORIES, generate_category  # noqa: E402
+from fapm_lib.detectors.fapm import FAPM  # noqa: E402
+from fapm_lib.errors import ConfigError, ModelFileError  # noqa: E402
+from fapm_lib.method.backbone import create_feature_extractor  # noqa: E402
 
 CATEGORY = next(name for name, spec in CATEGORIES.items() if spec.kind == "object")
 RTOL = 1e-4

@@ -15,17 +15,16 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from fapm_lib.decisions.calibration import Calibration  # noqa: E402
 from fapm_lib.cli.main import main  # noqa: E402
 from fapm_lib.config import FAPMConfig  # noqa: E402
 from fapm_lib.data.mvtec import MVTecDataset, default_shared_root  # noqa: E402
-from fapm_lib.deploy.export import export_model  # noqa: E402
-from fapm_lib.decisions.metrics import compute_metrics  # noqa: E402
-from fapm_lib.detectors.fapm import FAPM  # noqa: E402
-from fapm_lib.deploy.exported import ExportedModel  # noqa: E402
-from fapm_lib.deploy.runtime_benchmark import uint8_images  # noqa: E402
 from fapm_lib.data.synthetic import CATEGORIES, generate_category  # noqa: E402
-
+from fapm_lib.decisions.calibration import Calibration  # noqa: E402
+from fapm_lib.decisions.metrics import compute_metrics  # noqa: E402
+from fapm_lib.deploy.exported import ExportedModel  # noqa: E402
+from fapm_lib.deploy.graph_export import export_model  # noqa: E402
+from fapm_lib.deploy.runtime_benchmark import uint8_images  # noqa: E402
+from fapm_lib.detectors.fapm import FAPM  # noqa: E402
 from tests.helpers import build_mvtec_tree  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fapm_lib.method.backbone import BackboneInfo, FeatureExtractor, create_feature_extractor
 from fapm_lib.config import FAPMConfig
 from fapm_lib.data.mvtec import MVTecDataset
-from fapm_lib.errors import ConfigError
 from fapm_lib.detectors.fapm import FAPM
 from fapm_lib.detectors.patchcore import PatchCore
-from fapm_lib.method.patchcore import concat_layers
+from fapm_lib.errors import ConfigError
+from fapm_lib.method.backbone import BackboneInfo, FeatureExtractor, create_feature_extractor
+from fapm_lib.method.patchcore_model import concat_layers
 
 S = 112
 CONFIG = FAPMConfig(resize=S, crop_size=S, grid=7, coreset_ratio=0.5)
@@ -264,7 +264,8 @@ def test_predict_is_the_method_step_by_step(batch: int, image_score: str) -> Non
     """``predict`` = the module's forward = embed, split, search each region's bank, merge, align,
     fuse, map, score: composed here by hand from the library's functions, bit for bit."""
     from fapm_lib.method.regions import merge_regions, split_regions
-    from fapm_lib.method.scoring import anomaly_map, fuse_layers, image_score as score_of, upsample_nearest
+    from fapm_lib.method.scoring import anomaly_map, fuse_layers, upsample_nearest
+    from fapm_lib.method.scoring import image_score as score_of
 
     config = FAPMConfig(grid=7, coreset_ratio=0.3, k=2, image_score=image_score)
     model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(12, 0))

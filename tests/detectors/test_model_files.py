@@ -14,9 +14,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fapm_lib import FAPM, FAPMConfig, PatchCore, split_regions
-from fapm_lib.method.backbone import create_feature_extractor
-from fapm_lib.errors import ModelFileError
 from fapm_lib.detectors.model_file import save_tensors
+from fapm_lib.errors import ModelFileError
+from fapm_lib.method.backbone import create_feature_extractor
 
 TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, k=2)
 

@@ -7,9 +7,10 @@ import pytest
 import timm
 import torch
 
-import fapm_lib.method.backbone as backbone
-from fapm_lib.method.backbone import (FeatureExtractor, convert_lukemelas_state_dict, create_feature_extractor, offline_weights_path)
+import fapm_lib.method.machinery.weights as weights
 from fapm_lib.errors import BackboneError
+from fapm_lib.method.backbone import FeatureExtractor, create_feature_extractor
+from fapm_lib.method.machinery.weights import convert_lukemelas_state_dict, offline_weights_path
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +92,8 @@ def test_wide_resnet_random_weights_builds() -> None:
 
 
 def test_wide_resnet_pretrained_offline_points_to_lite0(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backbone, "_hub_reachable", lambda *a, **k: False)
-    monkeypatch.setattr(backbone, "_weights_cached", lambda *a, **k: False)
+    monkeypatch.setattr(weights, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(weights, "weights_cached", lambda *a, **k: False)
     with pytest.raises(BackboneError, match="tf_efficientnet_lite0") as info:
         create_feature_extractor("wide_resnet50_2", pretrained=True)
     assert "wide_resnet50_2" in str(info.value) and "\n" not in str(info.value)

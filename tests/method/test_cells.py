@@ -8,12 +8,18 @@ import torch
 
 from fapm_lib import FAPMConfig
 from fapm_lib.errors import ConfigError
-from fapm_lib.method import cells
-from fapm_lib.method.cells import (AUTO_EXACT_MAX_BYTES, choose_regions, exact_greedy_bytes, partition,
-                                   resolve_method, select_layer)
 from fapm_lib.method.coreset import GreedyKCenter, near_far_sizes
-from fapm_lib.method.folds import kept_images
-from fapm_lib.method.memory import build_memories
+from fapm_lib.method.machinery import cells
+from fapm_lib.method.machinery.cells import (
+    AUTO_EXACT_MAX_BYTES,
+    choose_regions,
+    exact_greedy_bytes,
+    partition,
+    resolve_method,
+    select_layer,
+)
+from fapm_lib.method.machinery.folds import kept_images
+from fapm_lib.method.memory_builders import build_memories
 from fapm_lib.method.regions import image_rows
 
 

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 
 from fapm_lib.config import FAPMConfig
-from fapm_lib.method.coreset import GreedyKCenter
-from fapm_lib.errors import ConfigError
-from fapm_lib.method.memory import BankGroup, LayerMemory, build_layer_memory, check_k
 from fapm_lib.detectors.fapm import FAPM
+from fapm_lib.errors import ConfigError
+from fapm_lib.method.coreset import GreedyKCenter
+from fapm_lib.method.memory import BankGroup, LayerMemory
+from fapm_lib.method.memory_builders import build_layer_memory, check_k
 
 R, N, C = 9, 80, 8
 

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from fapm_lib.errors import ConfigError
-from fapm_lib.method.memory import BankGroup, LayerMemory, build_layer_memory, extend_layer_memory
+from fapm_lib.method.memory import BankGroup, LayerMemory
+from fapm_lib.method.memory_builders import build_layer_memory
+from fapm_lib.method.memory_update import extend_layer_memory
 
 R, N, C = 9, 60, 8
 

@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fapm_lib.method.scoring import (anomaly_map, fuse_layers, gaussian_kernel_size, image_score, upsample_nearest, upsample_official)
+from fapm_lib.method.scoring import (
+    anomaly_map,
+    fuse_layers,
+    gaussian_kernel_size,
+    image_score,
+    upsample_nearest,
+    upsample_official,
+)
 
 
 def test_upsample_nearest_places_each_coarse_cell_on_its_2x2_block() -> None:

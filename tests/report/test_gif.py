@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers import build_mvtec_tree
 from PIL import Image
 
-from fapm_lib.report import gif
 from fapm_lib.cli.main import main
 from fapm_lib.config import FAPMConfig
 from fapm_lib.data.mvtec import MVTecDataset
-from fapm_lib.errors import ConfigError
 from fapm_lib.detectors.fapm import FAPM
+from fapm_lib.errors import ConfigError
+from fapm_lib.report import animation as gif
+from tests.helpers import build_mvtec_tree
 
 TINY = FAPMConfig(pretrained=False, resize=64, crop_size=64, grid=2, coreset_ratio=0.5, k=2, batch_size=4)
 

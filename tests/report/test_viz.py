@@ -12,7 +12,16 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from fapm_lib.errors import FAPMError
-from fapm_lib.report.viz import (OUTLINE_RGB, denormalize, heatmap_rgb, overlay, plot_gallery, result_panel, save_gif, save_png)
+from fapm_lib.report.viz import (
+    OUTLINE_RGB,
+    denormalize,
+    heatmap_rgb,
+    overlay,
+    plot_gallery,
+    result_panel,
+    save_gif,
+    save_png,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

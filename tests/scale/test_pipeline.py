@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fapm_lib import FAPM, FAPMConfig
 import fapm_lib.detectors.fapm as detector
 import fapm_lib.scale.pipeline as pipeline
+from fapm_lib import FAPM, FAPMConfig
 from fapm_lib.cli import main as cli
 from fapm_lib.errors import ConfigError
 from fapm_lib.scale.regionjobs import query_batches

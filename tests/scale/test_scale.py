@@ -15,15 +15,16 @@ from torch import Tensor
 
 from fapm_lib import FAPM, FAPMConfig
 from fapm_lib.cli import main as cli
-from fapm_lib.method.backbone import BackboneInfo
-from fapm_lib.system.budget import parse_size
-from fapm_lib.errors import ConfigError, DataError
-from fapm_lib.method.memory import LayerMemory, build_layer_memory
-from fapm_lib.scale.bounded import TensorRegions
-from fapm_lib.scale.pipeline import fit_layers
-from fapm_lib.method.regions import split_regions
-from fapm_lib.scale.store import FeatureStore, image_runs
 from fapm_lib.data.synthetic import generate_category
+from fapm_lib.errors import ConfigError, DataError
+from fapm_lib.method.backbone import BackboneInfo
+from fapm_lib.method.memory import LayerMemory
+from fapm_lib.method.memory_builders import build_layer_memory
+from fapm_lib.method.regions import split_regions
+from fapm_lib.scale.region_source import TensorRegions
+from fapm_lib.scale.pipeline import fit_layers
+from fapm_lib.scale.store import FeatureStore, image_runs
+from fapm_lib.system.budget import parse_size
 from tests.helpers import REPO
 
 ROOT = REPO

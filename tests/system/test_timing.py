@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fapm_lib.system import timing
-from fapm_lib.tutorial.notebook import time_stages
 from fapm_lib.system.timing import STAGES, StageTimer, predict_by_stage, timed
+from fapm_lib.tutorial.notebook import time_stages
 
 
 class FakeClock:
@@ -112,9 +112,9 @@ def test_time_stages_reports_medians_per_image_and_their_sum(clock: FakeClock) -
 
 
 def test_predict_by_stage_gives_the_numbers_of_predict() -> None:
-    from fapm_lib.method.backbone import create_feature_extractor
     from fapm_lib.config import FAPMConfig
     from fapm_lib.detectors.fapm import FAPM
+    from fapm_lib.method.backbone import create_feature_extractor
 
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     model = FAPM(FAPMConfig(resize=64, crop_size=64, grid=2, coreset_ratio=0.5, k=1),

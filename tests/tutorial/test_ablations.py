@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fapm_lib.method.scoring import align_layer
-from fapm_lib.tutorial.ablations import (Variant, default_variants, extract_category, run_ablation, score_variant,
-                                         summary_table)
 from fapm_lib.config import FAPMConfig
-from fapm_lib.detectors.fapm import FAPM
 from fapm_lib.data.synthetic import generate_category
+from fapm_lib.detectors.fapm import FAPM
+from fapm_lib.method.scoring import align_layer
+from fapm_lib.tutorial.ablations import (
+    Variant,
+    default_variants,
+    extract_category,
+    run_ablation,
+    score_variant,
+    summary_table,
+)
 
 
 @pytest.fixture(scope="module")

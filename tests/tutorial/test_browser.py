@@ -23,8 +23,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser_support import JupyterLab, diagnose_failure, make_driver, missing_browser, start_jupyterlab
 from fapm_lib.data.synthetic import generate_category
+from tests.browser_support import JupyterLab, diagnose_failure, make_driver, missing_browser, start_jupyterlab
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.browser

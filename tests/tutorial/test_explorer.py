@@ -7,17 +7,17 @@ import re
 
 import pytest
 import torch
-from tests.helpers import build_mvtec_tree
 from PIL import Image
 
-from fapm_lib.method.backbone import FeatureExtractor
 from fapm_lib.config import FAPMConfig
-from fapm_lib.method.coreset import GreedyKCenter
 from fapm_lib.data.mvtec import MVTecDataset
-from fapm_lib.errors import ConfigError
-from fapm_lib.tutorial.explorer import Explorer, build_widgets, choose_examples, prefix_memory, status_text
-from fapm_lib.method.memory import build_layer_memory
 from fapm_lib.detectors.fapm import FAPM
+from fapm_lib.errors import ConfigError
+from fapm_lib.method.backbone import FeatureExtractor
+from fapm_lib.method.coreset import GreedyKCenter
+from fapm_lib.method.memory_builders import build_layer_memory
+from fapm_lib.tutorial.explorer import Explorer, build_widgets, choose_examples, prefix_memory, status_text
+from tests.helpers import build_mvtec_tree
 
 UPDATED = re.compile(r"updated in \d+\.\d\d s$")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import build_mvtec_tree
 
-from fapm_lib.workflows.benchmark import METHOD_KEYS, RATIO_KEYS, device_name, run_benchmark
 from fapm_lib.cli.main import main
 from fapm_lib.config import FAPMConfig
 from fapm_lib.errors import ConfigError
+from fapm_lib.workflows.benchmark import METHOD_KEYS, RATIO_KEYS, benchmark_category, device_name
+from tests.helpers import build_mvtec_tree
 
 TINY_CONFIG = "resize: 64\ncrop_size: 64\ngrid: 2\ncoreset_ratio: 0.5\nbatch_size: 4\n"
 TIME_KEYS = ("coreset_seconds", "fit_seconds", "backbone_ms", "search_ms", "post_ms", "total_ms")
@@ -107,5 +107,5 @@ def test_pretrained_run_is_not_labelled_timing_only(pretrained_run: Path) -> Non
 def test_bad_repeats_is_a_config_error(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     root, _ = tiny
     with pytest.raises(ConfigError, match="repeats"):
-        run_benchmark(FAPMConfig(), root, "widget", tmp_path, repeats=0)
+        benchmark_category(FAPMConfig(), root, "widget", tmp_path, repeats=0)
     assert not (tmp_path / "benchmark.json").exists()

@@ -12,9 +12,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from fapm_lib.cli import main as cli
-from fapm_lib.workflows.notebook_batch import resolve_categories
-from fapm_lib.errors import ConfigError, DataError
 from fapm_lib.data.synthetic import generate_category
+from fapm_lib.errors import ConfigError, DataError
+from fapm_lib.workflows.batch import resolve_categories
 from tests.helpers import REPO
 
 EVALUATION = REPO / "notebooks" / "04_evaluation.ipynb"

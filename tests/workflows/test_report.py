@@ -15,8 +15,7 @@ from PIL import Image
 
 from fapm_lib import FAPM, FolderDataset
 from fapm_lib.detectors.model_file import MODEL_FILE
-from tests.decisions.test_decisions import (CATEGORY, TINY, TINY_YAML, cached_extractors, one_line,  # noqa: F401
-                                            run_main, write_tree)
+from tests.decisions.test_decisions import CATEGORY, TINY, TINY_YAML, cached_extractors, one_line, run_main, write_tree  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ from PIL import Image
 
 from fapm_lib import FAPM, MVTecDataset, PatchCore
 from fapm_lib.cli import main as cli
-from fapm_lib.data.flat import FolderDataset
+from fapm_lib.data.folders import FolderDataset
 from fapm_lib.detectors.model_file import MODEL_FILE
-from tests.decisions.test_decisions import (CATEGORY, TINY, cached_extractors, one_line, part_image,  # noqa: F401
-                                            run_main, write_tree)
+from tests.decisions.test_decisions import CATEGORY, TINY, cached_extractors, one_line, part_image, run_main, write_tree  # noqa: F401
 
 
 def labelled_part(seed: int) -> np.ndarray:
@@ -106,8 +105,8 @@ def test_update_refusals_are_one_line(capsys, root: Path, fitted: Path, tmp_path
 
 
 def test_each_added_image_is_scored_without_its_own_fold(root: Path, fitted: Path) -> None:
-    from fapm_lib.detectors.update import extend_memories, heldout_added, predict_maps
-    from fapm_lib.method.fapm import FAPMModel
+    from fapm_lib.detectors.add_good import extend_memories, heldout_added, score_cached_maps
+    from fapm_lib.method.fapm_model import FAPMModel
     from fapm_lib.method.regions import split_regions
 
     model = FAPM.load(fitted)
@@ -116,10 +115,10 @@ def test_each_added_image_is_scored_without_its_own_fold(root: Path, fitted: Pat
     regions = [split_regions(m, config.grid) for m in maps]
     cells = [16, 4]
     neighbours, amaps = heldout_added(fapm, regions, maps, cells, config, model.feature_sizes)
-    old = predict_maps(fapm, maps, config.batch_size, config.search_k)
+    old = score_cached_maps(fapm, maps, config.batch_size, config.search_k)
     # image 0 against the old memory plus image 1 only, built by hand
     with_other = extend_memories(list(fapm.memories), [r[:, c:] for r, c in zip(regions, cells)], [0, 0], config)[0]
-    by_hand = predict_maps(FAPMModel.from_config(config, None, with_other, model.feature_sizes),
+    by_hand = score_cached_maps(FAPMModel.from_config(config, None, with_other, model.feature_sizes),
                            [m[:1] for m in maps], config.batch_size, config.search_k)
     assert torch.allclose(neighbours[0], by_hand[0][0, : neighbours.shape[1]]) and torch.allclose(amaps[0], by_hand[1][0])
     assert neighbours[0, 0] < old[0][0, 0]  # the other label is in memory: lower than by the old memory alone

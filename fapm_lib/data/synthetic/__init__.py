@@ -33,6 +33,8 @@ from .writer import MARKER, VERSION, ensure_dataset, generate_category, generate
 
 __all__ = [
     "CATEGORIES",
+    "MARKER",
+    "MIN_SIZE",
     "VERSION",
     "CategorySpec",
     "SyntheticSample",

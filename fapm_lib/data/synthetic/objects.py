@@ -5,10 +5,24 @@ import numpy as np
 from scipy import ndimage
 
 from .defects import paint_crack, surface_scratch
-from .materials import (blend, blob, fbm, jitter_rgb, lerp, matte_background, object_scene, pick, profile,
-                        reveal_background, rgb, smoothstep, stroke, value_noise, walk)
+from .materials import (
+    blend,
+    blob,
+    fbm,
+    jitter_rgb,
+    lerp,
+    matte_background,
+    object_scene,
+    pick,
+    profile,
+    reveal_background,
+    rgb,
+    smoothstep,
+    stroke,
+    value_noise,
+    walk,
+)
 from .shading import F32, DefectFn, GoodFn, Scene, draw_light, pixel_grid
-
 
 # ---------------------------------------------------------------------------- vial (object)
 

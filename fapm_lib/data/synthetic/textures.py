@@ -4,10 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .defects import paint_crack, paint_stain, surface_scratch
-from .materials import (blend, blob, fbm, jitter_rgb, lerp, pick, profile, rgb, smoothstep, stroke, value_noise,
-                        walk)
+from .materials import blend, blob, fbm, jitter_rgb, lerp, pick, profile, rgb, smoothstep, stroke, value_noise, walk
 from .shading import F32, DefectFn, GoodFn, Scene, draw_light, pixel_grid
-
 
 # ---------------------------------------------------------------------------- fabric (texture)
 

@@ -101,7 +101,7 @@ def generate_category(output: str | Path, category: str, seed: int = 0, size: in
 
 
 def _marker(seed: int, size: int, categories: Sequence[str]) -> dict[str, Any]:
-    return {"generator": "fapm_lib.synthetic", "version": VERSION, "seed": seed, "size": size,
+    return {"generator": "fapm_lib.data.synthetic", "version": VERSION, "seed": seed, "size": size,
             "categories": sorted(categories),
             "counts": {"train": N_TRAIN, "test_good": N_TEST_GOOD, "per_defect": N_PER_DEFECT}}
 

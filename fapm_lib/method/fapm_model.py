@@ -1,22 +1,28 @@
 """FAPM's inference as one ``torch.nn.Module``: the memories are its buffers, ``forward`` reads as
 the method. Prediction, the k-fold calibration, the ablations, the notebooks and the export all
-run this module; fitting (building the memories) lives in :mod:`fapm_lib.method.memory`."""
+run this module; fitting (building the memories) lives in :mod:`fapm_lib.method.memory_builders`.
+
+The steps, numbered as in notebook 02 and ``docs/ARCHITECTURE.md``:
+1 embed (backbone, 3x3 aggregation), 2 split into regions, 3 search each region's own bank,
+4 merge the regions, 5 align layer 3 onto the layer-2 grid, 6 fuse the layers, 7 anomaly map,
+8 image score.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
+from ..config import FAPMConfig
 from ..errors import ConfigError
+from .anomaly_model import AnomalyModel
 from .backbone import FeatureExtractor
-from .features import embed
 from .memory import LayerMemory
 from .regions import merge_regions, split_regions
-from .scoring import ALIGNMENTS, Prediction, align_layer, fuse_layers, postprocess
+from .scoring import ALIGNMENTS, Prediction, align_layer, fuse_layers
 
 
-class FAPMModel(nn.Module):
+class FAPMModel(AnomalyModel):
     """Fast Adaptive Patch Memory (Kim et al., ICASSP 2023), inference.
 
     ``images [B, 3, S, S]`` (normalised) -> :class:`~fapm_lib.method.scoring.Prediction`.
@@ -31,26 +37,21 @@ class FAPMModel(nn.Module):
                  feature_sizes: Sequence[tuple[int, int]], *, grid: int = 7, pool_size: int = 3,
                  input_size: int = 224, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
                  alignment: str = "aligned") -> None:
-        super().__init__()
+        super().__init__(backbone, pool_size=pool_size, input_size=input_size, blur_sigma=blur_sigma,
+                         image_score=image_score, k=k)
         if alignment not in ALIGNMENTS:
             raise ConfigError(f"alignment={alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
-        self.backbone = backbone
         self.memories = nn.ModuleList(memories)
         self.feature_sizes = [tuple(int(v) for v in size) for size in feature_sizes]
-        self.grid, self.pool_size, self.input_size, self.blur_sigma = grid, pool_size, input_size, blur_sigma
-        self.image_score, self.k, self.alignment = image_score, k, alignment
+        self.grid, self.alignment = grid, alignment
 
     @classmethod
-    def from_config(cls, config, backbone: FeatureExtractor | None, memories: Sequence[LayerMemory],
+    def from_config(cls, config: FAPMConfig, backbone: FeatureExtractor | None, memories: Sequence[LayerMemory],
                     feature_sizes: Sequence[tuple[int, int]], alignment: str = "aligned") -> "FAPMModel":
         """The module for a :class:`~fapm_lib.config.FAPMConfig`'s settings."""
         return cls(backbone, memories, feature_sizes, grid=config.grid, pool_size=config.pool_size,
                    input_size=config.input_size, blur_sigma=config.blur_sigma, image_score=config.image_score,
                    k=config.search_k, alignment=alignment)
-
-    @property
-    def device(self) -> torch.device:
-        return self.memories[0].radii.device
 
     def forward(self, images: Tensor) -> Prediction:
         """FAPM's inference, step by step: ``images [B, 3, S, S]`` -> :class:`Prediction`."""
@@ -61,12 +62,6 @@ class FAPMModel(nn.Module):
         knn = self.search(maps)
         # 7. Anomaly map [B, S, S] and 8. image score [B].
         return self.postprocess(knn)
-
-    def embed(self, images: Tensor) -> list[Tensor]:
-        """Step 1: ``[B, 3, S, S] ->`` aggregated maps ``[[B, C8, S/8, S/8], [B, C16, S/16, S/16]]``."""
-        if self.backbone is None:
-            raise ConfigError("this model has no backbone: it scores cached feature maps only (search, postprocess)")
-        return embed(self.backbone, images, self.pool_size)
 
     def search(self, maps: list[Tensor], k: int | None = None) -> Tensor:
         """Steps 2 to 6: aggregated maps (per layer ``[B, C, h, w]``) -> fused ascending nearest
@@ -98,16 +93,12 @@ class FAPMModel(nn.Module):
             located.append((merge_regions(distances, self.grid, h, w), merge_regions(sources, self.grid, h, w)))
         return located
 
-    def postprocess(self, knn: Tensor) -> Prediction:
-        """Steps 7 and 8: fused 1-NN distances, bilinear to S x S, Gaussian blur -> anomaly map
-        ``[B, S, S]``; the image score ``[B]`` (max, or the official re-weighted score)."""
-        return postprocess(knn, self.input_size, self.blur_sigma, self.image_score)
-
     def check_feature_sizes(self, maps: list[Tensor]) -> None:
         """ConfigError unless ``maps`` have the feature sizes the model was fitted on."""
         for f, size in zip(maps, self.feature_sizes):
             if tuple(f.shape[-2:]) != tuple(size):
-                raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, the model was fitted on {tuple(size)}")
+                raise ConfigError(f"input gives {tuple(f.shape[-2:])} feature maps, "
+                                  f"the model was fitted on {tuple(size)}")
 
     def memory_size(self) -> dict[str, float]:
         """Memory vectors and megabytes, all layers."""

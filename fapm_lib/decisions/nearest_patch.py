@@ -9,7 +9,7 @@ patch came from:
    ``max`` image score reads), ``(y, x)`` on the ``28 x 28`` grid of a 224 input;
 2. per layer, the cell above it (layer 3: ``(y // 2, x // 2)``, the 2x2 tiling the fusion
    uses), its region, the nearest vector of that region's bank (:meth:`FAPMModel.nearest_sources
-   <fapm_lib.method.fapm.FAPMModel.nearest_sources>`, the search kernel with the index kept),
+   <fapm_lib.method.fapm_model.FAPMModel.nearest_sources>`, the search kernel with the index kept),
    the distance (the layers' distances add up to the fused score there) and the source: training
    image ``row // (s*s)``, cell ``row % (s*s)`` of the same region;
 3. the crops: the ``pool x pool`` cells around each cell (3 x 3: what the feature averaged;
@@ -31,7 +31,8 @@ from torch import Tensor
 
 from ..data.images import ImageInput, as_pil, load_image
 from ..errors import ConfigError
-from ..method.fapm import FAPMModel
+from ..method.fapm_model import FAPMModel
+from .detector_protocol import ScoringDetector
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom
 
@@ -82,7 +83,7 @@ class Explanation:
         return out
 
 
-def check_explainable(model) -> FAPMModel:
+def check_explainable(model: ScoringDetector) -> FAPMModel:
     """The fitted FAPM module of ``model``; ConfigError (one line) when it cannot explain."""
     fapm = getattr(model, "model", None)
     if getattr(model, "kind", None) != "fapm" or not isinstance(fapm, FAPMModel):
@@ -108,7 +109,7 @@ def _crop(view: np.ndarray, cell: tuple[int, int], stride: int, pool: int) -> tu
 
 
 @torch.inference_mode()
-def explain_images(model, images: Sequence[ImageInput]) -> list[Explanation]:
+def explain_images(model: ScoringDetector, images: Sequence[ImageInput]) -> list[Explanation]:
     """One :class:`Explanation` per image (a path, PIL image or numpy array, any size)."""
     fapm = check_explainable(model)
     transform = model.transform
@@ -123,8 +124,9 @@ def explain_images(model, images: Sequence[ImageInput]) -> list[Explanation]:
     for b, (item, pil) in enumerate(zip(images, pils)):
         y, x = divmod(int(patch[b].flatten().argmax()), patch.shape[2])
         test_view = transform.view(pil)
-        layers = [_layer_match(model, fapm.grid, fapm.pool_size, l, distances[b], sources[b], (y, x), patch.shape[1:],
-                               test_view, pil.size, views) for l, (distances, sources) in enumerate(located)]
+        layers = [_layer_match(model, fapm.grid, fapm.pool_size, layer, distances[b], sources[b], (y, x),
+                               patch.shape[1:], test_view, pil.size, views)
+                  for layer, (distances, sources) in enumerate(located)]
         path = str(item) if isinstance(item, (str, os.PathLike)) else None
         out.append(Explanation(path, float(raw[b]), (y, x), float(patch[b, y, x]), layers, test_view))
     return out
@@ -147,7 +149,7 @@ class TrainingViews:
         return self.views[index]
 
 
-def _layer_match(model, grid: int, pool: int, layer: int, distances: Tensor, sources: Tensor,
+def _layer_match(model: ScoringDetector, grid: int, pool: int, layer: int, distances: Tensor, sources: Tensor,
                  position: tuple[int, int], fine: tuple[int, int], test_view: np.ndarray, size: tuple[int, int],
                  views: TrainingViews) -> LayerMatch:
     """One layer's :class:`LayerMatch` at the fine ``position``, from its 1-NN ``distances`` and

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from ..data.mvtec import MVTecDataset, make_loader
 from ..system.timing import STAGES, predict_by_stage
 from .calibration import Calibration
+from .detector_protocol import ScoringDetector
 from .metrics import compute_metrics
 
 
@@ -30,7 +31,8 @@ class EvalResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
-def run_test_set(model, dataset: MVTecDataset, progress: bool = True, metrics: bool = True) -> EvalResult:
+def run_test_set(model: ScoringDetector, dataset: MVTecDataset, progress: bool = True,
+                 metrics: bool = True) -> EvalResult:
     """Predict every test image (batched) with a fitted detector (FAPM or PatchCore: its torch
     module ``model.runnable()`` runs stage by stage) and compute the four metrics (unless ``metrics``
     is False).

@@ -1,4 +1,4 @@
-"""Pictures of an explanation (:mod:`fapm_lib.decisions.explain`): per layer, the test image with
+"""Pictures of an explanation (:mod:`fapm_lib.decisions.nearest_patch`): per layer, the test image with
 the explained cell boxed, the test crop, the nearest training crop, and the training image with
 its source cell boxed, side by side, captioned with the region, the distance and the source."""
 from __future__ import annotations
@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..decisions.explain import Explanation, LayerMatch
-from .viz import _hstack_with_gaps, with_caption
+from ..decisions.nearest_patch import Explanation, LayerMatch
+from .viz import hstack_with_gaps as hstack_with_gaps
+from .viz import with_caption
 
 TILE = 160  # side of each of the four pictures of a row, pixels
 BOX_RGB = (255, 255, 0)
@@ -43,7 +44,7 @@ def explanation_panel(explanation: Explanation, title: str = "") -> np.ndarray:
     for match in explanation.layers:
         tiles = [_tile(explanation.test_view, match.test_box), _tile(match.test_crop),
                  _tile(match.train_crop), _tile(match.train_view, match.train_box)]
-        rows.append(with_caption(_hstack_with_gaps(tiles), layer_caption(match)))
+        rows.append(with_caption(hstack_with_gaps(tiles), layer_caption(match)))
     head = title or (f"{explanation.path or 'image'}: position {explanation.position}, "
                      f"score there {explanation.patch_score:.2f}")
     gap = np.full((4, rows[0].shape[1], 3), 128, dtype=np.uint8)

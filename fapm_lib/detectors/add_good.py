@@ -3,7 +3,7 @@
 
 1. The added images' features are extracted once (the backbone only sees the new images).
 2. Each region's bank, per layer, grows by a greedy k-center run that starts from all of its old
-   vectors and picks among the new ones (:func:`~fapm_lib.method.memory.extend_layer_memory`):
+   vectors and picks among the new ones (:func:`~fapm_lib.method.memory_update.extend_layer_memory`):
    ``ceil(r N)`` new centres per region (``ceil(a r N)`` in a far region), N the new rows. The
    near / far classes and the covering radii stay as fitted.
 3. Held-out scores of the added images, as the fit's k-fold gives the old ones: image ``j`` is
@@ -24,13 +24,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..config import FAPMConfig
 from ..data.samples import sample_paths
 from ..decisions.calibration import K_KEPT
 from ..decisions.refresh import refresh
 from ..errors import ConfigError
-from ..method.fapm import FAPMModel
-from ..method.folds import fold_count, heldout_images, kept_images
-from ..method.memory import LayerMemory, check_k, extend_layer_memory
+from ..method.fapm_model import FAPMModel
+from ..method.machinery.folds import fold_count, heldout_images, kept_images
+from ..method.memory import LayerMemory
+from ..method.memory_builders import check_k
+from ..method.memory_update import extend_layer_memory
 from ..method.regions import image_rows, split_regions
 from ..method.scoring import top_neighbours
 
@@ -61,7 +64,7 @@ def _decisions(model, scores: Tensor) -> list[tuple[float, str]]:
 
 
 @torch.inference_mode()
-def predict_maps(fapm: FAPMModel, maps: list[Tensor], batch: int, search_k: int) -> tuple[Tensor, Tensor, Tensor]:
+def score_cached_maps(fapm: FAPMModel, maps: list[Tensor], batch: int, search_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Predictions from aggregated maps (per layer ``[N, C, h, w]``), batched: neighbours
     ``[N, k']`` (up to :data:`~fapm_lib.decisions.calibration.K_KEPT`), maps ``[N, S, S]``, scores ``[N]``."""
     k = min(K_KEPT, *(int(m.bank_sizes().min()) for m in fapm.memories))
@@ -76,7 +79,7 @@ def predict_maps(fapm: FAPMModel, maps: list[Tensor], batch: int, search_k: int)
 
 
 def extend_memories(memories: list[LayerMemory], regions: list[Tensor], first_rows: list[int],
-                    config) -> tuple[list[LayerMemory], list[Tensor], list[Tensor]]:
+                    config: FAPMConfig) -> tuple[list[LayerMemory], list[Tensor], list[Tensor]]:
     """Every layer's memory extended with its new region features (per layer ``[R, N*s*s, C]``;
     their sources start at ``first_rows[layer]``); the new vectors' covering radii before and after."""
     out, before, after = [], [], []
@@ -91,7 +94,7 @@ def extend_memories(memories: list[LayerMemory], regions: list[Tensor], first_ro
 
 
 def heldout_added(fapm: FAPMModel, regions: list[Tensor], maps: list[Tensor], cells: list[int],
-                  config, feature_sizes) -> tuple[Tensor, Tensor]:
+                  config: FAPMConfig, feature_sizes) -> tuple[Tensor, Tensor]:
     """Held-out predictions of the added images (step 3 of the module): neighbours ``[N, k']``
     and anomaly maps ``[N, S, S]``, image ``j`` scored without its own fold."""
     n = maps[0].shape[0]
@@ -105,7 +108,7 @@ def heldout_added(fapm: FAPMModel, regions: list[Tensor], maps: list[Tensor], ce
             memories = extend_memories(list(fapm.memories), [r.index_select(1, i) for r, i in zip(regions, rows)],
                                        [0] * len(regions), config)[0]
             model = FAPMModel.from_config(config, None, memories, feature_sizes).to(fapm.device)
-        near, amaps[held], _ = predict_maps(model, [m[held] for m in maps], config.batch_size, config.search_k)
+        near, amaps[held], _ = score_cached_maps(model, [m[held] for m in maps], config.batch_size, config.search_k)
         parts.append((held, near))
     neighbours = torch.empty(n, min(near.shape[1] for _, near in parts))
     for held, near in parts:
@@ -139,7 +142,7 @@ def add_good(model, data, progress: bool = False) -> UpdateReport:
     size_before = int(fapm.memory_size()["vectors"])
     maps = model.extract(data, progress, desc="features (added images)")
     fapm.check_feature_sizes(maps)
-    scores_before = predict_maps(fapm, maps, config.batch_size, config.search_k)[2]
+    scores_before = score_cached_maps(fapm, maps, config.batch_size, config.search_k)[2]
     before, threshold_before = _decisions(model, scores_before), getattr(model.calibration, "image_threshold", None)
     cells = [(h // config.grid) * (w // config.grid) for h, w in model.feature_sizes]  # rows per image and region
     regions = [split_regions(m.to(fapm.device), config.grid) for m in maps]
@@ -153,7 +156,7 @@ def add_good(model, data, progress: bool = False) -> UpdateReport:
     if model.train_images is not None and paths is not None:
         model.train_images = [*model.train_images, *paths]
     seconds = time.perf_counter() - start
-    after = _decisions(model, predict_maps(model.model, maps, config.batch_size, config.search_k)[2])
+    after = _decisions(model, score_cached_maps(model.model, maps, config.batch_size, config.search_k)[2])
     model.fit_stats["updates"] = [*model.fit_stats.get("updates", []), {"n_added": len(before),
                                                                         "seconds": round(seconds, 3)}]
     if model.fit_stats.get("n_train"):

@@ -50,7 +50,7 @@ def output_names(calibrated: bool) -> tuple[str, ...]:
 
 class FAPMGraph(nn.Module):
     """What is exported: ``uint8 [B, S, S, 3]`` -> the named outputs (:func:`output_names`), in
-    that order. The normalisation, then the fitted :class:`~fapm_lib.method.fapm.FAPMModel`
+    that order. The normalisation, then the fitted :class:`~fapm_lib.method.fapm_model.FAPMModel`
     as is (the same search, alignment, map and score that ``predict`` runs), then, for a
     calibrated model, the normalised scores and the decisions."""
 
@@ -245,59 +245,10 @@ def parity(model: FAPM, exported, images) -> dict[str, float | bool]:
     scale = float(ref.anomaly_map.abs().max()) or 1.0
     out: dict[str, float | bool] = {
         "map_rel_diff": float((got.anomaly_map - ref.anomaly_map).abs().max()) / scale,
-        "score_rel_diff": float(((got.pred_score - ref.pred_score).abs() / ref.pred_score.abs().clamp_min(1e-12)).max()),
+        "score_rel_diff": float(((got.pred_score - ref.pred_score).abs()
+                                 / ref.pred_score.abs().clamp_min(1e-12)).max()),
     }
     cal = model_calibration(model)
     if cal is not None and got.decision is not None:
         out["decisions_equal"] = bool(torch.equal(got.decision, ref.pred_score >= cal.image_threshold))
     return out
-
-
-def run_export_cli(args) -> int:
-    """``fapm export``: write the export folder, then check it against the torch model."""
-    import numpy as np
-
-    from .exported import ExportedModel
-
-    if args.format not in FORMATS:
-        raise ConfigError(f"--format {args.format}: must be one of {', '.join(FORMATS)}")
-    if args.int8 and args.format != "openvino":
-        raise ConfigError("--int8: only with --format openvino (NNCF quantizes the OpenVINO model)")
-    batch = parse_batch_size(args.batch_size)
-    model = FAPM.load(args.model)
-    int8_images = None
-    if args.int8:
-        if not args.data_root or not args.category:
-            raise ConfigError("--int8 needs --data-root and --category (its training images calibrate the ranges)")
-        from ..data.mvtec import list_samples
-        from .run_fapm import load_rgb, resize_crop
-
-        cfg = model.config
-        int8_images = [resize_crop(load_rgb(s.path, cfg.resize), cfg.resize, cfg.crop_size)
-                       for s in list_samples(args.data_root, args.category, "train")]
-    elif args.data_root or args.category:
-        raise ConfigError("--data-root/--category are only used with --int8")
-    path = export_model(model, args.output, args.format, batch, int8_images, progress=not args.no_progress)
-    meta = json.loads(path.read_text())
-    out = Path(args.output)
-    size_mb = sum((out / f).stat().st_size for f in meta["files"]) / 2**20
-    print(f"wrote {out}: {', '.join(meta['files'])} ({size_mb:.1f} MB), {RUNNER}, {SIDECAR}; "
-          f"input uint8 {meta['input']['shape']} (NHWC, RGB, resized {model.config.resize} and cropped "
-          f"{model.config.crop_size}), batch {meta['batch_size']}")
-    if meta["calibration"] is None:
-        print("no calibration in this model: the graph outputs anomaly_map, raw_score and patch_scores only "
-              "(no normalised score, decision or mask)")
-    else:
-        print(f"calibrated: outputs {', '.join(meta['outputs'])} (image threshold "
-              f"{meta['calibration']['image_threshold']:.4g}, pixel threshold {meta['calibration']['pixel_threshold']:.4g})")
-    if not args.no_check:
-        n = batch or CHECK_IMAGES
-        images = np.random.default_rng(0).integers(0, 256, (n, *meta["input"]["shape"][1:]), dtype=np.uint8)
-        check = parity(model, ExportedModel(out, threads=args.threads), images)
-        line = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in check.items())
-        print(f"check against the torch model on {n} random images ({meta['runtime_format']}): {line}")
-        if args.int8:
-            return 0  # INT8 differs by design; its accuracy is measured by `fapm benchmark`
-        if check["map_rel_diff"] > PARITY_RTOL or not check.get("decisions_equal", True):
-            raise ModelFileError(f"{out}: the exported graph disagrees with the torch model ({line})")
-    return 0

@@ -1,5 +1,5 @@
 """Plain labelled folders on the command line: ``fapm fit --good DIR`` and
-``fapm evaluate --model M --good DIR --defect DIR [--masks DIR]`` (:mod:`fapm_lib.data.flat`),
+``fapm evaluate --model M --good DIR --defect DIR [--masks DIR]`` (:mod:`fapm_lib.data.folders`),
 beside the MVTec layout's ``--data-root`` / ``--category``."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..data.flat import FolderDataset
+from ..data.folders import FolderDataset
 from ..errors import ConfigError
 
 

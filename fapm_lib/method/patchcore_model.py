@@ -5,28 +5,54 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..config import FAPMConfig
 from ..errors import ConfigError
+from .anomaly_model import AnomalyModel
 from .backbone import FeatureExtractor
 from .coreset import GreedyKCenter, coreset_size, random_projection
-from .features import embed
 from .memory import BankGroup
-from .scoring import Prediction, postprocess
 
 #: PatchCore's random-projection dimension for the greedy coreset.
 PATCHCORE_PROJECTION = 128
 
 
-def concat_layers(maps: list[Tensor]) -> Tensor:
-    """Layer-2 and bilinearly upsampled layer-3 maps, concatenated: ``-> [B, C8 + C16, H8, W8]``."""
-    size = maps[0].shape[-2:]
-    return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1)
+class PatchCoreModel(AnomalyModel):
+    """PatchCore inference: ``images [B, 3, S, S]`` -> :class:`~fapm_lib.method.scoring.Prediction`;
+    every query searches the whole ``bank [M, C8 + C16]`` (a buffer)."""
 
+    def __init__(self, backbone: FeatureExtractor | None, bank: Tensor, *, pool_size: int = 3, input_size: int = 224,
+                 blur_sigma: float = 4.0, image_score: str = "max", k: int = 1, query_chunk: int = 4096) -> None:
+        super().__init__(backbone, pool_size=pool_size, input_size=input_size, blur_sigma=blur_sigma,
+                         image_score=image_score, k=k)
+        if k > bank.shape[0]:
+            raise ConfigError(f"k={k} exceeds the memory bank ({bank.shape[0]} vectors)")
+        # one bank for every position: a single "region", searched by the same kernel as FAPM's banks
+        self.memory = BankGroup(torch.zeros(1, dtype=torch.long, device=bank.device), bank.unsqueeze(0))
+        self.query_chunk = query_chunk
 
-def patch_rows(maps: list[Tensor]) -> Tensor:
-    """Aggregated maps (per layer ``[B, C, h, w]``) -> one row per layer-2 position ``[B*H8*W8, C8 + C16]``."""
-    return rearrange(concat_layers(maps), "b c h w -> (b h w) c")
+    @classmethod
+    def from_config(cls, config: FAPMConfig, backbone: FeatureExtractor | None, bank: Tensor) -> "PatchCoreModel":
+        return cls(backbone, bank, pool_size=config.pool_size, input_size=config.input_size,
+                   blur_sigma=config.blur_sigma, image_score=config.image_score, k=config.search_k)
+
+    @property
+    def bank(self) -> Tensor:
+        """``[M, C8 + C16]``."""
+        return self.memory.bank[0]
+
+    def search(self, maps: list[Tensor], k: int | None = None) -> Tensor:
+        """Nearest distances over the whole bank: aggregated maps -> ``[B, H8, W8, k]``."""
+        k = self.k if k is None else k
+        b, _, h, w = maps[0].shape
+        queries = patch_rows(maps)
+        out = torch.cat([self.memory.nearest(q.unsqueeze(0), k)[0] for q in queries.split(self.query_chunk)])
+        return rearrange(out, "(b h w) k -> b h w k", b=b, h=h, w=w)
+
+    def memory_size(self) -> dict[str, float]:
+        bank = self.memory.bank_t
+        return {"vectors": int(bank.shape[2]), "megabytes": bank.numel() * bank.element_size() / 2**20}
 
 
 def build_bank(rows: Tensor, ratio: float, projection: int, seed: int = 0, progress: bool = False) -> Tensor:
@@ -37,54 +63,13 @@ def build_bank(rows: Tensor, ratio: float, projection: int, seed: int = 0, progr
     return rows[greedy.indices[0]].contiguous()
 
 
-class PatchCoreModel(nn.Module):
-    """PatchCore inference: ``images [B, 3, S, S]`` -> :class:`~fapm_lib.method.scoring.Prediction`;
-    every query searches the whole ``bank [M, C8 + C16]`` (a buffer)."""
+def patch_rows(maps: list[Tensor]) -> Tensor:
+    """Aggregated maps (per layer ``[B, C, h, w]``) -> one row per layer-2 position ``[B*H8*W8, C8 + C16]``."""
+    return rearrange(concat_layers(maps), "b c h w -> (b h w) c")
 
-    def __init__(self, backbone: FeatureExtractor | None, bank: Tensor, *, pool_size: int = 3, input_size: int = 224,
-                 blur_sigma: float = 4.0, image_score: str = "max", k: int = 1, query_chunk: int = 4096) -> None:
-        super().__init__()
-        if k > bank.shape[0]:
-            raise ConfigError(f"k={k} exceeds the memory bank ({bank.shape[0]} vectors)")
-        self.backbone = backbone
-        # one bank for every position: a single "region", searched by the same kernel as FAPM's banks
-        self.memory = BankGroup(torch.zeros(1, dtype=torch.long, device=bank.device), bank.unsqueeze(0))
-        self.pool_size, self.input_size, self.blur_sigma = pool_size, input_size, blur_sigma
-        self.image_score, self.k, self.query_chunk = image_score, k, query_chunk
 
-    @classmethod
-    def from_config(cls, config, backbone: FeatureExtractor | None, bank: Tensor) -> "PatchCoreModel":
-        return cls(backbone, bank, pool_size=config.pool_size, input_size=config.input_size,
-                   blur_sigma=config.blur_sigma, image_score=config.image_score, k=config.search_k)
-
-    @property
-    def bank(self) -> Tensor:
-        """``[M, C8 + C16]``."""
-        return self.memory.bank[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.memory.bank_t.device
-
-    def forward(self, images: Tensor) -> Prediction:
-        return self.postprocess(self.search(self.embed(images)))
-
-    def embed(self, images: Tensor) -> list[Tensor]:
-        if self.backbone is None:
-            raise ConfigError("this model has no backbone: it scores cached feature maps only (search, postprocess)")
-        return embed(self.backbone, images, self.pool_size)
-
-    def search(self, maps: list[Tensor], k: int | None = None) -> Tensor:
-        """Nearest distances over the whole bank: aggregated maps -> ``[B, H8, W8, k]``."""
-        k = self.k if k is None else k
-        b, _, h, w = maps[0].shape
-        queries = patch_rows(maps)
-        out = torch.cat([self.memory.nearest(q.unsqueeze(0), k)[0] for q in queries.split(self.query_chunk)])
-        return rearrange(out, "(b h w) k -> b h w k", b=b, h=h, w=w)
-
-    def postprocess(self, knn: Tensor) -> Prediction:
-        return postprocess(knn, self.input_size, self.blur_sigma, self.image_score)
-
-    def memory_size(self) -> dict[str, float]:
-        bank = self.memory.bank_t
-        return {"vectors": int(bank.shape[2]), "megabytes": bank.numel() * bank.element_size() / 2**20}
+def concat_layers(maps: list[Tensor]) -> Tensor:
+    """Layer-2 and bilinearly upsampled layer-3 maps, concatenated: ``-> [B, C8 + C16, H8, W8]``."""
+    size = maps[0].shape[-2:]
+    upsampled = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+    return torch.cat([maps[0], *upsampled], 1)

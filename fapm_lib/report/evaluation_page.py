@@ -1,6 +1,6 @@
 """``fapm evaluate --report``: the evaluation's ``report.html`` (:mod:`fapm_lib.report.html`),
 every test image as a calibrated overlay with its truth, the metrics, and explanations of the
-examples :func:`~fapm_lib.decisions.evaluate.pick_examples` picks (the highest-scored defects and
+examples :func:`~fapm_lib.decisions.evaluation.pick_examples` picks (the highest-scored defects and
 good images, the lowest-scored defects) when the model can explain."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.samples import SampleDataset
-from ..decisions.evaluate import EvalResult, pick_examples
-from ..decisions.explain import explain_images
+from ..decisions.evaluation import EvalResult, pick_examples
+from ..decisions.nearest_patch import explain_images
 from ..errors import ConfigError
-from .explain import explanation_panel, layer_caption
+from .explanation_panel import explanation_panel, layer_caption
 from .html import THUMB_SIDE, ReportImage, data_uri, model_settings, write_report
 from .viz import calibrated_overlay, denormalize, overlay
 

@@ -1,6 +1,7 @@
 """One category from command-line style options (an ``argparse.Namespace``): fit, or load and
-re-score, then evaluate and write ``metrics.json`` and heatmaps. Used by the ``fapm`` command and
-by the per-category jobs of :mod:`fapm_lib.workflows.categories` (nothing here imports the CLI)."""
+re-score, then evaluate and write ``metrics.json`` and heatmaps; and the plan of a run over several
+categories. Used by ``fapm fit``, ``fit-all``, ``evaluate`` and ``demo`` (:mod:`fapm_lib.workflows.fit`,
+``fit_all``, ``evaluate``, ``demo``; nothing here imports the CLI)."""
 from __future__ import annotations
 
 import argparse
@@ -13,23 +14,25 @@ from typing import Any
 from ..config import FIT_KEYS, check_k_acts, flag_name
 from ..data.mvtec import MVTecDataset
 from ..decisions.calibration import from_validation, manual, rescore
-from ..decisions.evaluate import decision_metrics, run_test_set
+from ..decisions.evaluation import decision_metrics, run_test_set
 from ..detectors.fapm import FAPM
 from ..detectors.model_file import MODEL_FILE
-from ..errors import ConfigError
-from ..method.memory import check_k
+from ..errors import ConfigError, DataError
+from ..method.memory_builders import check_k
+from ..report.evaluation_page import write_evaluation_report
 from ..report.heatmaps import save_heatmaps
 from ..scale.pipeline import check_scheduler
 from ..system.atomic import write_text_atomic
-from ..report.evaluation import write_evaluation_report
-from .folders import data_name, data_settings, folder_datasets, uses_folders
+from ..system.jobs import parse_scheduler
+from .batch import resolve_categories
+from .folder_args import data_name, data_settings, folder_datasets, uses_folders
 from .options import CALIBRATION_FLAGS, TUNING_FLAGS, build_config, read_config_file
 from .options import check_device as _device
 
 
 def datasets_from_args(model, args: argparse.Namespace, splits: tuple[str, ...]) -> list[MVTecDataset]:
     """The ``splits`` of ``args.category`` under ``args.data_root`` (or of ``--good`` / ``--defect``
-    folders, :mod:`~fapm_lib.workflows.folders`), read with ``model``'s transform."""
+    folders, :mod:`~fapm_lib.workflows.folder_args`), read with ``model``'s transform."""
     if uses_folders(args):
         return folder_datasets(model, args, splits)
     if not args.data_root or not args.category:
@@ -37,7 +40,7 @@ def datasets_from_args(model, args: argparse.Namespace, splits: tuple[str, ...])
     out = []
     for split in splits:
         ds = MVTecDataset(args.data_root, args.category, split, model.transform, skip_bad=args.skip_bad)
-        for path, why in ds.skipped:
+        for _, why in ds.skipped:
             print(f"skipped: {why}", file=sys.stderr)
         out.append(ds)
     return out
@@ -144,13 +147,22 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
     return metrics
 
 
-def run_fit(args: argparse.Namespace) -> int:
-    """``fapm fit``: fit one category, write ``<output>/model.safetensors`` (``--scheduler``: its
-    region jobs on Dask)."""
-    model = fit_from_args(args, scheduler=getattr(args, "scheduler", None))
-    path = model.save(Path(args.output) / MODEL_FILE)
-    stats = model.fit_stats
-    print(f"fitted {data_name(args)} on {stats['n_train']} images in {stats['fit_seconds']:.1f} s "
-          f"(features {stats['feature_seconds']:.1f} s, coreset {stats['coreset_seconds']:.1f} s); wrote {path}")
-    return 0
+def category_args(values: dict[str, Any], category: str) -> argparse.Namespace:
+    """``values`` (a command's options) for one ``category``, fitting (no ``--model``)."""
+    return argparse.Namespace(**{**values, "category": category, "model": None})
 
+
+def plan_categories(args: argparse.Namespace) -> tuple[list[str], Path, dict[str, Any]]:
+    """The categories ``--categories`` names under ``--data-root``, the output folder and the
+    options every category job gets (checked before any job starts)."""
+    if not args.data_root:
+        raise ConfigError("--data-root is required (or set data_root in --config)")
+    root = Path(args.data_root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{args.data_root}: data root does not exist")
+    if args.scheduler is not None:
+        parse_scheduler(args.scheduler)
+    values = {k: v for k, v in vars(args).items() if k != "func"}
+    if args.scheduler is not None:
+        values["no_progress"] = True  # progress bars of several workers would interleave
+    return resolve_categories(root, args.categories), Path(args.output), values

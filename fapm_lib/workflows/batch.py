@@ -87,7 +87,8 @@ def run_batch(args: argparse.Namespace) -> int:
     if scheduler is not None:
         parse_scheduler(scheduler)  # refuse a bad address before anything runs
     progress = not args.no_progress and scheduler is None
-    jobs = [Job(category, run_category, (notebook, data_root, category, output, args.backbone, bool(args.fast), progress),
+    jobs = [Job(category, run_category,
+                (notebook, data_root, category, output, args.backbone, bool(args.fast), progress),
                 hint=f" (see {output / 'notebooks' / (category + '.ipynb')})") for category in categories]
     start = time.perf_counter()
     outcome = run_jobs(jobs, scheduler, label=notebook.name, debug=args.debug)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .coreset import GreedyKCenter, Selection, coreset_size, far_regions, near_far_sizes, random_projection
+from ...config import FAPMConfig
+from ..coreset import GreedyKCenter, Selection, coreset_size, far_regions, near_far_sizes, random_projection
+from ..regions import image_rows
 from .folds import fold_count
-from .regions import image_rows
 
 #: Vectors per cell on average when ``coreset_cell_size`` is not given.
 DEFAULT_CELL_SIZE = 250
@@ -42,55 +43,69 @@ PARTITION_BLOCK_BYTES = 64 * 2**20
 AUTO_EXACT_MAX_BYTES = 5e12
 
 
-def exact_greedy_bytes(layers: list[tuple[int, int]], n_regions: int, ratio: float, multiplier: float,
-                       sampling: str, folds: int) -> float:
-    """Bytes of vectors the exact greedy reads over a fit (every step reads its region's
-    vectors): per layer of ``(N, C)`` (vectors per region, dimension), ``R N C 4`` per step,
-    ``n_near + (n_far - n_near) / 2`` steps (about half the regions are far), times
-    ``1 + F ((F - 1) / F)^2`` with ``F`` calibration folds (their memories are built too)."""
-    total = 0.0
-    for n, dim in layers:
-        n_near, n_far = near_far_sizes(n, ratio, multiplier, sampling)
-        total += n_regions * n * dim * 4 * (n_near + (n_far - n_near) / 2)
-    return total * (1 + folds * ((folds - 1) / folds) ** 2 if folds >= 2 else 1)
+def choose_regions(x: Tensor, region_ids: list[int], variants: list[Tensor], per_image: int, config: FAPMConfig
+                   ) -> list[list[CellChoice]]:
+    """For regions ``x [G, N * per_image, C]`` (ids ``region_ids`` in the layer) and each variant
+    (the images whose rows count: every image, or the images outside one calibration fold): per
+    variant, per region, the cells' :class:`CellChoice`. The cells are drawn once per region (seed:
+    ``config.seed`` and the region id) and shared by the variants. The runs start at 1.25 times a
+    cell's share of the ``a r`` budget and are run again, twice as long, for the cells the
+    allocation would take further, until none would: the choice is then the one of runs as long
+    as the cells."""
+    rows = [image_rows(images, per_image) for images in variants]
+    budgets = [near_far_sizes(len(r), config.coreset_ratio, config.adaptive_multiplier, config.sampling) for r in rows]
+    max_cells = coreset_size(x.shape[1] // 3, config.coreset_ratio)  # below any fold memory's size
+    sets = CellSets.build([partition(x[g], cell_size(config), max_cells, config.seed * 1_000_003 + region)
+                           for g, region in enumerate(region_ids)], rows)
+    pairs = [(g, v) for g in range(len(region_ids)) for v in range(len(variants))]
+    share = torch.cat([sets.size[sets.pair_start[p]:sets.pair_start[p + 1]] * budgets[v][1] / len(rows[v])
+                       for p, (_, v) in enumerate(pairs)])
+    caps = (1.25 * share).ceil().long() + 2
+    everything = torch.arange(len(sets.size))
+    runs = run_cells(x, sets, everything, caps, config.coreset_projection, config.seed)
+    todo = list(range(len(pairs)))
+    while todo:  # a few rounds
+        short = []
+        for p in todo:
+            cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
+            kept, _, _, lowest = allocate(runs, cells, budgets[pairs[p][1]][1])
+            end = runs.radii[runs.at[cells] + runs.length[cells] - 1]
+            longer = (kept >= runs.length[cells]) & (runs.length[cells] < sets.size[cells]) & (end >= lowest)
+            short.append(cells[longer])
+        again = torch.cat(short)
+        todo = [p for p, s in zip(todo, short) if len(s)]
+        if len(again):
+            caps[again] *= 2
+            runs.add(again, run_cells(x, sets, again, caps[again], config.coreset_projection, config.seed))
+    out: list[list[CellChoice]] = [[] for _ in variants]
+    for p, (_, v) in enumerate(pairs):
+        cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
+        _, far_rows, _, _ = allocate(runs, cells, budgets[v][1])
+        _, near_rows, radius, _ = allocate(runs, cells, budgets[v][0])
+        out[v].append(CellChoice(near_rows, far_rows, radius))
+    return out
 
 
-def resolve_method(config, n_images: int, layers: list[tuple[int, int]]) -> str:
-    """``exact`` or ``cells`` for ``config`` (a :class:`~fapm_lib.config.FAPMConfig`) and
-    ``n_images`` training images; ``layers``: per layer (vectors per image and region, dim)."""
-    if config.coreset_method != "auto":
-        return config.coreset_method
-    folds = fold_count(n_images, config.calibration_folds)
-    work = exact_greedy_bytes([(n_images * per_image, dim) for per_image, dim in layers], config.grid**2,
-                              config.coreset_ratio, config.adaptive_multiplier, config.sampling, folds)
-    return "exact" if work <= AUTO_EXACT_MAX_BYTES else "cells"
+def select_layer(choices: list[CellChoice], sampling: str) -> Selection:
+    """The layer's :class:`~fapm_lib.method.coreset.Selection` from its regions' choices (in region
+    order): FAPM's near/far rule on their stated radii."""
+    radii = torch.tensor([c.radius for c in choices])
+    n_near, n_far = len(choices[0].near_rows), len(choices[0].far_rows)
+    far = far_regions(radii, n_near, n_far if sampling == "adaptive" else n_near)
+    near_rows = [c.near_rows for c, f in zip(choices, far.tolist()) if not f]
+    far_rows = [c.far_rows for c, f in zip(choices, far.tolist()) if f]
+    return Selection(radii, far, torch.stack(near_rows) if near_rows else torch.empty(0, n_near, dtype=torch.long),
+                     torch.stack(far_rows) if far_rows else torch.empty(0, n_far, dtype=torch.long))
 
 
-def work_bytes(n_rows: int, dim: int, n_variants: int) -> tuple[int, int]:
-    """Memory of :func:`choose_regions`: bytes per region of ``n_rows x dim`` vectors (the
-    vectors, the cell ids and seed distances, each variant's cell members and their sorting
-    temporaries) and bytes per call whatever the regions (the greedy batches with their
-    transposed copies and distances, the partition's block temporaries)."""
-    per_region = 4 * n_rows * dim + 12 * n_rows + 8 * n_rows * (n_variants + 4)
-    return per_region, 3 * SET_BATCH_BYTES + 3 * PARTITION_BLOCK_BYTES
+@dataclass
+class CellChoice:
+    """One region's memory for one image set, both size classes: ``near_rows``, ``far_rows``
+    (the rows kept at ``r`` and at ``a r``) and the stated radius at ``r``."""
 
-
-def cell_size(config) -> int:
-    """Vectors per cell: ``config.coreset_cell_size``, or :data:`DEFAULT_CELL_SIZE`."""
-    return config.coreset_cell_size or DEFAULT_CELL_SIZE
-
-
-def _nearest(x: Tensor, seeds: Tensor) -> tuple[Tensor, Tensor]:
-    """For each row of ``x [N, C]``: the index of its nearest row of ``seeds [K, C]`` and the
-    squared distance to it (blocks of rows, so no ``[N, K]`` product is held whole)."""
-    seed_sq = seeds.pow(2).sum(1)
-    cells, dist = [], []
-    for block in x.split(max(1, PARTITION_BLOCK_BYTES // (4 * max(len(seeds), x.shape[1])))):
-        d2 = (block @ seeds.T).mul_(-2).add_(seed_sq).add_(block.pow(2).sum(1, keepdim=True))
-        best = d2.min(dim=1)
-        cells.append(best.indices)
-        dist.append(best.values.clamp_min_(0))
-    return torch.cat(cells), torch.cat(dist)
+    near_rows: Tensor
+    far_rows: Tensor
+    radius: float
 
 
 def partition(x: Tensor, size: int, max_cells: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -119,6 +134,19 @@ def partition(x: Tensor, size: int, max_cells: int, seed: int) -> tuple[Tensor, 
             to_seed[rows] = dist
             k += parts - 1
     return cell, to_seed
+
+
+def _nearest(x: Tensor, seeds: Tensor) -> tuple[Tensor, Tensor]:
+    """For each row of ``x [N, C]``: the index of its nearest row of ``seeds [K, C]`` and the
+    squared distance to it (blocks of rows, so no ``[N, K]`` product is held whole)."""
+    seed_sq = seeds.pow(2).sum(1)
+    cells, dist = [], []
+    for block in x.split(max(1, PARTITION_BLOCK_BYTES // (4 * max(len(seeds), x.shape[1])))):
+        d2 = (block @ seeds.T).mul_(-2).add_(seed_sq).add_(block.pow(2).sum(1, keepdim=True))
+        best = d2.min(dim=1)
+        cells.append(best.indices)
+        dist.append(best.values.clamp_min_(0))
+    return torch.cat(cells), torch.cat(dist)
 
 
 @dataclass
@@ -151,29 +179,6 @@ class CellSets:
         return cls(torch.cat(region), torch.cumsum(size_t, 0) - size_t, size_t, torch.cat(members), torch.tensor(pairs))
 
 
-@dataclass
-class Runs:
-    """Greedy runs of cells, flat: cell ``s``'s run is ``chosen[at[s] : at[s] + length[s]]`` (rows,
-    in selection order) with ``radii`` (the cell's radius after each of those centres)."""
-
-    chosen: Tensor
-    radii: Tensor
-    at: Tensor
-    length: Tensor
-
-    def add(self, cells: Tensor, other: "Runs") -> None:
-        """Replace the runs of ``cells`` by ``other``'s (longer) runs of them."""
-        self.at[cells] = other.at + len(self.chosen)
-        self.length[cells] = other.length
-        self.chosen, self.radii = torch.cat([self.chosen, other.chosen]), torch.cat([self.radii, other.radii])
-
-
-def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
-    """``cat(arange(s, s + l) for s, l in zip(starts, lengths))``, vectorised."""
-    offsets = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
-    return torch.arange(int(lengths.sum())) + offsets
-
-
 def run_cells(x: Tensor, sets: CellSets, cells: Tensor, caps: Tensor, projection: int | None, seed: int) -> Runs:
     """Greedy runs of ``cells`` (ids into ``sets``; vectors ``x [G, N, C]``), each from its first
     row to ``caps`` centres (at most its size): cells of similar size are stepped together, padded
@@ -200,6 +205,23 @@ def run_cells(x: Tensor, sets: CellSets, cells: Tensor, caps: Tensor, projection
     return Runs(chosen, radii, at, length)
 
 
+@dataclass
+class Runs:
+    """Greedy runs of cells, flat: cell ``s``'s run is ``chosen[at[s] : at[s] + length[s]]`` (rows,
+    in selection order) with ``radii`` (the cell's radius after each of those centres)."""
+
+    chosen: Tensor
+    radii: Tensor
+    at: Tensor
+    length: Tensor
+
+    def add(self, cells: Tensor, other: "Runs") -> None:
+        """Replace the runs of ``cells`` by ``other``'s (longer) runs of them."""
+        self.at[cells] = other.at + len(self.chosen)
+        self.length[cells] = other.length
+        self.chosen, self.radii = torch.cat([self.chosen, other.chosen]), torch.cat([self.radii, other.radii])
+
+
 def allocate(runs: Runs, cells: Tensor, budget: int) -> tuple[Tensor, Tensor, float, float]:
     """The exact greedy's choice among the runs of ``cells`` (one pair's): ``budget`` centres in
     all, every cell keeping its first; the others go, largest first, to the cells whose radius
@@ -219,65 +241,45 @@ def allocate(runs: Runs, cells: Tensor, budget: int) -> tuple[Tensor, Tensor, fl
     return kept, rows, float(runs.radii[at + kept - 1].max()), lowest
 
 
-@dataclass
-class CellChoice:
-    """One region's memory for one image set, both size classes: ``near_rows``, ``far_rows``
-    (the rows kept at ``r`` and at ``a r``) and the stated radius at ``r``."""
-
-    near_rows: Tensor
-    far_rows: Tensor
-    radius: float
+def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
+    """``cat(arange(s, s + l) for s, l in zip(starts, lengths))``, vectorised."""
+    offsets = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
+    return torch.arange(int(lengths.sum())) + offsets
 
 
-def select_layer(choices: list[CellChoice], sampling: str) -> Selection:
-    """The layer's :class:`~fapm_lib.method.coreset.Selection` from its regions' choices (in region
-    order): FAPM's near/far rule on their stated radii."""
-    radii = torch.tensor([c.radius for c in choices])
-    n_near, n_far = len(choices[0].near_rows), len(choices[0].far_rows)
-    far = far_regions(radii, n_near, n_far if sampling == "adaptive" else n_near)
-    near_rows = [c.near_rows for c, f in zip(choices, far.tolist()) if not f]
-    far_rows = [c.far_rows for c, f in zip(choices, far.tolist()) if f]
-    return Selection(radii, far, torch.stack(near_rows) if near_rows else torch.empty(0, n_near, dtype=torch.long),
-                     torch.stack(far_rows) if far_rows else torch.empty(0, n_far, dtype=torch.long))
+def resolve_method(config: FAPMConfig, n_images: int, layers: list[tuple[int, int]]) -> str:
+    """``exact`` or ``cells`` for ``config`` (a :class:`~fapm_lib.config.FAPMConfig`) and
+    ``n_images`` training images; ``layers``: per layer (vectors per image and region, dim)."""
+    if config.coreset_method != "auto":
+        return config.coreset_method
+    folds = fold_count(n_images, config.calibration_folds)
+    work = exact_greedy_bytes([(n_images * per_image, dim) for per_image, dim in layers], config.grid**2,
+                              config.coreset_ratio, config.adaptive_multiplier, config.sampling, folds)
+    return "exact" if work <= AUTO_EXACT_MAX_BYTES else "cells"
 
 
-def choose_regions(x: Tensor, region_ids: list[int], variants: list[Tensor], per_image: int, config
-                   ) -> list[list[CellChoice]]:
-    """For regions ``x [G, N * per_image, C]`` (ids ``region_ids`` in the layer) and each variant
-    (the images whose rows count: every image, or the images outside one calibration fold): per
-    variant, per region, the cells' :class:`CellChoice`. The cells are drawn once per region (seed:
-    ``config.seed`` and the region id) and shared by the variants. The runs start at 1.25 times a
-    cell's share of the ``a r`` budget and are run again, twice as long, for the cells the
-    allocation would take further, until none would: the choice is then the one of runs as long
-    as the cells."""
-    rows = [image_rows(images, per_image) for images in variants]
-    budgets = [near_far_sizes(len(r), config.coreset_ratio, config.adaptive_multiplier, config.sampling) for r in rows]
-    max_cells = coreset_size(x.shape[1] // 3, config.coreset_ratio)  # below any fold memory's size
-    sets = CellSets.build([partition(x[g], cell_size(config), max_cells, config.seed * 1_000_003 + region)
-                           for g, region in enumerate(region_ids)], rows)
-    pairs = [(g, v) for g in range(len(region_ids)) for v in range(len(variants))]
-    share = torch.cat([sets.size[sets.pair_start[p]:sets.pair_start[p + 1]] * budgets[v][1] / len(rows[v])
-                       for p, (_, v) in enumerate(pairs)])
-    caps = (1.25 * share).ceil().long() + 2
-    everything = torch.arange(len(sets.size))
-    runs = run_cells(x, sets, everything, caps, config.coreset_projection, config.seed)
-    todo = list(range(len(pairs)))
-    while todo:  # a few rounds
-        short = []
-        for p in todo:
-            cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
-            kept, _, _, lowest = allocate(runs, cells, budgets[pairs[p][1]][1])
-            end = runs.radii[runs.at[cells] + runs.length[cells] - 1]
-            short.append(cells[(kept >= runs.length[cells]) & (runs.length[cells] < sets.size[cells]) & (end >= lowest)])
-        again = torch.cat(short)
-        todo = [p for p, s in zip(todo, short) if len(s)]
-        if len(again):
-            caps[again] *= 2
-            runs.add(again, run_cells(x, sets, again, caps[again], config.coreset_projection, config.seed))
-    out: list[list[CellChoice]] = [[] for _ in variants]
-    for p, (g, v) in enumerate(pairs):
-        cells = everything[sets.pair_start[p]:sets.pair_start[p + 1]]
-        _, far_rows, _, _ = allocate(runs, cells, budgets[v][1])
-        _, near_rows, radius, _ = allocate(runs, cells, budgets[v][0])
-        out[v].append(CellChoice(near_rows, far_rows, radius))
-    return out
+def exact_greedy_bytes(layers: list[tuple[int, int]], n_regions: int, ratio: float, multiplier: float,
+                       sampling: str, folds: int) -> float:
+    """Bytes of vectors the exact greedy reads over a fit (every step reads its region's
+    vectors): per layer of ``(N, C)`` (vectors per region, dimension), ``R N C 4`` per step,
+    ``n_near + (n_far - n_near) / 2`` steps (about half the regions are far), times
+    ``1 + F ((F - 1) / F)^2`` with ``F`` calibration folds (their memories are built too)."""
+    total = 0.0
+    for n, dim in layers:
+        n_near, n_far = near_far_sizes(n, ratio, multiplier, sampling)
+        total += n_regions * n * dim * 4 * (n_near + (n_far - n_near) / 2)
+    return total * (1 + folds * ((folds - 1) / folds) ** 2 if folds >= 2 else 1)
+
+
+def work_bytes(n_rows: int, dim: int, n_variants: int) -> tuple[int, int]:
+    """Memory of :func:`choose_regions`: bytes per region of ``n_rows x dim`` vectors (the
+    vectors, the cell ids and seed distances, each variant's cell members and their sorting
+    temporaries) and bytes per call whatever the regions (the greedy batches with their
+    transposed copies and distances, the partition's block temporaries)."""
+    per_region = 4 * n_rows * dim + 12 * n_rows + 8 * n_rows * (n_variants + 4)
+    return per_region, 3 * SET_BATCH_BYTES + 3 * PARTITION_BLOCK_BYTES
+
+
+def cell_size(config: FAPMConfig) -> int:
+    """Vectors per cell: ``config.coreset_cell_size``, or :data:`DEFAULT_CELL_SIZE`."""
+    return config.coreset_cell_size or DEFAULT_CELL_SIZE
