@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,7 @@ def measure_runtimes(model: FAPM, test: MVTecDataset, train: MVTecDataset | None
         "fastest_fp32_export": fastest,
         "fastest_fp32_over_torch": (round(report[fastest]["total_ms"] / report["torch"]["total_ms"], 4)
                                     if fastest and "torch" in report else None),
+        "versions": runtime_versions(),
         "onnxruntime_peak_rss_mb": rss, "benchmark_peak_rss_mb": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
@@ -222,29 +223,89 @@ def onnxruntime_peak_rss(folder: Path, threads: int, batch: int) -> dict[str, fl
     return {"peak_rss_mb": round(peak, 1), "after_session_load_mb": round(loaded, 1), "batch": batch}
 
 
+def runtime_versions() -> dict[str, str]:
+    """The installed versions of torch and the export runtimes (the missing ones left out)."""
+    from importlib import metadata
+
+    found = {}
+    for package in ("torch", "onnxruntime", "openvino", "nncf"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def runtime_label(name: str, versions: dict[str, str] | None = None) -> str:
+    """How a table names runtime ``name``, with its version where known: ``onnxruntime 1.32, fp32``."""
+    v = {k: f" {x}" for k, x in (versions or {}).items()}
+    ov = f"OpenVINO{v.get('openvino', '')}"
+    return {"torch": f"torch{v.get('torch', '')} (eager)",
+            "onnxruntime": f"onnxruntime{v.get('onnxruntime', '')}, fp32", "openvino": f"{ov}, fp32",
+            "openvino_int8": f"{ov}, INT8 backbone (NNCF{v.get('nncf', '')})"}.get(name, name)
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _change(row: dict[str, Any]) -> str:
+    if "image_auroc_change" not in row:
+        return ""
+    return " / ".join("n/a" if row[k] is None else f"{100 * row[k]:+.2f}"
+                      for k in ("image_auroc_change", "pixel_auroc_change"))
+
+
+def _vs_torch(row: dict[str, Any], torch_ms: float | None) -> str:
+    return f"{row['total_ms'] / torch_ms:.2f}x" if torch_ms else ""
+
+
+#: A runtimes-table column: header (``{batch}``: the throughput batch) and the cell of one
+#: runtime's row, given torch's ``total_ms`` (None when torch was not timed).
+Column = tuple[str, Callable[[dict[str, Any], "float | None"], str]]
+#: The columns of ``benchmark.md``'s runtimes section.
+DETAIL_COLUMNS: tuple[Column, ...] = (
+    ("total ms (batch 1)", lambda r, t: f"{r['total_ms']:.2f}"),
+    ("vs torch", _vs_torch),
+    ("CPU ms (batch 1)", lambda r, t: f"{r['cpu_ms']:.2f}"),
+    ("throughput img/s (batch {batch})", lambda r, t: f"{r['throughput_ips']:.1f}"),
+    ("image AUROC", lambda r, t: _pct(r["image_auroc"])),
+    ("pixel AUROC", lambda r, t: _pct(r["pixel_auroc"])),
+    ("change vs torch (image / pixel, points)", lambda r, t: _change(r)),
+)
+#: The columns of the front page's exports table.
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    ("ms per image, batch 1", lambda r, t: f"{r['total_ms']:.1f}"),
+    ("vs torch", _vs_torch),
+    ("images/s at batch {batch}", lambda r, t: f"{r['throughput_ips']:.1f}"),
+    ("image / pixel AUROC", lambda r, t: f"{_pct(r['image_auroc'])} / {_pct(r['pixel_auroc'])}"),
+)
+
+
+def runtimes_table(runtimes: dict[str, Any] | None, names: Sequence[str] | None = None,
+                   columns: Sequence[Column] = DETAIL_COLUMNS, batch: int = 16) -> list[str]:
+    """A markdown table of :func:`measure_runtimes`' report, one row per name in ``names``
+    (default: the measured ones); a runtime not in the report (not measured) gets empty cells."""
+    runtimes = runtimes or {}
+    details = runtimes.get("_details", {})
+    names = [n for n in runtimes if not n.startswith("_")] if names is None else list(names)
+    batch = details.get("throughput_batch", batch)
+    torch_ms = runtimes.get("torch", {}).get("total_ms")
+    lines = ["| runtime | " + " | ".join(h.format(batch=batch) for h, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name in names:
+        row = runtimes.get(name)
+        cells = [cell(row, torch_ms) for _, cell in columns] if row else [""] * len(columns)
+        lines.append(f"| {runtime_label(name, details.get('versions'))} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def runtimes_markdown(runtimes: dict) -> list[str]:
     """The ``benchmark.md`` section for ``runtimes``."""
     det = runtimes["_details"]
-    rows = [n for n in runtimes if not n.startswith("_")]
-
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}"
-
     lines = ["## Runtimes", "",
              f"{det['threads']} thread(s) each; {det['protocol']}. Input {det['input']}; {det['export']}.", "",
-             "| runtime | total ms (batch 1) | vs torch | CPU ms (batch 1) | throughput img/s (batch "
-             f"{det['throughput_batch']}) | image AUROC | pixel AUROC | change vs torch (image / pixel, points) |",
-             "|---|---|---|---|---|---|---|---|"]
-    torch_ms = runtimes.get("torch", {}).get("total_ms")
-    for n in rows:
-        r = runtimes[n]
-        ratio = f"{r['total_ms'] / torch_ms:.2f}x" if torch_ms else ""
-        change = ""
-        if "image_auroc_change" in r:
-            change = " / ".join("n/a" if r[k] is None else f"{100 * r[k]:+.2f}" for k in ("image_auroc_change", "pixel_auroc_change"))
-        lines.append(f"| {n} | {r['total_ms']:.2f} | {ratio} | {r['cpu_ms']:.2f} | {r['throughput_ips']:.1f} | "
-                     f"{pct(r['image_auroc'])} | "
-                     f"{pct(r['pixel_auroc'])} | {change} |")
+             *runtimes_table(runtimes)]
     rss = {k: v for k, v in (det.get("onnxruntime_peak_rss_mb") or {}).items() if v}
     if rss:
         parts = [f"batch {v['batch']}: {v['peak_rss_mb']:.0f} MB" for v in rss.values()]
