@@ -300,16 +300,21 @@ def runtimes_table(runtimes: dict[str, Any] | None, names: Sequence[str] | None 
     return lines
 
 
-def runtimes_markdown(runtimes: dict) -> list[str]:
-    """The ``benchmark.md`` section for ``runtimes``."""
-    det = runtimes["_details"]
-    lines = ["## Runtimes", "",
-             f"{det['threads']} thread(s) each; {det['protocol']}. Input {det['input']}; {det['export']}.", "",
-             *runtimes_table(runtimes)]
-    rss = {k: v for k, v in (det.get("onnxruntime_peak_rss_mb") or {}).items() if v}
+def runtimes_details(runtimes: dict) -> list[str]:
+    """The runtimes table with every column, then onnxruntime's own peak memory (when measured)."""
+    lines = runtimes_table(runtimes)
+    rss = {k: v for k, v in (runtimes["_details"].get("onnxruntime_peak_rss_mb") or {}).items() if v}
     if rss:
         parts = [f"batch {v['batch']}: {v['peak_rss_mb']:.0f} MB" for v in rss.values()]
         loaded = next(iter(rss.values()))["after_session_load_mb"]
         lines += ["", f"onnxruntime alone, peak RSS of a fresh process running the export: {', '.join(parts)} "
                       f"({loaded:.0f} MB after loading the session)."]
-    return lines + [""]
+    return lines
+
+
+def runtimes_markdown(runtimes: dict) -> list[str]:
+    """The ``benchmark.md`` section for ``runtimes``."""
+    det = runtimes["_details"]
+    return ["## Runtimes", "",
+            f"{det['threads']} thread(s) each; {det['protocol']}. Input {det['input']}; {det['export']}.", "",
+            *runtimes_details(runtimes), ""]

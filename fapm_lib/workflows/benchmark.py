@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..method.backbone import FeatureExtractor, create_feature_extractor
 from ..system.allocator import tune_allocator
 from ..system.atomic import write_text_atomic
+from ..system.provenance import cpu_model
 from ..system.timing import STAGES, WARMUP_RUNS, predict_by_stage, timed
 from .options import build_config, check_device
 
@@ -113,15 +114,7 @@ def _throughput(model: Detector, images: Tensor, runs: int) -> float:
 
 def device_name(device: torch.device) -> str:
     """GPU name on cuda; else the CPU model from /proc/cpuinfo (or the platform's processor)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def environment(config: FAPMConfig, device: torch.device) -> dict[str, Any]:
@@ -386,13 +379,22 @@ def write_report(report: dict[str, Any], output: Path) -> tuple[Path, Path]:
 
 
 def run_benchmark(args) -> int:
-    """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary."""
+    """``fapm benchmark``: run, write ``O/benchmark.json`` and ``O/benchmark.md``, print the summary;
+    with ``--suite``, every table of the pages (:mod:`fapm_lib.workflows.bench_suite`)."""
+    if args.suite:
+        from .bench_suite import run_bench_suite
+
+        return run_bench_suite(args)
+    suite_only = [f"--{name.replace('_', '-')}" for name in ("pages", "quick", "builtin_root", "parts")
+                  if getattr(args, name)]
+    if suite_only:
+        raise ConfigError(f"{', '.join(suite_only)}: only with --suite")
     config = build_config(args)
     if not args.data_root or not args.category:
         raise ConfigError("--data-root and --category are required (or set them in --config)")
     runtimes = parse_runtimes(args.runtimes)
+    repeats = 20 if args.repeats is None else args.repeats
     report = benchmark_category(config, args.data_root, args.category, args.output, check_device(args.device),
-                                args.repeats, progress=not args.no_progress, skip_bad=args.skip_bad,
-                                runtimes=runtimes)
+                                repeats, progress=not args.no_progress, skip_bad=args.skip_bad, runtimes=runtimes)
     print(benchmark_markdown(report))
     return 0
