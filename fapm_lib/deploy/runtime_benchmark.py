@@ -260,49 +260,52 @@ def _vs_torch(row: dict[str, Any], torch_ms: float | None) -> str:
     return f"{row['total_ms'] / torch_ms:.2f}x" if torch_ms else ""
 
 
-#: A runtimes-table column: header (``{batch}``: the throughput batch) and the cell of one
-#: runtime's row, given torch's ``total_ms`` (None when torch was not timed).
-Column = tuple[str, Callable[[dict[str, Any], "float | None"], str]]
+#: A runtimes-table column: header (``{batch}``: the throughput batch), the cell of one
+#: runtime's row given torch's ``total_ms`` (None when torch was not timed), and whether it is
+#: an accuracy figure (meaningless with random weights).
+Column = tuple[str, Callable[[dict[str, Any], "float | None"], str], bool]
 #: The columns of ``benchmark.md``'s runtimes section.
 DETAIL_COLUMNS: tuple[Column, ...] = (
-    ("total ms (batch 1)", lambda r, t: f"{r['total_ms']:.2f}"),
-    ("vs torch", _vs_torch),
-    ("CPU ms (batch 1)", lambda r, t: f"{r['cpu_ms']:.2f}"),
-    ("throughput img/s (batch {batch})", lambda r, t: f"{r['throughput_ips']:.1f}"),
-    ("image AUROC", lambda r, t: _pct(r["image_auroc"])),
-    ("pixel AUROC", lambda r, t: _pct(r["pixel_auroc"])),
-    ("change vs torch (image / pixel, points)", lambda r, t: _change(r)),
+    ("total ms (batch 1)", lambda r, t: f"{r['total_ms']:.2f}", False),
+    ("vs torch", _vs_torch, False),
+    ("CPU ms (batch 1)", lambda r, t: f"{r['cpu_ms']:.2f}", False),
+    ("throughput img/s (batch {batch})", lambda r, t: f"{r['throughput_ips']:.1f}", False),
+    ("image AUROC", lambda r, t: _pct(r["image_auroc"]), True),
+    ("pixel AUROC", lambda r, t: _pct(r["pixel_auroc"]), True),
+    ("change vs torch (image / pixel, points)", lambda r, t: _change(r), True),
 )
 #: The columns of the front page's exports table.
 SUMMARY_COLUMNS: tuple[Column, ...] = (
-    ("ms per image, batch 1", lambda r, t: f"{r['total_ms']:.1f}"),
-    ("vs torch", _vs_torch),
-    ("images/s at batch {batch}", lambda r, t: f"{r['throughput_ips']:.1f}"),
-    ("image / pixel AUROC", lambda r, t: f"{_pct(r['image_auroc'])} / {_pct(r['pixel_auroc'])}"),
+    ("ms per image, batch 1", lambda r, t: f"{r['total_ms']:.1f}", False),
+    ("vs torch", _vs_torch, False),
+    ("images/s at batch {batch}", lambda r, t: f"{r['throughput_ips']:.1f}", False),
+    ("image / pixel AUROC", lambda r, t: f"{_pct(r['image_auroc'])} / {_pct(r['pixel_auroc'])}", True),
 )
 
 
 def runtimes_table(runtimes: dict[str, Any] | None, names: Sequence[str] | None = None,
-                   columns: Sequence[Column] = DETAIL_COLUMNS, batch: int = 16) -> list[str]:
+                   columns: Sequence[Column] = DETAIL_COLUMNS, batch: int = 16, accuracy: bool = True) -> list[str]:
     """A markdown table of :func:`measure_runtimes`' report, one row per name in ``names``
-    (default: the measured ones); a runtime not in the report (not measured) gets empty cells."""
+    (default: the measured ones); a runtime not in the report (not measured) gets empty cells;
+    without ``accuracy`` (random weights) the accuracy cells say "timing only"."""
     runtimes = runtimes or {}
     details = runtimes.get("_details", {})
     names = [n for n in runtimes if not n.startswith("_")] if names is None else list(names)
     batch = details.get("throughput_batch", batch)
     torch_ms = runtimes.get("torch", {}).get("total_ms")
-    lines = ["| runtime | " + " | ".join(h.format(batch=batch) for h, _ in columns) + " |",
+    lines = ["| runtime | " + " | ".join(h.format(batch=batch) for h, _, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for name in names:
         row = runtimes.get(name)
-        cells = [cell(row, torch_ms) for _, cell in columns] if row else [""] * len(columns)
+        cells = [("timing only" if is_accuracy and not accuracy else cell(row, torch_ms)) if row else ""
+                 for _, cell, is_accuracy in columns]
         lines.append(f"| {runtime_label(name, details.get('versions'))} | " + " | ".join(cells) + " |")
     return lines
 
 
-def runtimes_details(runtimes: dict) -> list[str]:
+def runtimes_details(runtimes: dict, accuracy: bool = True) -> list[str]:
     """The runtimes table with every column, then onnxruntime's own peak memory (when measured)."""
-    lines = runtimes_table(runtimes)
+    lines = runtimes_table(runtimes, accuracy=accuracy)
     rss = {k: v for k, v in (runtimes["_details"].get("onnxruntime_peak_rss_mb") or {}).items() if v}
     if rss:
         parts = [f"batch {v['batch']}: {v['peak_rss_mb']:.0f} MB" for v in rss.values()]

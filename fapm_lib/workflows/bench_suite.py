@@ -155,13 +155,11 @@ def _builtin(settings: SuiteSettings) -> list[str]:
 
 def _note(text: str, settings: SuiteSettings, state: dict[str, Any], seconds: float,
           missing: list[str]) -> list[str]:
-    """The lines under a table: what was measured and how, what was not and why, the stamp."""
+    """The paragraph under a table: what was measured and how, what was not and why, the stamp."""
     quick = " (quick run: fewer repeats, backbones and categories)" if settings.quick else ""
-    lines = ["", text]
-    lines += [f"Not measured: {why}." for why in missing]
-    lines += ["", f"Measured by `fapm benchmark --suite` (`make bench`){quick}: {stamp_text(state)}; "
-                  f"{torch.get_num_threads()} torch thread(s); this part took {seconds / 60:.1f} min."]
-    return lines
+    absent = "".join(f" Not measured: {why}." for why in missing)
+    return ["", f"{text}{absent} Measured by `fapm benchmark --suite` (`make bench`){quick}: {stamp_text(state)}; "
+                f"{torch.get_num_threads()} torch thread(s); this part took {seconds / 60:.1f} min."]
 
 
 def _weights(settings: SuiteSettings, backbone: str, pretrained: bool | None = None) -> str:
@@ -194,7 +192,8 @@ def speed_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table]:
             f"{labels['main']}: {_weights(settings, runs[0][1])}; {labels['timing']}: "
             f"{_weights(settings, runs[1][1], False)}. Both methods in one process on the same backbone "
             f"instance; fit: features extracted once (shared), then each method's coreset; per image: batch 1, "
-            f"medians of {runs[0][3]} ({labels['main']}) and {runs[1][3]} ({labels['timing']}) single-image runs "
+            f"medians of {runs[0][3]} ({short_name(runs[0][1])}) and {runs[1][3]} ({short_name(runs[1][1])}) "
+            "single-image runs "
             f"after {WARMUP_RUNS} warm-up runs, the methods alternating within each repeat; throughput: end to end "
             f"at batch 16.")
     note = _note(text, settings, state, time.perf_counter() - start, [why] if why else [])
@@ -243,8 +242,10 @@ def exports_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table]:
     note = _note(text, settings, state, time.perf_counter() - start, missing)
     data = {"stamp": state, "runtimes": runtimes, "not_measured": missing}
     shown = list(settings.runtimes)
-    summary = runtimes_table(runtimes or {"_details": details}, shown, SUMMARY_COLUMNS)
-    detail = runtimes_details(runtimes) if runtimes else runtimes_table({"_details": details}, shown)
+    accuracy = settings.pretrained
+    summary = runtimes_table(runtimes or {"_details": details}, shown, SUMMARY_COLUMNS, accuracy=accuracy)
+    detail = (runtimes_details(runtimes, accuracy) if runtimes
+              else runtimes_table({"_details": details}, shown, accuracy=accuracy))
     return [Table("exports", "\n".join([*summary, *note]), data),
             Table("exports-details", "\n".join([*detail, *note]), data)]
 
