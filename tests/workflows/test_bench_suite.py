@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,21 @@ def test_a_failing_part_keeps_its_previous_tables(tmp_path: Path, monkeypatch: p
     summary = run_suite(settings)
     assert summary["parts"]["speed"]["status"] == "failed: RuntimeError: out of memory"
     assert (settings.output / "speed.md").read_text() == "old table\n"
+
+
+def test_resume_reuses_the_single_runs_and_says_so(suite: tuple[Path, dict], tmp_path: Path) -> None:
+    output, _ = suite
+    shutil.copytree(output, tmp_path / "out")
+    summary = run_suite(_settings(tmp_path, output.parent / "mvtec", parts=("speed", "backbones"), resume=True,
+                                  builtin_root=output.parent / "builtin"))
+    assert all(info["status"] == "measured" for info in summary["parts"].values())
+    speed = _table(tmp_path / "out", "speed")
+    assert "2 of its 2 single runs were reused (`--resume`) from an earlier invocation, written " in speed
+    assert _rows(speed)["end to end, ms"] == _rows(_table(output, "speed"))["end to end, ms"]
+    assert "8 of its 8 single runs were reused" in _table(tmp_path / "out", "backbones")
+    reused = json.loads((tmp_path / "out" / "speed.json").read_text())["reports"]["main"]["provenance"]
+    first = json.loads((output / "speed.json").read_text())["reports"]["main"]["provenance"]
+    assert reused["reused"] is True and (reused["date"], reused["commit"]) == (first["date"], first["commit"])
 
 
 PAGE = """# A page
