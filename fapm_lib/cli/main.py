@@ -181,6 +181,8 @@ def _benchmark(p: argparse.ArgumentParser) -> None:
                    "when missing)")
     p.add_argument("--quick", action="store_true", help="with --suite: 3 repeats, one backbone, 2 built-in "
                    "categories (a check that the suite runs; its tables say so)")
+    p.add_argument("--backbones-table", dest="backbones_table", help="with --suite: the backbones of the backbone "
+                   "table (comma list; default tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2)")
     p.add_argument("--resume", action="store_true", help="with --suite: reuse the single runs already in "
                    "--output/runs (an interrupted suite goes on where it stopped; the tables say which were reused)")
 

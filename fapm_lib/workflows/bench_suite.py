@@ -332,6 +332,9 @@ def backbones_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table
             reports[backbone] = _category_reports(settings, backbone, datasets, methods)
         except BackboneError as exc:
             missing.append(f"{backbone}: {exc}")
+    without = [key for key, run in reports.get(settings.speed_backbone, {}).items() if "patchcore" not in run]
+    if without:  # reused runs (--resume) measured without PatchCore
+        missing.append(f"PatchCore on {', '.join(without)}: the reused runs hold FAPM only")
     random = not settings.pretrained
 
     def cells(backbone: str, method: str, keys: tuple[str, ...] = ("image_auroc", "pixel_auroc"),
@@ -380,7 +383,7 @@ def backbones_part(settings: SuiteSettings, state: dict[str, Any]) -> list[Table
         builtin_rows.append(f"| {name.replace(' (' + label + ', CPU)', '')} | " + " | ".join(values) + " |")
     builtin_text = (f"The mean over the {n} built-in categories ({display_path(settings.builtin_root)}), {label}, "
                     f"{geometry(settings.config(main))}, CPU, the default settings.")
-    main_missing = [why for why in missing if why.startswith(f"{main}:")]
+    main_missing = [why for why in missing if why.startswith((f"{main}:", "PatchCore on"))]
     real_missing = [why for why in missing if "MVTec AD" in why] + main_missing
     return [Table("backbones", "\n".join([*lines, *note]), data),
             Table("accuracy", "\n".join([*accuracy, *_note(real_text, settings, state, seconds, real_missing,
@@ -448,6 +451,10 @@ def _run_parts(settings: SuiteSettings, summary: dict[str, Any]) -> None:
         _log(f"part {part} took {seconds / 60:.1f} min")
 
 
+def _names(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else default
+
+
 def _settings_from(args: argparse.Namespace) -> SuiteSettings:
     """SuiteSettings from the ``fapm benchmark --suite`` flags; ConfigError on flags of a single run."""
     single = [f"--{k.replace('_', '-')}" for k in ("category", "backbone", "config", "runtimes")
@@ -456,7 +463,7 @@ def _settings_from(args: argparse.Namespace) -> SuiteSettings:
         raise ConfigError(f"{', '.join(single)}: not with --suite (it sets its own backbones, categories and "
                           "runtimes; run `fapm benchmark` without --suite for one run)")
     chosen = args.parts or ",".join(PARTS)
-    parts = () if chosen == "none" else tuple(p.strip() for p in chosen.split(",") if p.strip())
+    parts = () if chosen == "none" else _names(chosen, PARTS)
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ConfigError(f"--parts {chosen}: unknown part {unknown[0]!r}; choose from {', '.join(PARTS)} "
@@ -465,9 +472,11 @@ def _settings_from(args: argparse.Namespace) -> SuiteSettings:
     settings = SuiteSettings(output=Path(args.output), mvtec_root=mvtec,
                              builtin_root=Path(args.builtin_root or BUILTIN_ROOT), parts=parts,
                              pretrained=not args.random_weights, progress=not args.no_progress,
-                             threads=args.threads or 1, resume=args.resume)
+                             threads=args.threads or 1, resume=args.resume,
+                             backbones=_names(args.backbones_table, LITE))
     if args.quick:
-        settings = replace(settings, repeats=3, backbones=(settings.speed_backbone,), builtin_categories=2, quick=True)
+        settings = replace(settings, repeats=3, backbones=_names(args.backbones_table, (settings.speed_backbone,)),
+                           builtin_categories=2, quick=True)
     if args.repeats is not None:
         if args.repeats < 2:
             raise ConfigError(f"--repeats {args.repeats}: the suite needs at least 2")

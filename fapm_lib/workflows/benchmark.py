@@ -11,6 +11,9 @@ from .bench_suite import run_bench_suite
 from .options import build_config, check_device
 from .side_by_side import METHOD_KEYS, RATIO_KEYS, benchmark_category, benchmark_markdown, device_name
 
+#: The options that only ``--suite`` reads.
+SUITE_FLAGS = ("pages", "quick", "builtin_root", "parts", "resume", "backbones_table")
+
 __all__ = ["METHOD_KEYS", "RATIO_KEYS", "benchmark_category", "benchmark_markdown", "device_name", "run_benchmark"]
 
 
@@ -19,8 +22,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     with ``--suite``, measure and write every table (:func:`run_bench_suite`)."""
     if args.suite:
         return run_bench_suite(args)
-    suite_only = [f"--{name.replace('_', '-')}" for name in ("pages", "quick", "builtin_root", "parts", "resume")
-                  if getattr(args, name)]
+    suite_only = [f"--{name.replace('_', '-')}" for name in SUITE_FLAGS if getattr(args, name)]
     if suite_only:
         raise ConfigError(f"{', '.join(suite_only)}: only with --suite")
     config = build_config(args)

@@ -151,6 +151,9 @@ def test_a_failing_part_keeps_its_previous_tables(tmp_path: Path, monkeypatch: p
 def test_resume_reuses_the_single_runs_and_says_so(suite: tuple[Path, dict], tmp_path: Path) -> None:
     output, _ = suite
     shutil.copytree(output, tmp_path / "out")
+    alpha = tmp_path / "out" / "runs" / "backbones" / "lite0" / "builtin" / "alpha" / "benchmark.json"
+    run = json.loads(alpha.read_text())
+    alpha.write_text(json.dumps({k: v for k, v in run.items() if k not in ("patchcore", "ratios")}))
     summary = run_suite(_settings(tmp_path, output.parent / "mvtec", parts=("speed", "backbones"), resume=True,
                                   builtin_root=output.parent / "builtin"))
     assert all(info["status"] == "measured" for info in summary["parts"].values())
@@ -158,6 +161,9 @@ def test_resume_reuses_the_single_runs_and_says_so(suite: tuple[Path, dict], tmp
     assert "2 of its 2 single runs were reused (`--resume`) from an earlier invocation, written " in speed
     assert _rows(speed)["end to end, ms"] == _rows(_table(output, "speed"))["end to end, ms"]
     assert "8 of its 8 single runs were reused" in _table(tmp_path / "out", "backbones")
+    builtin = _table(tmp_path / "out", "builtin")  # a reused run without PatchCore: its cells empty, said so
+    assert "Not measured: PatchCore on builtin/alpha: the reused runs hold FAPM only." in builtin
+    assert _rows(builtin)["PatchCore-50%, this repo"] == ["", "", ""]
     reused = json.loads((tmp_path / "out" / "speed.json").read_text())["reports"]["main"]["provenance"]
     first = json.loads((output / "speed.json").read_text())["reports"]["main"]["provenance"]
     assert reused["reused"] is True and (reused["date"], reused["commit"]) == (first["date"], first["commit"])
