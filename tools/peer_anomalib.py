@@ -379,7 +379,7 @@ def run_category(args, category: str, on_partial=None) -> dict:
     model = build_anomalib(extractor)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=False)
     torch.manual_seed(SEED)  # KCenterGreedy's random start and the projection's signs (torch RNG),
-    import numpy as np       # the projection's column choice (numpy's global RNG, random_state=None)
+    import numpy as np  # the projection's column choice (numpy's global RNG, random_state=None)
 
     np.random.seed(SEED)
     print("anomalib: fitting (its coreset is the slow part) ...", flush=True)
@@ -419,7 +419,7 @@ def run_category(args, category: str, on_partial=None) -> dict:
     row["loadavg_end"] = os.getloadavg()
     print(f"batch 1: FAPM {row['fapm']['batch1_ms']:.1f} ms, anomalib {row['anomalib']['batch1_ms']:.1f} ms; "
           f"batch 16: {row['fapm']['batch16_img_s']:.1f} vs {row['anomalib']['batch16_img_s']:.1f} img/s", flush=True)
-    del model, fapm
+    # model and fapm go with this frame; the heap is trimmed for the next category
     trim_heap()
     return row
 
@@ -443,7 +443,8 @@ def environment() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "anomalib": anomalib.__version__,
-            "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "git_branch": git("rev-parse", "--abbrev-ref", "HEAD")}
 
 
@@ -482,8 +483,10 @@ def markdown(report: dict) -> str:
     for row in report["rows"]:
         f, a = row["fapm"], row["anomalib"]
         lines.append(f"| {row['category']} | {row['n_train']} / {row['n_test']} | "
-                     f"{f['memory_bank'].get('vectors', '')} vectors, {fmt(f['memory_bank'].get('megabytes'), 2)} MiB | "
-                     f"{a['memory_bank']['vectors']} x {a['memory_bank']['dim']}, {fmt(a['memory_bank']['megabytes'], 2)} MiB | "
+                     f"{f['memory_bank'].get('vectors', '')} vectors, "
+                     f"{fmt(f['memory_bank'].get('megabytes'), 2)} MiB | "
+                     f"{a['memory_bank']['vectors']} x {a['memory_bank']['dim']}, "
+                     f"{fmt(a['memory_bank']['megabytes'], 2)} MiB | "
                      f"{fmt(a['image_auroc_max_score'], 1, 100)} | {fmt(f['backbone_batch1_ms'])} / "
                      f"{fmt(a['backbone_batch1_ms'])} | {fmt(f['batch1_cpu_ms'])} / {fmt(a['batch1_cpu_ms'])} | "
                      f"{' '.join(fmt(x, 2) for x in row['loadavg_start'])} / "
@@ -502,12 +505,14 @@ def markdown(report: dict) -> str:
                  f"{report['resumed_from']['started']})" if report.get("resumed_from") else ""),
               "- Protocol: one process, `torch.set_num_threads(1)`; resize 256, centre crop 224; "
               f"{BACKBONE} ImageNet weights, the same tensors in both (maps asserted bit-identical); layers "
-              f"{', '.join(report['layers'])} (stride 8, 16); 3x3 average-pool aggregation; coreset ratio {CORESET_RATIO}. "
+              f"{', '.join(report['layers'])} (stride 8, 16); 3x3 average-pool aggregation; "
+              f"coreset ratio {CORESET_RATIO}. "
               "FAPM: grid 7, adaptive ratio, `max` score, `calibration_folds=0`. anomalib: `PatchcoreModel` "
               "(`num_neighbors=9`, re-weighted score), its embedding collection and `subsample_embedding`.",
               "- Fit: images decoded by the same loader (batch 16) + features + memory/coreset. "
               f"Batch-1 ms: median of {t.get('batch1', '?')} single-image runs after {t.get('warmup', '?')} warm-up, "
-              f"the methods alternated; batch-16: {t.get('batch16_size', 16)} / median of {t.get('batch16', '?')} batches. "
+              f"the methods alternated; batch-16: {t.get('batch16_size', 16)} / median of "
+              f"{t.get('batch16', '?')} batches. "
               "Peak memory (MiB): peak RSS increase over the RSS before the method's phase (fit + test-set inference), "
               "sampled every 5 ms by a psutil thread, heap trimmed before each phase.",
               "- anomalib's extractor also runs timm's blocks 5 and 6 (unused by its maps); FAPM's stops at block 4: "
