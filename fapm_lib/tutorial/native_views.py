@@ -21,7 +21,7 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom, in the inpu
 
 @dataclass(frozen=True)
 class HiddenDefects:
-    """Defects of a test split against a view: ``outside`` wholly outside it, ``partly`` cut by
+    """Defects of a test split against a view (image paths): ``outside`` wholly outside it, ``partly`` cut by
     its border, ``total`` defect images with a mask."""
 
     outside: list[str]
@@ -51,9 +51,9 @@ def hidden_defects(samples: Sequence[Sample], transform: Transform) -> HiddenDef
         inside = int(mask[top:bottom, left:right].sum())
         total += 1
         if inside == 0:
-            outside.append(Path(sample.path).name)
+            outside.append(str(sample.path))
         elif inside < int(mask.sum()):
-            partly.append(Path(sample.path).name)
+            partly.append(str(sample.path))
     return HiddenDefects(outside, partly, total)
 
 
