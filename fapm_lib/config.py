@@ -152,7 +152,8 @@ class FAPMConfig:
             return f"resize {self.resize}{crop}, grid {self.grid_side}x{self.grid_side}"
         scale = "native resolution" if self.scale == 1.0 else f"native resolution x {self.scale:g}"
         reach = f", searching {self.neighbour_regions} ring(s) of neighbour regions" if self.neighbour_regions else ""
-        return f"{scale}, regions of {self.region_pixels} px, tiles of {self.tile} px (overlap {self.tile_overlap}){reach}"
+        return (f"{scale}, regions of {self.region_pixels} px, tiles of {self.tile} px "
+                f"(overlap {self.tile_overlap}){reach}")
 
     @property
     def search_k(self) -> int:

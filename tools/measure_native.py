@@ -352,8 +352,12 @@ def _table(title: str, rows: list[dict], timing: dict[str, float], reference: st
 
 def _markdown(title: str, rows: list[dict], note: str = "") -> str:
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    fmt = (lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) and abs(v) < 1.5
-           else f"{v:.1f}" if isinstance(v, float) else str(v))
+    def fmt(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1.5 else f"{v:.1f}"
+        return str(v)
     lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(row.get(k)) for k in keys) + " |" for row in rows]
     return "\n".join(lines + (["", note] if note else []))

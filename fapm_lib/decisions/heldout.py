@@ -16,9 +16,9 @@ from torch import Tensor
 
 from ..config import FAPMConfig
 from ..method.fapm_model import FAPMModel
+from ..method.geometry import ModelGeometry
 from ..method.machinery.folds import fold_count, heldout_images, kept_images, scored_images
 from ..method.memory_builders import build_layer_memory, build_layer_memory_cells, check_fold_k
-from ..method.geometry import ModelGeometry
 from ..method.regions import cells_per_region, image_rows, merge_regions
 from ..method.scoring import top_neighbours, valid_knn
 from .calibration import (

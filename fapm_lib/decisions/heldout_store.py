@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from ..config import FAPMConfig
 from ..method.fapm_model import fuse_region_distances
-from ..method.regions import merge_regions
 from ..method.geometry import ModelGeometry
+from ..method.regions import merge_regions
 from ..method.scoring import postprocess, top_neighbours, valid_knn
 from ..scale.pipeline import RegionFit
 from .calibration import Calibration

@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..decisions.calibration import Calibration, normalize_score
 from ..data.transform import ASPECT_TOLERANCE
+from ..decisions.calibration import Calibration, normalize_score
 from ..detectors.fapm import FAPM
+from ..errors import ConfigError, ModelFileError
 from ..method.backbone import FEATURE_STRIDES
 from ..method.geometry import valid_cells
-from ..errors import ConfigError, ModelFileError
 from ..system.atomic import atomic_path, write_text_atomic
 
 SIDECAR = "fapm_export.json"
@@ -138,11 +138,13 @@ def sidecar(model: FAPM, fmt: str, model_file: str, batch_size: int | None,
     batch = batch_size if batch_size else "batch"
     cells = list(valid_cells(model.canvas, FEATURE_STRIDES[0]))
     shapes = {"anomaly_map": [batch, height, width], "raw_score": [batch], "patch_scores": [batch, *cells],
-              "score": [batch], "decision": [batch], "mask": [batch, height, width], "score_map": [batch, height, width]}
+              "score": [batch], "decision": [batch], "mask": [batch, height, width],
+              "score_map": [batch, height, width]}
     return {
         "format": "fapm_export", "format_version": EXPORT_FORMAT_VERSION, "runtime_format": fmt,
         "model_file": model_file,
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "channels": "gray" if channels == 1 else "RGB",
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC",
+                  "channels": "gray" if channels == 1 else "RGB",
                   "shape": [batch, height, width, channels]},
         "batch_size": batch_size if batch_size else "dynamic",
         "preprocessing": preprocessing(model),
@@ -172,12 +174,14 @@ def preprocessing(model: FAPM) -> dict[str, Any]:
               "mean": list(info.mean), "std": list(info.std)}
     if cfg.native:
         return {"mode": "native", "canvas": list(model.canvas), "resize": None, "crop_size": None,
-                "rule": f"the whole image; resized to {model.canvas[1]}x{model.canvas[0]} (width x height) when its size "
+                "rule": f"the whole image; resized to {model.canvas[1]}x{model.canvas[0]} (width x height) "
+                        "when its size "
                         f"differs, refused when its aspect ratio differs by more than {ASPECT_TOLERANCE:.0%}",
                 **common}
     return {"mode": "protocol", "resize": cfg.resize, "crop_size": cfg.crop_size,
             "rule": ("resize the shorter side to `resize` (longer side int(resize * long / short)), then centre-crop "
-                     "`crop_size` (offsets round((side - crop) / 2))" if cfg.crop_size else "resize to resize x resize"),
+                     "`crop_size` (offsets round((side - crop) / 2))"
+                     if cfg.crop_size else "resize to resize x resize"),
             **common}
 
 

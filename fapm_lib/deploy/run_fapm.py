@@ -12,7 +12,8 @@ exactly as ``fapm_lib.data.transform.Transform`` does (EXIF orientation applied,
 16-bit scaled by 1/257, gray kept as one channel for a gray model) and brings it to the graph's
 input: at native resolution the whole image, resized to the model's canvas when its size differs
 (the same aspect ratio only); with the paper's protocol the shorter side resized to ``resize``
-(bilinear), then the centre crop. It runs the graph, and writes ``OUT/scores.csv`` (path, raw_score, and for a calibrated model
+(bilinear), then the centre crop. It runs the graph, and writes ``OUT/scores.csv`` (path, raw_score, and for a
+calibrated model
 score and decision), plus ``OUT/masks/*.png`` with ``--masks`` and ``OUT/maps/*.npy`` with
 ``--maps``. Bad input: one line on stderr, exit code 2.
 """

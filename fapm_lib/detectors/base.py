@@ -242,7 +242,8 @@ class Detector:
         (no ``canvas``) were fitted on the protocol's square in RGB."""
         canvas, channels = header.get("canvas"), header.get("input_channels", 3)
         if canvas is not None:
-            if not (isinstance(canvas, list) and len(canvas) == 2 and all(isinstance(v, int) and v > 0 for v in canvas)):
+            sizes_ok = isinstance(canvas, list) and len(canvas) == 2
+            if not (sizes_ok and all(isinstance(v, int) and v > 0 for v in canvas)):
                 raise ModelFileError(f"{path}: malformed canvas {canvas!r}")
             self.canvas = (canvas[0], canvas[1])
         elif self.config.native:

@@ -17,15 +17,14 @@ from ..decisions.calibration import K_KEPT
 from ..decisions.heldout import calibrate_regions
 from ..decisions.heldout_store import calibrate_from_knn
 from ..errors import ConfigError, DataError, ModelFileError
-from ..method.backbone import FeatureExtractor
+from ..method.backbone import FEATURE_STRIDES, FeatureExtractor
 from ..method.fapm_model import FAPMModel
+from ..method.geometry import ModelGeometry
 from ..method.machinery.cells import resolve_method
 from ..method.memory import BankGroup, LayerMemory
 from ..method.memory_builders import build_memories, check_k
-from ..method.backbone import FEATURE_STRIDES
-from ..method.geometry import ModelGeometry
-from ..method.regions import RegionFeatureBuffer, cells_per_region, split_regions
 from ..method.region_grid import check_region_grid, region_grid
+from ..method.regions import RegionFeatureBuffer, cells_per_region, split_regions
 from ..scale.bounded import check_budget, write_store
 from ..scale.pipeline import check_scheduler, fit_layers
 from ..scale.region_source import TensorRegions

@@ -60,7 +60,8 @@ def tiled_features(extractor: FeatureExtractor, images: Tensor, tiles: TileLayou
             for i, (iy, ix) in enumerate(chunk):
                 y, x = tiles.ys[iy] // stride, tiles.xs[ix] // stride
                 weight = wy[iy][:, None] * wx[ix][None, :]  # [th / s, tw / s]
-                out[layer][..., y : y + th // stride, x : x + tw // stride] += feature[i * batch : (i + 1) * batch] * weight
+                tile_feature = feature[i * batch : (i + 1) * batch]
+                out[layer][..., y : y + th // stride, x : x + tw // stride] += tile_feature * weight
     return out
 
 

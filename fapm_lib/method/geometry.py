@@ -84,7 +84,7 @@ def blend_weights(starts: tuple[int, ...], length: int, side: int, stride: int) 
     another tile continues), and the weights of every cell sum to 1 over the tiles."""
     cells = torch.arange(length // stride, dtype=torch.float64) * stride + stride / 2  # cell centres in a tile
     weights = []
-    for i, start in enumerate(starts):
+    for i in range(len(starts)):
         near_edge = torch.full_like(cells, math.inf)
         if i > 0:
             near_edge = torch.minimum(near_edge, cells)

@@ -83,7 +83,8 @@ class LayerMemory(nn.Module):
         found = [distances for distances, _ in self._around(queries, grid, reach, lambda q: (self.search(q, k),))]
         return smallest(torch.cat(found, dim=-1), k)
 
-    def search_sources_around(self, queries: Tensor, grid: tuple[int, int], reach: int) -> tuple[Tensor, Tensor, Tensor]:
+    def search_sources_around(self, queries: Tensor, grid: tuple[int, int],
+                              reach: int) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`search_sources` over the banks :meth:`search_around` searches: ``[R, Q, C] ->``
         (1-NN distance, source row, the region whose bank holds it), each ``[R, Q]``."""
         rows, cols = grid
@@ -106,7 +107,8 @@ class LayerMemory(nn.Module):
         ``[R, Q]``. ``search``: ``[R, Q, C] ->`` a tuple of ``[R, Q, ...]`` tensors."""
         rows, cols = grid
         cells = queries.reshape(rows, cols, *queries.shape[1:])
-        ids = torch.arange(rows * cols, device=queries.device).reshape(rows, cols, 1).expand(rows, cols, queries.shape[1])
+        ids = torch.arange(rows * cols, device=queries.device).reshape(rows, cols, 1)
+        ids = ids.expand(rows, cols, queries.shape[1])
         for dy in range(-reach, reach + 1):
             for dx in range(-reach, reach + 1):
                 moved = _shift(cells, dy, dx, 0.0).reshape(queries.shape)
