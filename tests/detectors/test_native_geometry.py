@@ -27,10 +27,12 @@ def rail(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(rail: Path) -> dict[str, FAPM]:
-    """The default model, and one whose backbone runs in 256-pixel tiles."""
+    """The default model (the 256 x 768 canvas in two tiles of 512), one that takes it in one pass
+    and one whose backbone runs in 256-pixel tiles."""
     torch.set_num_threads(1)
     models = {}
-    for name, config in (("whole", FAPMConfig()), ("tiles", FAPMConfig(tile=256, tile_overlap=64))):
+    for name, config in (("default", FAPMConfig()), ("whole", FAPMConfig(tile=768)),
+                         ("tiles", FAPMConfig(tile=256, tile_overlap=64))):
         model = FAPM(config)
         model.fit(MVTecDataset(rail, "rail", "train", model.transform), progress=False)
         models[name] = model
@@ -63,7 +65,7 @@ def _places(box: tuple[int, int, int, int]) -> dict[str, tuple[int, int]]:
             "bottom-left corner": (left + 28, bottom - 10), "bottom-right corner": (right - 28, bottom - 10)}
 
 
-@pytest.mark.parametrize("name", ["whole", "tiles"])
+@pytest.mark.parametrize("name", ["default", "whole", "tiles"])
 def test_a_small_defect_at_each_end_and_corner_is_found(fitted: dict[str, FAPM], rail: Path, name: str,
                                                         tmp_path: Path) -> None:
     model = fitted[name]
@@ -130,3 +132,25 @@ def test_a_set_of_mixed_framings_is_refused_naming_the_file(tmp_path: Path) -> N
     model = FAPM(FAPMConfig())
     with pytest.raises(DataError, match="odd.png: 200x200 has another aspect ratio"):
         model.fit(MVTecDataset(tmp_path / "mixed", "part", "train", model.transform), progress=False)
+
+
+def test_a_long_tiled_part_exports_with_parity(fitted: dict[str, FAPM], rail: Path, tmp_path: Path) -> None:
+    """The graph takes the non-square canvas and runs the tiles itself; the standalone runner's
+    pixels (the sidecar's native rule) give the library's maps and scores."""
+    pytest.importorskip("onnxruntime")
+    from fapm_lib.deploy.exported import ExportedModel
+    from fapm_lib.deploy.graph_export import export_model, preprocessing
+    from fapm_lib.deploy.run_fapm import load_rgb, prepare
+
+    model = fitted["tiles"]
+    test = MVTecDataset(rail, "rail", "test", model.transform)
+    pre = preprocessing(model)
+    assert pre["mode"] == "native" and pre["canvas"] == [2 * SIZE, 6 * SIZE]
+    pixels = np.stack([prepare(load_rgb(s.path, None, pre["channels"]), pre) for s in test.samples[:3]])
+    exported = ExportedModel(export_model(model, tmp_path / "e").parent)
+    got = exported.predict_uint8(pixels)
+    ref = model.predict(torch.stack([test[i]["image"] for i in range(3)]))
+    assert got.anomaly_map.shape == ref.anomaly_map.shape == (3, 2 * SIZE, 6 * SIZE)
+    scale = float(ref.anomaly_map.abs().max())
+    assert float((got.anomaly_map - ref.anomaly_map).abs().max()) / scale < 1e-4
+    assert torch.allclose(got.pred_score, ref.pred_score, rtol=1e-4)
