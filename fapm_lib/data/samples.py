@@ -59,14 +59,15 @@ class SampleDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor | int | str]:
         """{"image": [C, H, W] float32, "mask": [H, W] bool, "label", "defect_type", "path": str}."""
         sample = self.samples[index]
+        transform = self.transform  # settled first: its errors name their own file
         image, mask = self._read(sample)
         try:
-            pixels = self.transform.image(image)
+            pixels = transform.image(image)
         except DataError as exc:
             raise DataError(f"{sample.path}: {exc}") from None
         return {
             "image": pixels,
-            "mask": torch.zeros(pixels.shape[-2:], dtype=torch.bool) if mask is None else self.transform.mask(mask),
+            "mask": torch.zeros(pixels.shape[-2:], dtype=torch.bool) if mask is None else transform.mask(mask),
             "label": sample.label,
             "defect_type": sample.defect_type,
             "path": str(sample.path),

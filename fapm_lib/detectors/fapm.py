@@ -167,10 +167,17 @@ class FAPM(Detector):
 
     @property
     def geometry(self) -> ModelGeometry:
-        """The fit's :class:`~fapm_lib.method.geometry.ModelGeometry`."""
-        canvas = self.canvas or tuple(side * FEATURE_STRIDES[0] for side in self.feature_sizes[0])
+        """The fit's :class:`~fapm_lib.method.geometry.ModelGeometry`. Region features fitted bare
+        (:meth:`fit_regions`, no feature maps seen) take the protocol's square input."""
+        sizes = self.feature_sizes
+        if not sizes:
+            if self.config.native:
+                raise ConfigError("region features without feature maps need the paper's protocol (resize / "
+                                  "crop_size): at native resolution the regions come from the maps (fit or fit_maps)")
+            sizes = [(self.config.input_size // stride,) * 2 for stride in FEATURE_STRIDES]
+        canvas = self.canvas or tuple(side * FEATURE_STRIDES[0] for side in sizes[0])
         padded = self.padded if self.canvas is not None else canvas
-        return ModelGeometry(canvas, padded, self.region_grid, tuple(self.feature_sizes))
+        return ModelGeometry(canvas, padded, region_grid(self.config, sizes), tuple(sizes))
 
     def _rows_per_image(self) -> list[int]:
         """Vectors per image in one region, per layer (``s*s``)."""
