@@ -29,7 +29,6 @@ def rail(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fitted(rail: Path) -> dict[str, FAPM]:
     """The default model (the 256 x 768 canvas in two tiles of 512), one that takes it in one pass
     and one whose backbone runs in 256-pixel tiles."""
-    torch.set_num_threads(1)
     models = {}
     for name, config in (("default", FAPMConfig()), ("whole", FAPMConfig(tile=768)),
                          ("tiles", FAPMConfig(tile=256, tile_overlap=64))):
