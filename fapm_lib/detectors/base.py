@@ -167,7 +167,7 @@ class Detector:
 
     @torch.inference_mode()
     def predict(self, images: Tensor) -> Prediction:
-        """``images [B, 3, S, S]`` (normalised, see :attr:`transform`) -> :class:`Prediction`."""
+        """``images [B, C, H, W]`` at the model's canvas (normalised, see :attr:`transform`) -> :class:`Prediction`."""
         return self.runnable()(images)
 
     @torch.inference_mode()

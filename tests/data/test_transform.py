@@ -30,7 +30,8 @@ def test_transform_matches_torchvision(image_writer, tmp_path: Path) -> None:
 def test_transform_output_size_and_mask_geometry() -> None:
     protocol = Transform(resize=256, crop_size=224)
     assert protocol.output_size() == (224, 224) and Transform(resize=256).output_size() == (256, 256)
-    assert Transform().output_size((300, 100)) == (100, 300) and Transform(scale=0.5).output_size((300, 100)) == (50, 150)
+    assert Transform().output_size((300, 100)) == (100, 300)
+    assert Transform(scale=0.5).output_size((300, 100)) == (50, 150)
     gray = np.zeros((100, 300), dtype=np.uint8)
     gray[:, 150:] = 255  # right half of a wide image
     assert torch.equal(Transform().mask(Image.fromarray(gray)), torch.from_numpy(gray > 127))  # native: as is

@@ -56,7 +56,8 @@ def synthetic_maps(n: int, seed: int) -> list[Tensor]:
 
 @pytest.fixture(scope="module")
 def synthetic_model() -> FAPM:
-    return FAPM(FAPMConfig(resize=256, crop_size=224, grid=7, coreset_ratio=1.0, k=2), extractor=fake_extractor()).fit_maps(synthetic_maps(8, 0))
+    config = FAPMConfig(resize=256, crop_size=224, grid=7, coreset_ratio=1.0, k=2)
+    return FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(8, 0))
 
 
 @pytest.mark.parametrize("cell", [(3, 5), (0, 0), (6, 6), (1, 2), (5, 1)])

@@ -23,7 +23,7 @@ from fapm_lib.tutorial.ablations import (
 def features(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ablation")
     generate_category(root, "vial", size=128, n_train=8, n_test_good=3, n_per_defect=2)
-    model = FAPM(FAPMConfig(coreset_ratio=0.5, k=2))
+    model = FAPM(FAPMConfig(resize=256, crop_size=224, coreset_ratio=0.5, k=2))  # the paper's protocol
     return model, extract_category(model, root, "vial")
 
 

@@ -4,8 +4,8 @@ anywhere on it, ends and corners included (what a centre crop or a square resize
 The image is ``2 size x 6 size`` pixels (512 x 1536 at the default size 256). The part lies along
 the image with a few pixels of fixture play (train and test alike); ``shift`` moves it further,
 as a part that does not sit still (measurements only). Defects cover 0.05 % to 0.5 % of the image:
-a short scratch, a pit, a stain, or a chipped edge; a quarter of them at each end, a quarter at
-a corner, the rest along the middle.
+a short scratch, a pit, a stain, or a chipped edge; one in five at each end, one in five at
+a corner, the other two in five along the middle.
 """
 from __future__ import annotations
 
