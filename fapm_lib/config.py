@@ -20,17 +20,31 @@ IMAGE_SCORES = ("max", "reweighted")
 CORESET_METHODS = ("auto", "exact", "cells")
 
 
+#: The paper's region grid on its square input: 7 x 7 regions of a 224-pixel crop (32 pixels each).
+PAPER_GRID = 7
+#: A region's side at native resolution, in input pixels: the paper's regions (224 / 7), i.e. 4 x 4
+#: stride-8 cells and 2 x 2 stride-16 cells, whatever the image's size.
+DEFAULT_REGION_SIZE = 32
+
+
 @dataclass
 class FAPMConfig:
     """Every setting of a FAPM (or PatchCore) fit. Defaults follow the paper, except the
-    backbone: ``tf_efficientnet_lite0`` works offline; the paper's is ``wide_resnet50_2``."""
+    backbone (``tf_efficientnet_lite0`` works offline; the paper's is ``wide_resnet50_2``) and
+    the geometry: the whole image at its own resolution (``resize`` None), where the paper
+    resizes to 256 and crops the centre 224 (``resize=256, crop_size=224``)."""
 
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool = True          # False: random weights, for timing only
-    resize: int = 256                # shorter side before the crop
-    crop_size: int | None = 224      # centre crop; None: resize to a resize x resize square
+    resize: int | None = None        # the paper's protocol: shorter side resized to this; None: native
+    crop_size: int | None = None     # with resize: centre crop; None: squashed to resize x resize
+    scale: float = 1.0               # native: the image's sides times this first (0.5: 1/4 of the cost)
+    tile: int = 512                  # inputs larger than tile x tile run through the backbone in tiles
+    tile_overlap: int = 64           # pixels two neighbouring tiles share (their features blended there)
     pool_size: int = 3               # local neighbourhood aggregation (avg-pool, stride 1)
-    grid: int = 7                    # regions per side: 7 x 7 = 49 memory banks per layer
+    grid: int | None = None          # with resize: regions per side of the square (None: 7, the paper's)
+    region_size: int | None = None   # native: a region's side in pixels (None: 32, the paper's region)
+    neighbour_regions: int = 0       # a query also searches the banks of this many rings of regions around its own
     sampling: str = "adaptive"       # "adaptive" (near/far) or "fixed" (one ratio everywhere)
     coreset_ratio: float = 0.1       # base ratio r
     adaptive_multiplier: float = 2.0  # far regions keep a * r
@@ -57,10 +71,26 @@ class FAPMConfig:
             ("coreset_ratio", 0.0 < self.coreset_ratio <= 1.0, "must be in (0, 1]"),
             ("adaptive_multiplier", self.adaptive_multiplier >= 1.0, "must be >= 1"),
             ("k", self.k >= 1, "must be >= 1"),
-            ("grid", self.grid >= 1, "must be >= 1"),
+            ("grid", self.grid is None or self.grid >= 1, "must be >= 1"),
+            ("grid", self.grid is None or self.resize is not None,
+             "acts on the square input of resize / crop_size; at native resolution set region_size (pixels)"),
+            ("region_size", self.region_size is None or (self.region_size >= 16 and self.region_size % 16 == 0),
+             "must be a multiple of 16 pixels (the coarser feature stride), at least 16"),
+            ("region_size", self.region_size is None or self.resize is None,
+             "acts at native resolution; with resize / crop_size the grid sets the regions"),
             ("pool_size", self.pool_size >= 1 and self.pool_size % 2 == 1, "must be an odd number >= 1"),
-            ("resize", self.resize >= 32, "must be >= 32"),
-            ("crop_size", self.crop_size is None or 32 <= self.crop_size <= self.resize, "must be in [32, resize]"),
+            ("resize", self.resize is None or self.resize >= 32, "must be >= 32"),
+            ("crop_size", self.crop_size is None or (self.resize is not None and 32 <= self.crop_size <= self.resize),
+             "must be in [32, resize] and needs resize"),
+            ("scale", 0.0 < self.scale <= 1.0, "must be in (0, 1] (a downscale before the model)"),
+            ("scale", self.scale == 1.0 or self.resize is None,
+             "acts at native resolution; with resize the protocol sets the size"),
+            ("tile", self.tile >= 64 and self.tile % 32 == 0, "must be a multiple of 32 pixels, at least 64"),
+            ("tile_overlap", 0 <= self.tile_overlap <= self.tile // 2 and self.tile_overlap % 16 == 0,
+             "must be a multiple of 16 pixels in [0, tile / 2]"),
+            ("neighbour_regions", 0 <= self.neighbour_regions <= 2, "must be 0, 1 or 2"),
+            ("neighbour_regions", self.neighbour_regions == 0 or self.max_memory is None,
+             "is not supported with max_memory (the bounded calibration searches each region's own bank)"),
             ("sampling", self.sampling in SAMPLING_MODES, f"must be one of {', '.join(SAMPLING_MODES)}"),
             ("image_score", self.image_score in IMAGE_SCORES, f"must be one of {', '.join(IMAGE_SCORES)}"),
             ("blur_sigma", self.blur_sigma >= 0, "must be >= 0"),
@@ -84,7 +114,7 @@ class FAPMConfig:
             parse_size(self.max_memory)
         elif self.store_dir is not None:
             raise ConfigError(f"store_dir={self.store_dir!r} is used only with max_memory (the disk store)")
-        for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate"):
+        for name in ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate", "scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a finite number")
         checks.append(("seed", -(2**63) <= self.seed < 2**64, "must be in [-2**63, 2**64) (torch.manual_seed)"))
@@ -93,9 +123,37 @@ class FAPMConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} {why}")
 
     @property
-    def input_size(self) -> int:
-        """Side of the square network input."""
-        return self.crop_size or self.resize
+    def native(self) -> bool:
+        """True for the native geometry (the whole image, no resize / crop protocol)."""
+        return self.resize is None
+
+    @property
+    def input_size(self) -> int | None:
+        """Side of the square network input of the paper's protocol; None at native resolution
+        (the model's canvas comes from its training images)."""
+        return None if self.resize is None else (self.crop_size or self.resize)
+
+    @property
+    def grid_side(self) -> int:
+        """Regions per side of the protocol's square: ``grid``, or the paper's 7."""
+        return self.grid or PAPER_GRID
+
+    @property
+    def region_pixels(self) -> int | None:
+        """A region's side in input pixels at native resolution (None with the protocol, whose
+        ``grid`` divides the feature maps instead)."""
+        return (self.region_size or DEFAULT_REGION_SIZE) if self.resize is None else None
+
+    def input_description(self) -> str:
+        """The geometry in words, for summaries: the protocol's resize / crop and grid, or native
+        resolution with its scale, region size, tiles and neighbour search."""
+        if not self.native:
+            crop = f", centre crop {self.crop_size}" if self.crop_size else f" x {self.resize} (squashed)"
+            return f"resize {self.resize}{crop}, grid {self.grid_side}x{self.grid_side}"
+        scale = "native resolution" if self.scale == 1.0 else f"native resolution x {self.scale:g}"
+        reach = f", searching {self.neighbour_regions} ring(s) of neighbour regions" if self.neighbour_regions else ""
+        return (f"{scale}, regions of {self.region_pixels} px, tiles of {self.tile} px "
+                f"(overlap {self.tile_overlap}){reach}")
 
     @property
     def search_k(self) -> int:
@@ -143,7 +201,8 @@ def check_k_acts(values: dict[str, Any], source: str = "options", flag: str = "k
 
 
 #: Settings that shape the memories (fixed once fitted); the others act when scoring.
-FIT_KEYS = ("backbone", "pretrained", "resize", "crop_size", "pool_size", "grid", "sampling", "coreset_ratio",
+FIT_KEYS = ("backbone", "pretrained", "resize", "crop_size", "scale", "tile", "tile_overlap", "pool_size", "grid",
+            "region_size", "neighbour_regions", "sampling", "coreset_ratio",
             "adaptive_multiplier", "coreset_projection", "coreset_method", "coreset_cell_size", "seed",
             "calibration_folds", "calibration_images", "blur_sigma")
 

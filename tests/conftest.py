@@ -19,7 +19,8 @@ from fapm_lib.config import FAPMConfig
 from fapm_lib.data.mvtec import MVTecDataset
 from fapm_lib.data.synthetic import generate_category
 from fapm_lib.decisions.calibration import Calibration
-from fapm_lib.deploy.run_fapm import load_rgb, resize_crop
+from fapm_lib.deploy.graph_export import preprocessing
+from fapm_lib.deploy.run_fapm import load_rgb, prepare
 from fapm_lib.detectors import base
 from fapm_lib.detectors.fapm import FAPM
 from fapm_lib.detectors.model_file import MODEL_FILE
@@ -243,12 +244,13 @@ def export_test_set(export_data: Path, export_fitted):
 
 
 @pytest.fixture(scope="session")
-def export_test_images(export_test_set) -> tuple[torch.Tensor, np.ndarray]:
-    """(normalised [N, 3, S, S] as the torch model takes them, uint8 [N, S, S, 3] as the runner makes them)."""
+def export_test_images(export_test_set, export_fitted) -> tuple[torch.Tensor, np.ndarray]:
+    """(normalised [N, C, H, W] as the torch model takes them, uint8 [N, H, W, C] as the runner makes
+    them from the sidecar's ``preprocessing``)."""
     test_set = export_test_set
     normalised = torch.stack([test_set[i]["image"] for i in range(len(test_set))])
-    t = test_set.transform
-    pixels = np.stack([resize_crop(load_rgb(s.path, t.resize), t.resize, t.crop_size) for s in test_set.samples])
+    pre = preprocessing(export_fitted)
+    pixels = np.stack([prepare(load_rgb(s.path, pre["resize"], pre["channels"]), pre) for s in test_set.samples])
     return normalised, pixels
 
 
@@ -270,6 +272,7 @@ def export_calibrated(export_fitted, export_calibration, lite0):
     """``export_fitted``'s memories with ``export_calibration``."""
     model = FAPM(export_fitted.config, extractor=lite0)
     model.feature_sizes = export_fitted.feature_sizes
+    model.canvas, model.channels = export_fitted.canvas, export_fitted.channels
     model.set_memories(export_fitted.memories)
     model.calibration = export_calibration  # the contract H9's calibration fills in
     return model

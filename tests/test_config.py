@@ -14,10 +14,22 @@ CONFIG_DIR = REPO / "configs" / "mvtec"
 
 
 def test_defaults_follow_the_paper() -> None:
-    c = FAPMConfig()
-    assert (c.grid, c.coreset_ratio, c.adaptive_multiplier, c.k) == (7, 0.1, 2.0, 4)
-    assert (c.blur_sigma, c.pool_size, c.resize, c.crop_size) == (4.0, 3, 256, 224)
-    assert c.sampling == "adaptive" and c.input_size == 224
+    c = FAPMConfig()  # the method's settings are the paper's; the geometry is the whole image
+    assert (c.coreset_ratio, c.adaptive_multiplier, c.k) == (0.1, 2.0, 4)
+    assert (c.blur_sigma, c.pool_size, c.resize, c.crop_size) == (4.0, 3, None, None)
+    assert c.sampling == "adaptive" and c.native and c.input_size is None
+    assert c.region_pixels == 32 and (c.tile, c.tile_overlap, c.scale, c.neighbour_regions) == (512, 64, 1.0, 0)
+    protocol = FAPMConfig(resize=256, crop_size=224)  # the paper's: 224 / 7 = 32-pixel regions too
+    assert (protocol.grid_side, protocol.input_size, protocol.region_pixels) == (7, 224, None)
+
+
+@pytest.mark.parametrize("changes", [{"grid": 7}, {"scale": 0.5, "resize": 256}, {"region_size": 64, "resize": 256},
+                                     {"neighbour_regions": 1, "max_memory": "4GB"}, {"tile": 100},
+                                     {"tile_overlap": 300}])
+def test_geometry_settings_that_do_not_act_are_refused(changes: dict) -> None:
+    key = "tile_overlap" if "tile_overlap" in changes else next(iter(changes))
+    with pytest.raises(ConfigError, match=key):
+        FAPMConfig(**changes)
 
 
 @pytest.mark.parametrize("key, value", [
@@ -37,8 +49,9 @@ def test_input_size_without_crop() -> None:
 
 
 def test_json_round_trip() -> None:
-    c = FAPMConfig(grid=2, coreset_ratio=0.25, crop_size=None, coreset_projection=64)
-    assert FAPMConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    for c in (FAPMConfig(resize=64, grid=2, coreset_ratio=0.25, crop_size=None, coreset_projection=64),
+              FAPMConfig(region_size=64, scale=0.5, tile=256, tile_overlap=32, neighbour_regions=1)):
+        assert FAPMConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -48,8 +61,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_yaml_values_and_run_keys(tmp_path: Path) -> None:
-    values, run = load_yaml_config(write(tmp_path, "grid: 2\ncoreset_ratio: 1\ncategory: bottle\ndata_root: /d\n"))
-    assert values == {"grid": 2, "coreset_ratio": 1} and run == {"category": "bottle", "data_root": "/d"}
+    values, run = load_yaml_config(write(tmp_path, "region_size: 64\ncoreset_ratio: 1\ncategory: bottle\n"
+                                                   "data_root: /d\n"))
+    assert values == {"region_size": 64, "coreset_ratio": 1} and run == {"category": "bottle", "data_root": "/d"}
     config = FAPMConfig.from_dict(values)
     assert config.coreset_ratio == 1.0 and isinstance(config.coreset_ratio, float)
 

@@ -20,9 +20,10 @@ from fapm_lib.config import IMAGE_SCORES, SAMPLING_MODES, FAPMConfig, load_yaml_
 from fapm_lib.errors import ConfigError
 
 FIELDS = tuple(f.name for f in dataclasses.fields(FAPMConfig))
-INT_FIELDS = ("resize", "pool_size", "grid", "k", "batch_size", "seed", "calibration_folds")
-FLOAT_FIELDS = ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate")
-OPTIONAL_INT_FIELDS = ("crop_size", "coreset_projection", "coreset_cell_size", "calibration_images")
+INT_FIELDS = ("pool_size", "k", "batch_size", "seed", "calibration_folds", "tile", "tile_overlap", "neighbour_regions")
+FLOAT_FIELDS = ("coreset_ratio", "adaptive_multiplier", "blur_sigma", "false_alarm_rate", "scale")
+OPTIONAL_INT_FIELDS = ("resize", "crop_size", "grid", "region_size", "coreset_projection", "coreset_cell_size",
+                       "calibration_images")
 STR_FIELDS = ("backbone", "sampling", "image_score", "coreset_method")
 OPTIONAL_STR_FIELDS = ("store_dir",)
 SIZE_FIELDS = ("max_memory",)  # "4GB" or a byte count
@@ -33,15 +34,23 @@ finite = dict(allow_nan=False, allow_infinity=False)
 
 @st.composite
 def valid_settings(draw) -> dict[str, Any]:
-    """A random subset of the fields with valid values (crop_size consistent with resize)."""
-    resize = draw(st.integers(32, 4096))
+    """A random subset of the fields with valid values: the paper's protocol (resize, crop_size
+    consistent with it, grid) or native resolution (scale, region_size); tiles and neighbours."""
+    resize = draw(st.none() | st.integers(32, 4096))
+    tile = draw(st.integers(2, 64)) * 32
+    protocol = {"resize": resize, "crop_size": draw(st.none() | st.integers(32, resize)),
+                "grid": draw(st.integers(1, 64))} if resize else {}
+    native = {} if resize else {"scale": draw(st.floats(0.0, 1.0, exclude_min=True, **finite) | st.just(1)),
+                                "region_size": draw(st.none() | st.integers(1, 32).map(lambda n: 16 * n))}
     values = {
         "backbone": draw(names),
         "pretrained": draw(st.booleans()),
-        "resize": resize,
-        "crop_size": draw(st.none() | st.integers(32, resize)),
+        **protocol,
+        **native,
+        "tile": tile,
+        "tile_overlap": draw(st.integers(0, tile // 32)) * 16,
+        "neighbour_regions": draw(st.integers(0, 2)),
         "pool_size": draw(st.integers(0, 15)) * 2 + 1,
-        "grid": draw(st.integers(1, 64)),
         "sampling": draw(st.sampled_from(SAMPLING_MODES)),
         "coreset_ratio": draw(st.floats(0.0, 1.0, exclude_min=True) | st.just(1)),
         "adaptive_multiplier": draw(st.floats(1.0, 1e6, **finite) | st.integers(1, 100)),
@@ -53,8 +62,10 @@ def valid_settings(draw) -> dict[str, Any]:
         "seed": draw(st.integers(*TORCH_SEEDS)),
     }
     keep = draw(st.sets(st.sampled_from(FIELDS)))
-    if keep & {"resize", "crop_size"}:
-        keep |= {"resize", "crop_size"}  # either alone may clash with the other's default
+    if keep & {"resize", "crop_size", "grid"}:
+        keep |= {"resize", "crop_size"}  # either alone may clash with the other's default; grid needs resize
+    if "tile_overlap" in keep:
+        keep |= {"tile"}  # the overlap is bounded by the tile
     if "k" in keep:  # k acts only with the reweighted score (a YAML k with max is refused)
         keep = keep | {"image_score"} if values["image_score"] == "reweighted" else keep - {"k"}
     return {k: v for k, v in values.items() if k in keep}
@@ -124,7 +135,7 @@ def test_unknown_key_is_named(values: dict[str, Any], key: str, value: Any) -> N
 @given(unknown_keys.filter(lambda key: key not in ("category", "data_root")))
 def test_unknown_yaml_key_is_named_with_the_file(key: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        path = write_yaml(folder, {"grid": 2, key: 1})
+        path = write_yaml(folder, {"region_size": 64, key: 1})
         with pytest.raises(ConfigError) as info:
             load_yaml_config(path)
     assert str(info.value).startswith(f"{path}: unknown key {key!r}")

@@ -1,9 +1,10 @@
-"""Decoding image files and arrays into upright RGB Pillow images, with one-line errors.
+"""Decoding image files and arrays into upright Pillow images, with one-line errors.
 
 Rules (:func:`load_image`): EXIF orientation is applied; alpha is dropped (not composited);
-palette, CMYK, grayscale and 1-bit images become RGB; 16-bit grayscale is scaled to 8 bit over
-its full range (``round(v / 257)``). Truncated files are errors, never padded. Every problem is
-a :class:`~fapm_lib.errors.DataError` naming the file.
+16-bit grayscale is scaled to 8 bit over its full range (``round(v / 257)``). A grayscale image
+(1-bit, 8 or 16-bit gray, gray with alpha: :func:`is_gray`) stays one channel ("L") where the
+caller keeps it (:func:`natural`, ``keep_gray``); everything else becomes RGB. Truncated files are
+errors, never padded. Every problem is a :class:`~fapm_lib.errors.DataError` naming the file.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ MAX_IMAGE_PIXELS = 16384 * 16384
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: Pillow modes of grayscale images (one channel of light, maybe with alpha).
+GRAY_MODES = ("1", "L", "LA", *_SIXTEEN_BIT_MODES)
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -39,6 +42,25 @@ def to_rgb(pil: Image.Image) -> Image.Image:
     if pil.mode == "P":  # via RGBA so palette transparency is read, then dropped
         return pil.convert("RGBA").convert("RGB")
     return pil.convert("RGB")
+
+
+def to_gray(pil: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit L: 16-bit scaled by 1/257, alpha dropped, colour to luminance."""
+    if pil.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_l(pil)
+    if pil.mode == "L":
+        return pil
+    return to_rgb(pil).convert("L") if pil.mode not in ("1", "LA") else pil.convert("L")
+
+
+def is_gray(pil: Image.Image) -> bool:
+    """True for a grayscale image (:data:`GRAY_MODES`)."""
+    return pil.mode in GRAY_MODES
+
+
+def natural(pil: Image.Image) -> Image.Image:
+    """A grayscale image as L, anything else as RGB (what a dataset keeps in memory)."""
+    return to_gray(pil) if is_gray(pil) else to_rgb(pil)
 
 
 def _sixteen_bit_to_l(pil: Image.Image) -> Image.Image:
@@ -81,8 +103,9 @@ def _draft_for(pil: Image.Image, min_side: int) -> None:
         pil.draft(None, (math.ceil(pil.width * ratio), math.ceil(pil.height * ratio)))
 
 
-def decode(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode ``path`` fully -> (upright RGB image, full-resolution upright size)."""
+def decode(path: Path, min_side: int | None, keep_gray: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` fully -> (upright image, full-resolution upright size): RGB, or L for a
+    grayscale image with ``keep_gray``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -91,7 +114,20 @@ def decode(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[int, in
                 if min_side is not None:
                     _draft_for(pil, min_side)
                 pil.load()
-                return to_rgb(ImageOps.exif_transpose(pil)), full_size
+                upright = ImageOps.exif_transpose(pil)
+                return (natural(upright) if keep_gray else to_rgb(upright)), full_size
+    except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: {_problem(path, exc)}") from exc
+
+
+def probe(path: Path) -> tuple[tuple[int, int], bool]:
+    """An image file's upright (width, height) and whether it is grayscale, from its header
+    only (nothing decoded); DataError naming the file when it cannot be opened."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as pil:
+                return _upright_size(pil), is_gray(pil)
     except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: {_problem(path, exc)}") from exc
 
@@ -122,13 +158,14 @@ def load_mask(path: str | os.PathLike, expected_size: tuple[int, int]) -> Image.
 
 def as_pil(image: ImageInput) -> Image.Image:
     """A path, PIL image or numpy array (``[H, W]`` gray, ``[H, W, 1|3|4]``; uint8, uint16,
-    bool or float in [0, 1]) -> RGB PIL image; DataError naming the problem otherwise."""
+    bool or float in [0, 1]) -> PIL image, L for a grayscale one, else RGB (:func:`natural`);
+    DataError naming the problem otherwise."""
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return natural(image)
     if isinstance(image, np.ndarray):
-        return _array_to_pil(image)
+        return natural(_array_to_pil(image))
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return decode(Path(image), None, keep_gray=True)[0]
     raise DataError(f"cannot read an image from a {type(image).__name__} (give a path, a PIL image or a numpy array)")
 
 
@@ -147,4 +184,4 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
         array = np.round(array * 255).astype(np.uint8)
     elif array.dtype != np.uint8:
         raise DataError(f"numpy image dtype {array.dtype} is not supported (uint8, uint16, bool or float in [0, 1])")
-    return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+    return Image.fromarray(np.ascontiguousarray(array))

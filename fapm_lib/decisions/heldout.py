@@ -16,10 +16,11 @@ from torch import Tensor
 
 from ..config import FAPMConfig
 from ..method.fapm_model import FAPMModel
+from ..method.geometry import ModelGeometry
 from ..method.machinery.folds import fold_count, heldout_images, kept_images, scored_images
 from ..method.memory_builders import build_layer_memory, build_layer_memory_cells, check_fold_k
-from ..method.regions import image_rows, merge_regions
-from ..method.scoring import top_neighbours
+from ..method.regions import cells_per_region, image_rows, merge_regions
+from ..method.scoring import top_neighbours, valid_knn
 from .calibration import (
     K_KEPT,
     PIXEL_TABLE_RATES,
@@ -34,21 +35,21 @@ from .calibration import (
 from .quantiles import ValueFile
 
 
-def regions_to_maps(regions: Tensor, images: Tensor, grid: int, size: tuple[int, int]) -> Tensor:
+def regions_to_maps(regions: Tensor, images: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
     """The feature maps of some images back from one layer's region features:
     ``[R, N*s*s, C]`` -> ``[len(images), C, h, w]``."""
     h, w = size
-    rows = image_rows(images, (h // grid) * (w // grid)).to(regions.device)
+    rows = image_rows(images, cells_per_region(size, grid)).to(regions.device)
     return merge_regions(regions.index_select(1, rows), grid, h, w).permute(0, 3, 1, 2)
 
 
-def fold_model(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config: FAPMConfig, train: Tensor,
+def fold_model(regions: list[Tensor], geometry: ModelGeometry, config: FAPMConfig, train: Tensor,
                progress: bool = False, method: str = "exact") -> FAPMModel:
     """A model (no backbone) whose memories are built from the ``train`` images' rows only, by
     the coreset ``method`` of the fit (``exact`` or ``cells``)."""
     memories = []
-    for layer, (features, (h, w)) in enumerate(zip(regions, feature_sizes)):
-        per_image = (h // config.grid) * (w // config.grid)
+    for layer, features in enumerate(regions):
+        per_image = geometry.per_image(layer)
         if method == "cells":
             memories.append(build_layer_memory_cells(features, per_image, config, train, f"calibration layer {layer}"))
             continue
@@ -56,14 +57,15 @@ def fold_model(regions: list[Tensor], feature_sizes: list[tuple[int, int]], conf
         memories.append(build_layer_memory(features.index_select(1, rows), config.coreset_ratio,
                                            config.adaptive_multiplier, config.sampling, config.coreset_projection,
                                            config.seed, progress, name=f"calibration layer {layer}"))
-    return FAPMModel.from_config(config, None, memories, feature_sizes)
+    return FAPMModel.from_config(config, None, memories, geometry)
 
 
 @dataclass
 class HeldOut:
     """Held-out normal predictions: ``neighbours [N, k']`` (see
     :func:`~fapm_lib.method.scoring.top_neighbours`) and anomaly ``maps [N, S, S]`` (or their
-    pixels in a :class:`~fapm_lib.decisions.quantiles.ValueFile`, for a bounded fit), image ``i``
+    pixels in a :class:`~fapm_lib.decisions.quantiles.ValueFile`, for a bounded fit; ``S x S``: the
+    model's canvas), image ``i``
     scored by the memory of the folds without it."""
 
     neighbours: Tensor
@@ -72,27 +74,26 @@ class HeldOut:
 
 
 @torch.inference_mode()
-def heldout_predictions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config: FAPMConfig,
+def heldout_predictions(regions: list[Tensor], geometry: ModelGeometry, config: FAPMConfig,
                         progress: bool = False, method: str = "exact") -> HeldOut:
     """k-fold held-out predictions of the scored training images (:func:`scored_images`, in
     image order) from per-layer region features ``[R, N*s*s, C]`` (``config.calibration_folds``
     folds). Up to :data:`K_KEPT` neighbours are kept, so that ``k`` and the image score can
     change after fitting. ``method``: the fit's coreset method (:func:`fold_model`)."""
-    h, w = feature_sizes[0]
-    n_images = regions[0].shape[1] // ((h // config.grid) * (w // config.grid))
+    n_images = regions[0].shape[1] // geometry.per_image(0)
     folds = fold_count(n_images, config.calibration_folds)
     scored = scored_images(n_images, config.calibration_images, config.seed)
     neighbours: list[Tensor] = []
-    maps = torch.empty(len(scored), config.input_size, config.input_size)
+    maps = torch.empty(len(scored), *geometry.canvas)
     k = K_KEPT
     for f, (images, slots) in enumerate(heldout_images(scored, folds)):
-        model = fold_model(regions, feature_sizes, config, kept_images(n_images, folds, f), progress, method)
+        model = fold_model(regions, geometry, config, kept_images(n_images, folds, f), progress, method)
         k = min(k, *(int(m.bank_sizes().min()) for m in model.memories))
         if not len(images):
             continue
-        queries = [regions_to_maps(r, images, config.grid, size) for r, size in zip(regions, feature_sizes)]
+        queries = [regions_to_maps(r, images, geometry.grid, size) for r, size in zip(regions, geometry.feature_sizes)]
         knn = model.search(queries, k)
-        neighbours.append((slots, top_neighbours(knn).cpu()))
+        neighbours.append((slots, top_neighbours(valid_knn(knn, geometry.canvas, geometry.padded)).cpu()))
         maps[slots] = model.postprocess(knn).anomaly_map.cpu()
     merged = torch.empty(len(scored), k)
     for slots, n in neighbours:
@@ -125,15 +126,14 @@ def from_heldout(heldout: HeldOut, image_score: str, k: int, false_alarm_rate: f
                        "false_alarm_rate", false_alarm_rate, summary, image_score, k)
 
 
-def calibrate_regions(regions: list[Tensor], feature_sizes: list[tuple[int, int]], config: FAPMConfig,
+def calibrate_regions(regions: list[Tensor], geometry: ModelGeometry, config: FAPMConfig,
                       progress: bool = False, method: str = "exact") -> Calibration | None:
     """k-fold calibration of a fit from its per-layer region features ``[R, N*s*s, C]``; None
     when ``config.calibration_folds`` is 0 or there are fewer than 2 images. ``method``: the
     fit's coreset method, ``exact`` or ``cells`` (the folds' memories are built the same way)."""
-    h, w = feature_sizes[0]
-    n_images = regions[0].shape[1] // ((h // config.grid) * (w // config.grid))
+    n_images = regions[0].shape[1] // geometry.per_image(0)
     if config.calibration_folds == 0 or n_images < 2:
         return None
-    held = heldout_predictions(regions, feature_sizes, config, progress, method)
+    held = heldout_predictions(regions, geometry, config, progress, method)
     check_fold_k(config.search_k, held.neighbours.shape[1])
     return from_heldout(held, config.image_score, config.search_k, config.false_alarm_rate)

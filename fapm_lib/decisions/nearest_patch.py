@@ -99,12 +99,14 @@ def check_explainable(model: ScoringDetector) -> FAPMModel:
 
 
 def _crop(view: np.ndarray, cell: tuple[int, int], stride: int, pool: int) -> tuple[np.ndarray, Box]:
-    """The ``pool x pool`` cells around ``cell`` (shifted inside the view), and the cell's box."""
-    side, size = pool * stride, view.shape[0]
+    """The ``pool x pool`` cells around ``cell`` (shifted inside the view ``[H, W, 3]``), and the
+    cell's box (cut to the view: a cell of the padding holds the view's last pixels)."""
+    side, (height, width) = pool * stride, view.shape[:2]
     y, x = cell
-    top = int(min(max(y * stride + stride // 2 - side // 2, 0), size - side))
-    left = int(min(max(x * stride + stride // 2 - side // 2, 0), size - side))
-    box = (float(x * stride), float(y * stride), float((x + 1) * stride), float((y + 1) * stride))
+    top = int(max(min(y * stride + stride // 2 - side // 2, height - side), 0))
+    left = int(max(min(x * stride + stride // 2 - side // 2, width - side), 0))
+    box = (float(min(x * stride, width - 1)), float(min(y * stride, height - 1)),
+           float(min((x + 1) * stride, width)), float(min((y + 1) * stride, height)))
     return view[top : top + side, left : left + side].copy(), box
 
 
@@ -117,16 +119,17 @@ def explain_images(model: ScoringDetector, images: Sequence[ImageInput]) -> list
     batch = torch.stack([transform.image(p) for p in pils]).to(model.device)
     maps = model.runnable().embed(batch)
     knn = fapm.search(maps)
-    raw, patch = fapm.postprocess(knn).pred_score.cpu(), knn[..., 0].cpu()
-    located = [(d.cpu(), s.cpu()) for d, s in fapm.nearest_sources(maps)]
+    prediction = fapm.postprocess(knn)
+    raw, patch = prediction.pred_score.cpu(), prediction.patch_scores.cpu()  # the cells with image pixels
+    located = [tuple(t.cpu() for t in found) for found in fapm.nearest_sources(maps)]
     views = TrainingViews(model)
     out = []
     for b, (item, pil) in enumerate(zip(images, pils)):
         y, x = divmod(int(patch[b].flatten().argmax()), patch.shape[2])
         test_view = transform.view(pil)
-        layers = [_layer_match(model, fapm.grid, fapm.pool_size, layer, distances[b], sources[b], (y, x),
-                               patch.shape[1:], test_view, pil.size, views)
-                  for layer, (distances, sources) in enumerate(located)]
+        layers = [_layer_match(model, fapm, layer, (distances[b], sources[b], regions[b]), (y, x),
+                               knn.shape[1:3], test_view, pil.size, views)
+                  for layer, (distances, sources, regions) in enumerate(located)]
         path = str(item) if isinstance(item, (str, os.PathLike)) else None
         out.append(Explanation(path, float(raw[b]), (y, x), float(patch[b, y, x]), layers, test_view))
     return out
@@ -149,22 +152,24 @@ class TrainingViews:
         return self.views[index]
 
 
-def _layer_match(model: ScoringDetector, grid: int, pool: int, layer: int, distances: Tensor, sources: Tensor,
+def _layer_match(model: ScoringDetector, fapm: FAPMModel, layer: int, found: tuple[Tensor, Tensor, Tensor],
                  position: tuple[int, int], fine: tuple[int, int], test_view: np.ndarray, size: tuple[int, int],
                  views: TrainingViews) -> LayerMatch:
-    """One layer's :class:`LayerMatch` at the fine ``position``, from its 1-NN ``distances`` and
-    ``sources`` ``[h, w]`` (of one image)."""
-    h, w = distances.shape
-    sy, sx = h // grid, w // grid
+    """One layer's :class:`LayerMatch` at the fine ``position``, from its 1-NN distances, source
+    rows and source regions ``found`` (each ``[h, w]``, of one image)."""
+    distances, sources, regions = found
+    (rows, cols), (h, w) = fapm.grid, distances.shape
+    sy, sx = h // rows, w // cols
     cy, cx = position[0] * h // fine[0], position[1] * w // fine[1]  # the coarse cell tiling the fine one
-    gy, gx = cy // sy, cx // sx
+    region = int(regions[cy, cx])  # the region whose bank holds the match (the own one, or a neighbour)
+    gy, gx = divmod(region, cols)
     index, cell = divmod(int(sources[cy, cx]), sy * sx)
-    train_cell = (gy * sy + cell // sx, gx * sx + cell % sx)  # the same region, the recorded cell
+    train_cell = (gy * sy + cell // sx, gx * sx + cell % sx)  # that region, the recorded cell
     train_view, train_size = views[index]
-    stride = test_view.shape[0] // h
-    test_crop, test_box = _crop(test_view, (cy, cx), stride, pool)
-    train_crop, train_box = _crop(train_view, train_cell, stride, pool)
+    stride = fapm.padded[0] // h
+    test_crop, test_box = _crop(test_view, (cy, cx), stride, fapm.pool_size)
+    train_crop, train_box = _crop(train_view, train_cell, stride, fapm.pool_size)
     transform = model.transform
-    return LayerMatch(layer, stride, gy * grid + gx, (gy, gx), float(distances[cy, cx]), (cy, cx), train_cell, index,
+    return LayerMatch(layer, stride, region, (gy, gx), float(distances[cy, cx]), (cy, cx), train_cell, index,
                       model.train_images[index], test_box, train_box, transform.box_on_input(test_box, size),
                       transform.box_on_input(train_box, train_size), test_crop, train_crop, train_view)

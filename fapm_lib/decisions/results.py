@@ -6,10 +6,11 @@ the input's own size.
 ('NG', 0.93, 31.2)
 >>> result.anomaly_map.shape == result.mask.shape == (height, width)
 
-The model sees the centre crop of its transform (resize the shorter side to ``resize``, crop
-``crop_size``); its map is mapped back onto the input's pixels (bilinear), and pixels outside
-that crop, which the model did not see, get 0 in the map and False in the mask (``box`` says
-which area was analysed).
+At native resolution (the default) the model sees the whole image (resized to its canvas when
+the input's size differs: same aspect only), and its map is brought back onto the input's own
+pixels. With the paper's protocol it sees the centre crop of its transform (resize the shorter
+side to ``resize``, crop ``crop_size``); pixels outside that crop, which the model did not see,
+get 0 in the map and False in the mask (``box`` says which area was analysed).
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from ..data.folders import list_images
 from ..data.images import ImageInput, as_pil
 from ..data.transform import Transform
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .calibration import Calibration, manual
 from .detector_protocol import ScoringDetector
 from .nearest_patch import Explanation, explain_images
@@ -75,16 +77,19 @@ class Result:
 
 
 def map_to_input(amap: Tensor, size: tuple[int, int], transform: Transform) -> tuple[np.ndarray, tuple[float, ...]]:
-    """``[S, S]`` map on the model's crop -> ``[H, W]`` on the input of ``size`` (width, height),
-    bilinear, 0 outside the analysed area; and that area (left, top, right, bottom)."""
+    """A map on the model's view (``[H', W']``) -> ``[H, W]`` on the input of ``size`` (width,
+    height), bilinear, 0 outside the analysed area; and that area (left, top, right, bottom)."""
     width, height = size
-    (rw, rh), (left, top), side = transform.crop_geometry(size)
-    gx = ((torch.arange(width) + 0.5) * rw / width - left) / side * 2 - 1  # crop coordinates in [-1, 1]
-    gy = ((torch.arange(height) + 0.5) * rh / height - top) / side * 2 - 1
+    place = transform.placement(size)
+    (rw, rh), (left, top), (vw, vh) = place.resized, place.offset, place.view
+    if (rw, rh) == (width, height) == (vw, vh):  # the view is the input itself (native, its own size)
+        return amap.cpu().numpy().astype(np.float32), (0.0, 0.0, float(width), float(height))
+    gx = ((torch.arange(width) + 0.5) * rw / width - left) / vw * 2 - 1  # view coordinates in [-1, 1]
+    gy = ((torch.arange(height) + 0.5) * rh / height - top) / vh * 2 - 1
     grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(amap.dtype)  # [1, H, W, 2]
     out = F.grid_sample(amap[None, None].cpu(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
     inside = (gy.abs() <= 1)[:, None] & (gx.abs() <= 1)[None, :]
-    box = transform.box_on_input((0, 0, side, side), size)
+    box = transform.box_on_input((0, 0, vw, vh), size)
     return torch.where(inside, out, torch.zeros(())).numpy().astype(np.float32), box
 
 
@@ -104,7 +109,7 @@ def predict_images(model: ScoringDetector, images: Sequence[ImageInput], thresho
     for start in range(0, len(images), model.config.batch_size):
         chunk = list(images[start : start + model.config.batch_size])
         pils = [as_pil(x) for x in chunk]
-        batch = torch.stack([transform.image(p) for p in pils]).to(model.device)
+        batch = torch.stack([image_tensor(transform, p, x) for p, x in zip(pils, chunk)]).to(model.device)
         pred = model.predict(batch)
         for j, (item, pil) in enumerate(zip(chunk, pils)):
             amap, box = map_to_input(pred.anomaly_map[j].float(), pil.size, transform)
@@ -133,3 +138,12 @@ def predict_folder(model: ScoringDetector, folder: str | os.PathLike, threshold:
                    pixel_threshold: float | None = None) -> list[Result]:
     """Every image under ``folder`` -> list of :class:`Result` (``path`` set)."""
     return predict_images(model, list_images(folder), threshold, pixel_threshold)
+
+
+def image_tensor(transform: Transform, pil: Image.Image, item: ImageInput) -> Tensor:
+    """``transform.image(pil)``, its one-line DataError naming the file when ``item`` is a path."""
+    try:
+        return transform.image(pil)
+    except DataError as exc:
+        name = str(item) if isinstance(item, (str, os.PathLike)) else "image"
+        raise DataError(f"{name}: {exc}") from None

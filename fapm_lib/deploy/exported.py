@@ -60,8 +60,7 @@ class ExportedModel:
         pre = meta["preprocessing"]
         try:
             self.config = FAPMConfig.from_dict(meta["model"]["config"], source=f"{self.runner.sidecar_path} (config)")
-            self.transform = Transform(resize=pre["resize"], crop_size=pre["crop_size"], mean=tuple(pre["mean"]),
-                                       std=tuple(pre["std"]))
+            self.transform = exported_transform(pre, self.runner.shape)
             cal = meta.get("calibration")
             self.calibration = None if cal is None else Calibration(**cal)
         except (KeyError, TypeError, ConfigError) as exc:
@@ -71,11 +70,12 @@ class ExportedModel:
         self.batch_size = self.runner.batch_size
 
     @property
-    def input_size(self) -> int:
-        return self.runner.size
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one input image."""
+        return self.runner.shape
 
     def predict_uint8(self, images: np.ndarray) -> RuntimePrediction:
-        """uint8 ``[B, S, S, 3]`` (RGB, resized and cropped) -> :class:`RuntimePrediction`."""
+        """uint8 ``[B, H, W, C]`` (as :meth:`load` makes them) -> :class:`RuntimePrediction`."""
         try:
             out = self.runner.run(images)
         except ExportError as exc:
@@ -85,13 +85,13 @@ class ExportedModel:
                                  t.get("decision"), t.get("mask"), t.get("score_map"))
 
     def predict(self, images: Tensor) -> RuntimePrediction:
-        """``images [B, 3, S, S]`` normalised as :attr:`transform` makes them (what the torch
+        """``images [B, C, H, W]`` normalised as :attr:`transform` makes them (what the torch
         model takes) -> :class:`RuntimePrediction`. The uint8 pixels are recovered exactly
         (``round((x * std + mean) * 255)``), then run through the graph."""
         return self.predict_uint8(to_uint8(images, self.transform))
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
-        """One image file -> uint8 ``[S, S, 3]``, decoded and resized/cropped as the runner does."""
+        """One image file -> uint8 ``[H, W, C]``, decoded and prepared as the runner does."""
         try:
             return self.runner.load(path)
         except ExportError as exc:
@@ -104,12 +104,13 @@ class ExportedModel:
 
 
 def to_uint8(images: Tensor, transform: Transform) -> np.ndarray:
-    """Normalised ``[B, 3, S, S]`` -> the uint8 ``[B, S, S, 3]`` pixels they were made from;
+    """Normalised ``[B, C, H, W]`` -> the uint8 ``[B, H, W, C]`` pixels they were made from;
     ConfigError when the values are not a :meth:`Transform.image` output of this transform."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ConfigError(f"images {list(images.shape)}: expected [B, 3, S, S]")
-    mean = torch.tensor(transform.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(transform.std, dtype=torch.float32).view(1, 3, 1, 1)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(f"images {list(images.shape)}: expected [B, C, H, W] with C 1 or 3")
+    c = images.shape[1]
+    mean = torch.tensor(transform.mean[:c], dtype=torch.float32).view(1, c, 1, 1)
+    std = torch.tensor(transform.std[:c], dtype=torch.float32).view(1, c, 1, 1)
     pixels = (images.detach().cpu().float() * std + mean) * 255.0
     rounded = pixels.round()
     if pixels.numel() and (float((pixels - rounded).abs().max()) > 0.05 or rounded.min() < 0 or rounded.max() > 255):
@@ -125,3 +126,12 @@ def load_predictor(path: str | os.PathLike, device: str = "cpu", threads: int | 
     from ..detectors.fapm import FAPM
 
     return FAPM.load(path, device=device)
+
+
+def exported_transform(pre: dict, shape: tuple[int, int, int]) -> Transform:
+    """The :class:`Transform` an export's ``preprocessing`` describes (its input ``shape`` ``(H, W, C)``);
+    sidecars written before native resolution describe the protocol in RGB."""
+    mean, std = tuple(pre["mean"]), tuple(pre["std"])
+    if pre.get("mode", "protocol") == "native":
+        return Transform(canvas=(shape[0], shape[1]), channels=shape[2], mean=mean, std=std)
+    return Transform(resize=pre["resize"], crop_size=pre["crop_size"], channels=shape[2], mean=mean, std=std)

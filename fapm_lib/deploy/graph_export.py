@@ -1,17 +1,20 @@
 """Export a fitted FAPM as one graph: uint8 image in, anomaly map, scores and decisions out.
 
-The graph (:class:`FAPMGraph`) holds every step after the resize and crop::
+The graph (:class:`FAPMGraph`) holds every step after decoding and resizing::
 
-    uint8 [B, S, S, 3] (RGB, already resized/cropped, channels last)
-      -> float, / 255, (x - mean) / std           -> [B, 3, S, S]
-      -> FAPMModel, traced as is: backbone, 3x3 pooling, per-region search with the banks as
-         constants, layer alignment (2x2 tiling), fusion, anomaly map, image score
+    uint8 [B, H, W, C] (the model's canvas: C = 1 gray or 3 RGB, channels last)
+      -> float, / 255, (x - mean) / std           -> [B, C, H, W]
+      -> FAPMModel, traced as is: the gray channel expanded, the canvas padded to whole regions,
+         the backbone (tile by tile, blended, when the canvas is larger than a tile), 3x3
+         pooling, per-region search with the banks as constants, layer alignment (2x2 tiling),
+         fusion, anomaly map, image score
       -> with a calibration: normalised score, decision, mask, normalised map
 
-Outputs, by name: ``anomaly_map [B, S, S]``, ``raw_score [B]``, ``patch_scores [B, S/8, S/8]``
-and, for a calibrated model, ``score [B]``, ``decision [B]`` (bool, True = NG), ``mask [B, S, S]``
-(bool) and ``score_map [B, S, S]``. The sidecar ``fapm_export.json`` describes the input
-contract, the resize/crop to do before the graph, the thresholds and the versions.
+Outputs, by name: ``anomaly_map [B, H, W]``, ``raw_score [B]``, ``patch_scores [B, H/8, W/8]``
+and, for a calibrated model, ``score [B]``, ``decision [B]`` (bool, True = NG), ``mask [B, H, W]``
+(bool) and ``score_map [B, H, W]``. The sidecar ``fapm_export.json`` describes the input
+contract, what to do before the graph (the native canvas, or the protocol's resize and crop),
+the thresholds and the versions.
 """
 from __future__ import annotations
 
@@ -26,9 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.transform import ASPECT_TOLERANCE
 from ..decisions.calibration import Calibration, normalize_score
 from ..detectors.fapm import FAPM
 from ..errors import ConfigError, ModelFileError
+from ..method.backbone import FEATURE_STRIDES
+from ..method.geometry import valid_cells
 from ..system.atomic import atomic_path, write_text_atomic
 
 SIDECAR = "fapm_export.json"
@@ -49,17 +55,17 @@ def output_names(calibrated: bool) -> tuple[str, ...]:
 
 
 class FAPMGraph(nn.Module):
-    """What is exported: ``uint8 [B, S, S, 3]`` -> the named outputs (:func:`output_names`), in
+    """What is exported: ``uint8 [B, H, W, C]`` -> the named outputs (:func:`output_names`), in
     that order. The normalisation, then the fitted :class:`~fapm_lib.method.fapm_model.FAPMModel`
     as is (the same search, alignment, map and score that ``predict`` runs), then, for a
     calibrated model, the normalised scores and the decisions."""
 
     def __init__(self, model: FAPM, calibration: Calibration | None = None) -> None:
         super().__init__()
-        info = model.backbone_info
+        info, channels = model.backbone_info, model.channels or 3
         self.fapm = model.runnable()
-        self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(info.mean[:channels], dtype=torch.float32).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(info.std[:channels], dtype=torch.float32).view(1, channels, 1, 1))
         self.calibration = calibration
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
@@ -105,7 +111,7 @@ def export_onnx(model: FAPM, path: str | Path, batch_size: int | None = None,
     model = model.to("cpu")
     graph = FAPMGraph(model, calibration).eval()
     names = output_names(calibration is not None)
-    example = torch.zeros(batch_size or 2, model.config.input_size, model.config.input_size, 3, dtype=torch.uint8)
+    example = torch.zeros(batch_size or 2, *model.canvas, model.channels or 3, dtype=torch.uint8)
     dynamic = None if batch_size else {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
@@ -127,30 +133,27 @@ def sidecar(model: FAPM, fmt: str, model_file: str, batch_size: int | None,
             calibration: Calibration | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON description of an export: everything needed to run it without this library."""
     cfg, info = model.config, model.backbone_info
-    size = cfg.input_size
+    height, width = model.canvas
+    channels = model.channels or 3
     batch = batch_size if batch_size else "batch"
-    shapes = {"anomaly_map": [batch, size, size], "raw_score": [batch],
-              "patch_scores": [batch, *model.feature_sizes[0]], "score": [batch], "decision": [batch],
-              "mask": [batch, size, size], "score_map": [batch, size, size]}
+    cells = list(valid_cells(model.canvas, FEATURE_STRIDES[0]))
+    shapes = {"anomaly_map": [batch, height, width], "raw_score": [batch], "patch_scores": [batch, *cells],
+              "score": [batch], "decision": [batch], "mask": [batch, height, width],
+              "score_map": [batch, height, width]}
     return {
         "format": "fapm_export", "format_version": EXPORT_FORMAT_VERSION, "runtime_format": fmt,
         "model_file": model_file,
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
-                  "shape": [batch, size, size, 3]},
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC",
+                  "channels": "gray" if channels == 1 else "RGB",
+                  "shape": [batch, height, width, channels]},
         "batch_size": batch_size if batch_size else "dynamic",
-        "preprocessing": {
-            "resize": cfg.resize, "crop_size": cfg.crop_size, "interpolation": "bilinear (Pillow)",
-            "rule": ("resize the shorter side to `resize` (longer side int(resize * long / short)), then centre-crop "
-                     "`crop_size` (offsets round((side - crop) / 2))" if cfg.crop_size else
-                     "resize to resize x resize"),
-            "in_graph": "x = uint8 / 255; x = (x - mean) / std", "mean": list(info.mean), "std": list(info.std),
-        },
+        "preprocessing": preprocessing(model),
         "outputs": {name: {"shape": shapes[name], "dtype": "bool" if name in ("decision", "mask") else "float32"}
                     for name in output_names(calibration is not None)},
         "calibration": None if calibration is None else {
             k: v for k, v in asdict(calibration).items() if k != "summary"},
         "model": {"backbone": info.name, "pretrained": info.pretrained, "image_score": cfg.image_score,
-                  "grid": cfg.grid, "k": cfg.k, "feature_sizes": [list(s) for s in model.feature_sizes],
+                  "grid": list(model.region_grid), "k": cfg.k, "feature_sizes": [list(s) for s in model.feature_sizes],
                   "memory_mb": round(model.memory_size()["megabytes"], 3), "config": cfg.to_dict()},
         "versions": versions(),
         "runtime_notes": ("OpenVINO: compile with INFERENCE_PRECISION_HINT=f32 (on CPUs with bf16 support its "
@@ -158,6 +161,28 @@ def sidecar(model: FAPM, fmt: str, model_file: str, batch_size: int | None,
                           "batch_size images (run_fapm.py pads the last chunk)"),
         **(extra or {}),
     }
+
+
+def preprocessing(model: FAPM) -> dict[str, Any]:
+    """The sidecar's ``preprocessing``: what a runner does to a decoded image before the graph
+    (``mode`` native: the whole image resized to the ``canvas`` when its size differs, the same
+    aspect ratio only; ``mode`` protocol: ``resize`` and ``crop_size``), and what the graph does."""
+    cfg, info = model.config, model.backbone_info
+    channels = model.channels or 3
+    common = {"channels": channels, "interpolation": "bilinear (Pillow)",
+              "in_graph": "x = uint8 / 255; x = (x - mean) / std (per channel; gray: the first channel's)",
+              "mean": list(info.mean), "std": list(info.std)}
+    if cfg.native:
+        return {"mode": "native", "canvas": list(model.canvas), "resize": None, "crop_size": None,
+                "rule": f"the whole image; resized to {model.canvas[1]}x{model.canvas[0]} (width x height) "
+                        "when its size "
+                        f"differs, refused when its aspect ratio differs by more than {ASPECT_TOLERANCE:.0%}",
+                **common}
+    return {"mode": "protocol", "resize": cfg.resize, "crop_size": cfg.crop_size,
+            "rule": ("resize the shorter side to `resize` (longer side int(resize * long / short)), then centre-crop "
+                     "`crop_size` (offsets round((side - crop) / 2))"
+                     if cfg.crop_size else "resize to resize x resize"),
+            **common}
 
 
 def versions() -> dict[str, str | None]:
@@ -232,14 +257,15 @@ PARITY_RTOL = 1e-4
 
 
 def parity(model: FAPM, exported, images) -> dict[str, float | bool]:
-    """Compare the exported graph with the torch model on uint8 ``images [B, S, S, 3]``: the
+    """Compare the exported graph with the torch model on uint8 ``images [B, H, W, C]``: the
     largest map difference relative to the largest map value, the same for the raw scores,
     and whether the decisions (when calibrated) agree."""
     import numpy as np
 
     t = model.transform
     x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(t.mean).view(1, 3, 1, 1)) / torch.tensor(t.std).view(1, 3, 1, 1)
+    c = x.shape[1]
+    x = (x - torch.tensor(t.mean[:c]).view(1, c, 1, 1)) / torch.tensor(t.std[:c]).view(1, c, 1, 1)
     ref = model.predict(x)
     got = exported.predict_uint8(np.asarray(images))
     scale = float(ref.anomaly_map.abs().max()) or 1.0

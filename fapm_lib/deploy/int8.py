@@ -3,7 +3,8 @@
 Only the backbone's operations (``/fapm/backbone/...``: the exported graph's FAPM module, its
 backbone) are quantized; the memory search, the
 layer fusion, the anomaly map and the score stay in float32. The activation ranges are
-calibrated on **training (normal) images only**, resized and cropped as for inference.
+calibrated on **training (normal) images only**, prepared as for inference (the native canvas, or the
+protocol's resize and crop).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ KEEP_FLOAT = r"^(?!/fapm/backbone/).*"
 def quantize_openvino(xml_path: str | Path, images: list[np.ndarray], output: str | Path,
                       batch_size: int | None = None, progress: bool = True) -> dict:
     """Quantize ``xml_path``'s backbone to INT8 with NNCF, calibrated on ``images`` (uint8
-    ``[S, S, 3]`` each, training images); write the IR to ``output``. Returns what was done."""
+    ``[H, W, C]`` each, training images); write the IR to ``output``. Returns what was done."""
     try:
         import nncf
         import openvino  # noqa: F401  (nncf quantizes an OpenVINO model: both are needed)

@@ -7,10 +7,13 @@ This file is copied next to the exported model by ``fapm export``; it does not i
     pip install onnxruntime numpy pillow         # or: pip install openvino numpy pillow
     python run_fapm.py IMAGE_OR_DIR... --output OUT [--model DIR] [--runtime onnxruntime|openvino]
 
-It reads the sidecar ``fapm_export.json`` beside the model, decodes and resizes/crops each
-image with Pillow exactly as ``fapm_lib.data.transform.Transform`` does (shorter side to ``resize``,
-bilinear, centre crop; EXIF orientation applied, alpha dropped, 16-bit scaled by 1/257),
-runs the graph, and writes ``OUT/scores.csv`` (path, raw_score, and for a calibrated model
+It reads the sidecar ``fapm_export.json`` beside the model, decodes each image with Pillow
+exactly as ``fapm_lib.data.transform.Transform`` does (EXIF orientation applied, alpha dropped,
+16-bit scaled by 1/257, gray kept as one channel for a gray model) and brings it to the graph's
+input: at native resolution the whole image, resized to the model's canvas when its size differs
+(the same aspect ratio only); with the paper's protocol the shorter side resized to ``resize``
+(bilinear), then the centre crop. It runs the graph, and writes ``OUT/scores.csv`` (path, raw_score, and for a
+calibrated model
 score and decision), plus ``OUT/masks/*.png`` with ``--masks`` and ``OUT/maps/*.npy`` with
 ``--maps``. Bad input: one line on stderr, exit code 2.
 """
@@ -32,6 +35,8 @@ SIDECAR = "fapm_export.json"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 RUNTIMES = ("onnxruntime", "openvino")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: As fapm_lib.data.transform.ASPECT_TOLERANCE: an image of another aspect than the canvas is refused.
+ASPECT_TOLERANCE = 0.01
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
 
 
@@ -73,22 +78,49 @@ def _to_rgb(pil: Image.Image) -> Image.Image:
     return pil.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
-    """Decode ``path`` as an upright RGB image; a large JPEG may decode at reduced scale while
-    its shorter side stays >= ``2 * min_side`` (as ``fapm_lib.data.images.load_image``)."""
+def _to_gray(pil: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit L: 16-bit scaled by 1/257, colour to luminance."""
+    if pil.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(pil).astype(np.int64).clip(0, 65535)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8))
+    if pil.mode in ("L", "1", "LA"):
+        return pil.convert("L")
+    return _to_rgb(pil).convert("L")
+
+
+def load_rgb(path: str | os.PathLike, min_side: int | None = None, channels: int = 3) -> Image.Image:
+    """Decode ``path`` as an upright RGB image (``channels`` 1: L); a large JPEG may decode at
+    reduced scale while its shorter side stays >= ``2 * min_side`` (as
+    ``fapm_lib.data.images.load_image``)."""
     try:
         with Image.open(path) as pil:
             ratio = 2 * min_side / min(pil.size) if min_side else 1.0
             if isinstance(pil, JpegImagePlugin.JpegImageFile) and ratio < 1:
                 pil.draft(None, (math.ceil(pil.width * ratio), math.ceil(pil.height * ratio)))
             pil.load()
-            return _to_rgb(ImageOps.exif_transpose(pil))
+            upright = ImageOps.exif_transpose(pil)
+            return _to_gray(upright) if channels == 1 else _to_rgb(upright)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ExportError(f"{path}: cannot read image ({' '.join(str(exc).split()) or type(exc).__name__})") from None
 
 
+def prepare(pil: Image.Image, pre: dict[str, Any], name: str = "image") -> np.ndarray:
+    """A decoded image -> the graph's input pixels, uint8 ``[H, W, C]``, by the sidecar's
+    ``preprocessing``: the protocol's resize and crop, or the native canvas (same aspect only)."""
+    if pre.get("mode", "protocol") == "protocol":
+        out = resize_crop(pil, pre["resize"], pre["crop_size"])
+    else:
+        height, width = pre["canvas"]
+        w, h = pil.size
+        if abs((w / h) / (width / height) - 1.0) > ASPECT_TOLERANCE:
+            raise ExportError(f"{name}: {w}x{h} does not have the model's aspect ratio ({width}x{height} canvas)")
+        out = np.array(pil if pil.size == (width, height) else pil.resize((width, height), Image.Resampling.BILINEAR),
+                       dtype=np.uint8)
+    return out.reshape(out.shape[0], out.shape[1], -1)
+
+
 def resize_crop(rgb: Image.Image, resize: int, crop_size: int | None) -> np.ndarray:
-    """Bilinear resize of the shorter side to ``resize`` then centre crop -> uint8 ``[S, S, 3]``."""
+    """Bilinear resize of the shorter side to ``resize`` then centre crop -> uint8 ``[S, S, C]``."""
     width, height = rgb.size
     if crop_size is None:
         size = (resize, resize)
@@ -118,7 +150,7 @@ def find_sidecar(model: str | os.PathLike) -> Path:
 class ExportedRunner:
     """An exported FAPM graph in onnxruntime or OpenVINO.
 
-    ``run(images)``: uint8 ``[B, S, S, 3]`` -> ``{output name: array}``; a fixed-batch export is
+    ``run(images)``: uint8 ``[B, H, W, C]`` -> ``{output name: array}``; a fixed-batch export is
     fed in chunks of its batch size (the last one padded with copies of its last image)."""
 
     def __init__(self, model: str | os.PathLike, runtime: str | None = None, threads: int | None = None) -> None:
@@ -126,7 +158,7 @@ class ExportedRunner:
         try:
             self.meta: dict[str, Any] = json.loads(self.sidecar_path.read_text(encoding="utf-8"))
             self.input_name = self.meta["input"]["name"]
-            self.size = int(self.meta["input"]["shape"][1])
+            self.shape = tuple(int(v) for v in self.meta["input"]["shape"][1:])  # (H, W, C)
             self.output_names = list(self.meta["outputs"])
             self.preprocessing = self.meta["preprocessing"]
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -191,13 +223,13 @@ class ExportedRunner:
         return self.meta.get("calibration") is not None
 
     def check_input(self, images: np.ndarray) -> None:
-        """ExportError unless ``images`` is uint8 ``[B, S, S, 3]`` at the export's size."""
-        s = self.size
+        """ExportError unless ``images`` is uint8 ``[B, H, W, C]`` at the export's size."""
+        h, w, c = self.shape
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-                or images.shape[1:] != (s, s, 3) or images.shape[0] < 1:
+                or images.shape[1:] != self.shape or images.shape[0] < 1:
             got = f"{getattr(images, 'dtype', type(images).__name__)} {list(getattr(images, 'shape', []))}"
-            raise ExportError(f"input {got}: the exported model takes uint8 [B, {s}, {s}, 3] "
-                              f"(RGB, resized and cropped to {s}x{s}; see {SIDECAR})")
+            raise ExportError(f"input {got}: the exported model takes uint8 [B, {h}, {w}, {c}] "
+                              f"({'gray' if c == 1 else 'RGB'}, {h}x{w} pixels; see {SIDECAR})")
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 ``[B, S, S, 3]`` -> ``{name: array}`` with B along the first axis."""
@@ -217,9 +249,9 @@ class ExportedRunner:
         return {k: np.concatenate([c[k] for c in chunks]) for k in self.output_names}
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
-        """One image file -> uint8 ``[S, S, 3]`` as the graph expects."""
+        """One image file -> uint8 ``[H, W, C]`` as the graph expects."""
         pre = self.preprocessing
-        return resize_crop(load_rgb(path, pre["resize"]), pre["resize"], pre["crop_size"])
+        return prepare(load_rgb(path, pre.get("resize"), self.shape[2]), pre, str(path))
 
 
 # ---- command line ---------------------------------------------------------------------------

@@ -30,12 +30,13 @@ from ..decisions.calibration import K_KEPT
 from ..decisions.refresh import refresh
 from ..errors import ConfigError
 from ..method.fapm_model import FAPMModel
+from ..method.geometry import ModelGeometry
 from ..method.machinery.folds import fold_count, heldout_images, kept_images
 from ..method.memory import LayerMemory
 from ..method.memory_builders import check_k
 from ..method.memory_update import extend_layer_memory
 from ..method.regions import image_rows, split_regions
-from ..method.scoring import top_neighbours
+from ..method.scoring import top_neighbours, valid_knn
 
 
 @dataclass
@@ -66,13 +67,13 @@ def _decisions(model, scores: Tensor) -> list[tuple[float, str]]:
 @torch.inference_mode()
 def score_cached_maps(fapm: FAPMModel, maps: list[Tensor], batch: int, search_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Predictions from aggregated maps (per layer ``[N, C, h, w]``), batched: neighbours
-    ``[N, k']`` (up to :data:`~fapm_lib.decisions.calibration.K_KEPT`), maps ``[N, S, S]``, scores ``[N]``."""
+    ``[N, k']`` (up to :data:`~fapm_lib.decisions.calibration.K_KEPT`), maps ``[N, H, W]``, scores ``[N]``."""
     k = min(K_KEPT, *(int(m.bank_sizes().min()) for m in fapm.memories))
     neighbours, amaps, scores = [], [], []
     for start in range(0, maps[0].shape[0], batch):
         knn = fapm.search([m[start : start + batch].to(fapm.device) for m in maps], max(k, search_k))
         pred = fapm.postprocess(knn[..., :search_k])
-        neighbours.append(top_neighbours(knn).cpu())
+        neighbours.append(top_neighbours(valid_knn(knn, fapm.canvas, fapm.padded)).cpu())
         amaps.append(pred.anomaly_map.cpu())
         scores.append(pred.pred_score.cpu())
     return torch.cat(neighbours), torch.cat(amaps), torch.cat(scores)
@@ -94,12 +95,12 @@ def extend_memories(memories: list[LayerMemory], regions: list[Tensor], first_ro
 
 
 def heldout_added(fapm: FAPMModel, regions: list[Tensor], maps: list[Tensor], cells: list[int],
-                  config: FAPMConfig, feature_sizes) -> tuple[Tensor, Tensor]:
+                  config: FAPMConfig, geometry: ModelGeometry) -> tuple[Tensor, Tensor]:
     """Held-out predictions of the added images (step 3 of the module): neighbours ``[N, k']``
-    and anomaly maps ``[N, S, S]``, image ``j`` scored without its own fold."""
+    and anomaly maps ``[N, H, W]``, image ``j`` scored without its own fold."""
     n = maps[0].shape[0]
     folds = fold_count(n, max(config.calibration_folds, 1))
-    amaps, parts = torch.empty(n, config.input_size, config.input_size), []
+    amaps, parts = torch.empty(n, *geometry.canvas), []
     for f, (held, _) in enumerate(heldout_images(torch.arange(n), folds)):
         others = kept_images(n, folds, f)
         model = fapm
@@ -107,7 +108,7 @@ def heldout_added(fapm: FAPMModel, regions: list[Tensor], maps: list[Tensor], ce
             rows = [image_rows(others, c).to(r.device) for r, c in zip(regions, cells)]
             memories = extend_memories(list(fapm.memories), [r.index_select(1, i) for r, i in zip(regions, rows)],
                                        [0] * len(regions), config)[0]
-            model = FAPMModel.from_config(config, None, memories, feature_sizes).to(fapm.device)
+            model = FAPMModel.from_config(config, None, memories, geometry).to(fapm.device)
         near, amaps[held], _ = score_cached_maps(model, [m[held] for m in maps], config.batch_size, config.search_k)
         parts.append((held, near))
     neighbours = torch.empty(n, min(near.shape[1] for _, near in parts))
@@ -144,15 +145,16 @@ def add_good(model, data, progress: bool = False) -> UpdateReport:
     fapm.check_feature_sizes(maps)
     scores_before = score_cached_maps(fapm, maps, config.batch_size, config.search_k)[2]
     before, threshold_before = _decisions(model, scores_before), getattr(model.calibration, "image_threshold", None)
-    cells = [(h // config.grid) * (w // config.grid) for h, w in model.feature_sizes]  # rows per image and region
-    regions = [split_regions(m.to(fapm.device), config.grid) for m in maps]
+    geometry = fapm.geometry
+    cells = [geometry.per_image(layer) for layer in range(len(maps))]  # rows per image and region
+    regions = [split_regions(m.to(fapm.device), geometry.grid) for m in maps]
     n_old = _old_image_count(model, cells[0])
     memories, r_before, r_after = extend_memories(list(fapm.memories), regions, [n_old * c for c in cells], config)
     check_k(memories, config.search_k)
     if model.calibration is not None:
-        neighbours, heldout_maps = heldout_added(fapm, regions, maps, cells, config, model.feature_sizes)
+        neighbours, heldout_maps = heldout_added(fapm, regions, maps, cells, config, geometry)
         model.calibration = refresh(model.calibration, neighbours, heldout_maps)
-    model.model = FAPMModel.from_config(config, fapm.backbone, memories, model.feature_sizes).to(model.device)
+    model.model = FAPMModel.from_config(config, fapm.backbone, memories, geometry).to(model.device)
     if model.train_images is not None and paths is not None:
         model.train_images = [*model.train_images, *paths]
     seconds = time.perf_counter() - start

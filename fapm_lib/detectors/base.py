@@ -15,6 +15,7 @@ from ..decisions.calibration import Calibration
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import BackboneInfo, FeatureExtractor, create_feature_extractor
 from ..method.features import embed
+from ..method.geometry import pad_images, padded_size, tile_layout
 from ..method.scoring import Prediction
 from .model_file import load_tensors
 
@@ -49,6 +50,11 @@ class Detector:
         self._extractor = extractor
         self._backbone_info: BackboneInfo | None = extractor.info if extractor else None
         self.model: nn.Module | None = None
+        #: the (height, width) the model scores: the protocol's square, or at native resolution the
+        #: training images' size times ``scale`` (set by the first images a fit sees)
+        self.canvas: tuple[int, int] | None = None if self._config.native else (self._config.input_size,) * 2
+        #: the input's channels, 1 (gray) or 3, set with the canvas; None: not known yet
+        self.channels: int | None = None
         self.feature_sizes: list[tuple[int, int]] = []
         self.fit_stats: dict[str, float] = {}
         #: thresholds from normal images (see :mod:`fapm_lib.decisions.calibration`); None: uncalibrated
@@ -90,14 +96,47 @@ class Detector:
 
     @property
     def transform(self) -> Transform:
-        """The pre-processing this model expects (resize, crop, the backbone's mean/std)."""
-        info = self.backbone_info
-        return Transform(resize=self.config.resize, crop_size=self.config.crop_size, mean=info.mean, std=info.std)
+        """The pre-processing this model expects: the protocol's resize and crop, or the native
+        canvas and scale; the channels; the backbone's mean/std."""
+        info, config = self.backbone_info, self.config
+        return Transform(resize=config.resize, crop_size=config.crop_size, scale=config.scale,
+                         canvas=self.canvas if config.native else None, channels=self.channels,
+                         mean=info.mean, std=info.std)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """The canvas padded to whole regions (:mod:`fapm_lib.method.geometry`); the canvas itself
+        with the paper's protocol."""
+        if self.canvas is None:
+            raise ConfigError("the model's input size is not known yet: fit it first")
+        return padded_size(self.canvas, self.config.region_pixels) if self.config.native else self.canvas
 
     @torch.inference_mode()
     def embed(self, images: Tensor) -> list[Tensor]:
-        """``[B, 3, S, S] ->`` aggregated maps ``[[B, C8, S/8, S/8], [B, C16, S/16, S/16]]``."""
-        return embed(self.extractor, images, self.config.pool_size)
+        """``[B, C, H, W] ->`` aggregated maps ``[[B, C8, Hp/8, Wp/8], [B, C16, Hp/16, Wp/16]]``:
+        the canvas padded, through the backbone's tiles. The first images a native model sees set
+        its canvas and channels; later ones must match them."""
+        self.set_input(images)
+        tiles = tile_layout(self.padded, self.config.tile, self.config.tile_overlap)
+        return embed(self.extractor, pad_images(images, self.padded), self.config.pool_size, tiles)
+
+    def set_input(self, images: Tensor) -> None:
+        """Record the canvas and channels of ``images [B, C, H, W]`` when not known yet; else
+        ConfigError (one line) when they differ."""
+        size, channels = (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[1])
+        if self.canvas is None:
+            self.canvas = size
+        if self.channels is None:
+            self.channels = channels
+        if size != self.canvas or channels != self.channels:
+            raise ConfigError(f"images of {channels} x {size[0]}x{size[1]} (channels x height x width): this model "
+                              f"scores {self.channels} x {self.canvas[0]}x{self.canvas[1]} (read images with its "
+                              "transform, or fit a model for this size)")
+
+    def reset_input(self) -> None:
+        """Forget the canvas and channels before a new fit (the protocol's square stays)."""
+        self.canvas = None if self.config.native else (self.config.input_size,) * 2
+        self.channels = None
 
     def extract(self, data: ImageBatches | Tensor, progress: bool = True, desc: str = "features") -> list[Tensor]:
         """Aggregated feature maps of a whole set: per layer ``[N, C, h, w]`` on the CPU."""
@@ -128,7 +167,7 @@ class Detector:
 
     @torch.inference_mode()
     def predict(self, images: Tensor) -> Prediction:
-        """``images [B, 3, S, S]`` (normalised, see :attr:`transform`) -> :class:`Prediction`."""
+        """``images [B, C, H, W]`` at the model's canvas (normalised, see :attr:`transform`) -> :class:`Prediction`."""
         return self.runnable()(images)
 
     @torch.inference_mode()
@@ -169,6 +208,7 @@ class Detector:
         info = self.backbone_info
         return {"config": self.config.to_dict(),
                 "backbone": {"name": info.name, "channels": list(info.channels), "pretrained": info.pretrained},
+                "canvas": None if self.canvas is None else list(self.canvas), "input_channels": self.channels,
                 "feature_sizes": [list(s) for s in self.feature_sizes], "fit_stats": self.fit_stats,
                 "calibration": None if self.calibration is None else self.calibration.to_header(),
                 "train_images": self.train_images}
@@ -183,6 +223,7 @@ class Detector:
         try:
             model = cls(FAPMConfig.from_dict(header["config"], source=f"{path} (config)"), device, extractor)
             model.feature_sizes = [tuple(s) for s in header.get("feature_sizes", [])]
+            model._read_input(path, header)
             model.fit_stats = dict(header.get("fit_stats", {}))
             model.calibration = Calibration.from_header(header.get("calibration"), f"{path}")
             model.train_images = header.get("train_images")
@@ -195,6 +236,21 @@ class Detector:
         except ConfigError as exc:
             raise ModelFileError(str(exc)) from None
         return model, tensors, header
+
+    def _read_input(self, path, header: dict) -> None:
+        """The canvas and channels a model file records; files written before native resolution
+        (no ``canvas``) were fitted on the protocol's square in RGB."""
+        canvas, channels = header.get("canvas"), header.get("input_channels", 3)
+        if canvas is not None:
+            sizes_ok = isinstance(canvas, list) and len(canvas) == 2
+            if not (sizes_ok and all(isinstance(v, int) and v > 0 for v in canvas)):
+                raise ModelFileError(f"{path}: malformed canvas {canvas!r}")
+            self.canvas = (canvas[0], canvas[1])
+        elif self.config.native:
+            raise ModelFileError(f"{path}: a native-resolution model without its canvas size")
+        if channels not in (1, 3):
+            raise ModelFileError(f"{path}: malformed input_channels {channels!r}")
+        self.channels = channels
 
     def _check_extractor(self, path, backbone: dict) -> None:
         """Refuse an extractor other than the one the model was fitted with (name, weights, channels)."""

@@ -29,6 +29,7 @@ class PatchCore(Detector):
     def fit(self, data: ImageBatches | Tensor, progress: bool = True) -> "PatchCore":
         """Collect every training position's feature ``[N*H8*W8, C]``, keep a greedy coreset of ``r``."""
         torch.manual_seed(self.config.seed)
+        self.reset_input()  # the training images set the canvas
         start = time.perf_counter()
         batches, _ = iter_images(data, self.config.batch_size)
         rows = [patch_rows(self.embed(images)) for images in tqdm(batches, desc="features", disable=not progress,
@@ -40,6 +41,7 @@ class PatchCore(Detector):
 
     def fit_maps(self, maps: list[Tensor], progress: bool = False) -> "PatchCore":
         """Build the bank from cached aggregated maps (per layer ``[N, C, h, w]``)."""
+        self.feature_sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
         return self.fit_rows(patch_rows([m.to(self.device) for m in maps]), progress)
 
     def fit_rows(self, rows: Tensor, progress: bool = False) -> "PatchCore":
@@ -51,10 +53,20 @@ class PatchCore(Detector):
                               "PatchCore (its one memory keeps the exact greedy)")
         start = time.perf_counter()
         bank = build_bank(rows, self.config.coreset_ratio, self.projection, self.config.seed, progress)
-        self.model = PatchCoreModel.from_config(self.config, self._extractor, bank).to(self.device)
+        canvas, padded = self._canvas_and_padded()
+        self.model = PatchCoreModel.from_config(self.config, self._extractor, bank, canvas, padded).to(self.device)
         self.calibration = None  # no k-fold calibration here
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         return self
+
+    def _canvas_and_padded(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The canvas and its padded size (from the feature maps for a bank fitted on maps alone)."""
+        if self.canvas is None:
+            if not self.feature_sizes:
+                raise ConfigError("PatchCore needs its input size: fit it on images or feature maps")
+            side = tuple(v * 8 for v in self.feature_sizes[0])
+            return side, side  # type: ignore[return-value]
+        return self.canvas, self.padded
 
     def save(self, path: str | Path) -> Path:
         model = self._require_fitted()
@@ -71,7 +83,7 @@ class PatchCore(Detector):
         if bank.shape[-1] != sum(header["backbone"]["channels"]):
             raise ModelFileError(f"{path}: memory does not match backbone {header['backbone']['name']}")
         try:
-            model.model = PatchCoreModel.from_config(model.config, extractor, bank)
+            model.model = PatchCoreModel.from_config(model.config, extractor, bank, *model._canvas_and_padded())
         except ConfigError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
         return model.to(device)

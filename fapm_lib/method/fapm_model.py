@@ -17,8 +17,9 @@ from ..config import FAPMConfig
 from ..errors import ConfigError
 from .anomaly_model import AnomalyModel
 from .backbone import FeatureExtractor
+from .geometry import ModelGeometry
 from .memory import LayerMemory
-from .regions import merge_regions, split_regions
+from .regions import grid_shape, merge_regions, split_regions
 from .scoring import ALIGNMENTS, Prediction, align_layer, fuse_layers
 
 
@@ -34,33 +35,41 @@ class FAPMModel(AnomalyModel):
     """
 
     def __init__(self, backbone: FeatureExtractor | None, memories: Sequence[LayerMemory],
-                 feature_sizes: Sequence[tuple[int, int]], *, grid: int = 7, pool_size: int = 3,
-                 input_size: int = 224, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
-                 alignment: str = "aligned") -> None:
-        super().__init__(backbone, pool_size=pool_size, input_size=input_size, blur_sigma=blur_sigma,
-                         image_score=image_score, k=k)
+                 feature_sizes: Sequence[tuple[int, int]], *, grid: int | tuple[int, int] = 7, pool_size: int = 3,
+                 canvas: int | tuple[int, int] = 224, padded: tuple[int, int] | None = None, tile: int = 512,
+                 tile_overlap: int = 64, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
+                 neighbour_regions: int = 0, alignment: str = "aligned") -> None:
+        super().__init__(backbone, pool_size=pool_size, canvas=canvas, padded=padded, tile=tile,
+                         tile_overlap=tile_overlap, blur_sigma=blur_sigma, image_score=image_score, k=k)
         if alignment not in ALIGNMENTS:
             raise ConfigError(f"alignment={alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
         self.memories = nn.ModuleList(memories)
         self.feature_sizes = [tuple(int(v) for v in size) for size in feature_sizes]
-        self.grid, self.alignment = grid, alignment
+        self.grid, self.alignment = grid_shape(grid), alignment
+        self.neighbour_regions = neighbour_regions
 
     @classmethod
     def from_config(cls, config: FAPMConfig, backbone: FeatureExtractor | None, memories: Sequence[LayerMemory],
-                    feature_sizes: Sequence[tuple[int, int]], alignment: str = "aligned") -> "FAPMModel":
-        """The module for a :class:`~fapm_lib.config.FAPMConfig`'s settings."""
-        return cls(backbone, memories, feature_sizes, grid=config.grid, pool_size=config.pool_size,
-                   input_size=config.input_size, blur_sigma=config.blur_sigma, image_score=config.image_score,
-                   k=config.search_k, alignment=alignment)
+                    geometry: ModelGeometry, alignment: str = "aligned") -> "FAPMModel":
+        """The module for a :class:`~fapm_lib.config.FAPMConfig`'s settings and a fit's geometry."""
+        return cls(backbone, memories, geometry.feature_sizes, grid=geometry.grid, pool_size=config.pool_size,
+                   canvas=geometry.canvas, padded=geometry.padded, tile=config.tile, tile_overlap=config.tile_overlap,
+                   blur_sigma=config.blur_sigma, image_score=config.image_score, k=config.search_k,
+                   neighbour_regions=config.neighbour_regions, alignment=alignment)
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        """This module's :class:`ModelGeometry`."""
+        return ModelGeometry(self.canvas, self.padded, self.grid, tuple(self.feature_sizes))
 
     def forward(self, images: Tensor) -> Prediction:
-        """FAPM's inference, step by step: ``images [B, 3, S, S]`` -> :class:`Prediction`."""
+        """FAPM's inference, step by step: ``images [B, C, H, W]`` -> :class:`Prediction`."""
         # 1. Features: the frozen backbone's stride-8 ("layer 2") and stride-16 ("layer 3") maps,
         #    3x3 average-pooled: [[B, C8, H8, W8], [B, C16, H16, W16]].
         maps = self.embed(images)
         # 2.-6. Each region's own bank, merged, aligned and fused: [B, H8, W8, k].
         knn = self.search(maps)
-        # 7. Anomaly map [B, S, S] and 8. image score [B].
+        # 7. Anomaly map [B, H, W] and 8. image score [B].
         return self.postprocess(knn)
 
     def search(self, maps: list[Tensor], k: int | None = None) -> Tensor:
@@ -70,27 +79,29 @@ class FAPMModel(AnomalyModel):
         self.check_feature_sizes(maps)
         per_layer = []
         for memory, f in zip(self.memories, maps):
-            # 2. Split the layer's map into grid x grid regions: [R, B*s*s, C] (R = grid**2, s = h / grid).
+            # 2. Split the layer's map into rows x cols regions: [R, B*s*s, C] (R = rows * cols, s = h / rows).
             queries = split_regions(f, self.grid)
-            # 3. Search each region's own bank only: k smallest L2 distances, [R, B*s*s, k].
-            distances = memory.search(queries, k)
+            # 3. Search each region's own bank only (and, with neighbour_regions, the banks around
+            #    it): k smallest L2 distances, [R, B*s*s, k].
+            distances = memory.search_around(queries, self.grid, self.neighbour_regions, k)
             # 4. Merge the regions back into a map: [B, h, w, k].
             per_layer.append(merge_regions(distances, self.grid, f.shape[-2], f.shape[-1]))
         # 5.-6. Layer 3 onto the layer-2 grid, then the sum of the layers: [B, H8, W8, k].
         return fuse_region_distances(per_layer, self.grid, self.alignment)
 
-    def nearest_sources(self, maps: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
-        """Per layer, each position's nearest memory vector in its own region's bank: aggregated
-        maps (per layer ``[B, C, h, w]``) -> ``[(1-NN distance [B, h, w], source row [B, h, w])]``.
+    def nearest_sources(self, maps: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per layer, each position's nearest memory vector in the banks it searches (its own
+        region's, and the neighbours' with ``neighbour_regions``): aggregated maps (per layer
+        ``[B, C, h, w]``) -> ``[(1-NN distance, source row, source region)]``, each ``[B, h, w]``.
         The source row is the vector's row among its region's training vectors (``image * s*s +
         cell``, see :class:`~fapm_lib.method.memory.BankGroup`); the distances are those
         :meth:`search` fuses. ConfigError for a memory without sources."""
         self.check_feature_sizes(maps)
         located = []
         for memory, f in zip(self.memories, maps):
-            distances, sources = memory.search_sources(split_regions(f, self.grid))  # [R, B*s*s] each
+            found = memory.search_sources_around(split_regions(f, self.grid), self.grid, self.neighbour_regions)
             h, w = f.shape[-2:]
-            located.append((merge_regions(distances, self.grid, h, w), merge_regions(sources, self.grid, h, w)))
+            located.append(tuple(merge_regions(t, self.grid, h, w) for t in found))  # [B, h, w] each
         return located
 
     def check_feature_sizes(self, maps: list[Tensor]) -> None:
@@ -106,7 +117,7 @@ class FAPMModel(AnomalyModel):
                 "megabytes": sum(m.megabytes() for m in self.memories)}
 
 
-def fuse_region_distances(per_layer: list[Tensor], grid: int, alignment: str = "aligned") -> Tensor:
+def fuse_region_distances(per_layer: list[Tensor], grid: int | tuple[int, int], alignment: str = "aligned") -> Tensor:
     """Steps 5 and 6 of :meth:`FAPMModel.search`: merged per-layer distances ``[B, h, w, k]``
     -> fused ``[B, H8, W8, k]`` (also used on distances computed region by region elsewhere)."""
     # 5. Bring layer 3 onto the layer-2 grid; with "aligned", coarse cell (i, j) onto the fine

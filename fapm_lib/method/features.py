@@ -1,4 +1,8 @@
-"""Backbone features with local neighbourhood aggregation, shared by FAPM and PatchCore."""
+"""Step 1: backbone features with local neighbourhood aggregation, shared by FAPM and PatchCore.
+
+An input larger than one tile runs through the backbone tile by tile, the tiles' maps blended
+where they overlap (:mod:`fapm_lib.method.geometry`); a one-channel input becomes the network's
+three channels exactly (:func:`expand_gray`)."""
 from __future__ import annotations
 
 import torch
@@ -6,12 +10,59 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbone import FeatureExtractor
+from .geometry import TileLayout, blend_weights
+
+#: Tiles per backbone call (times the batch): the tiles stream, never all held at once.
+TILES_PER_CALL = 8
 
 
-def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3) -> list[Tensor]:
-    """``[B, 3, S, S] -> [[B, C8, S/8, S/8], [B, C16, S/16, S/16]]``, aggregated, float32."""
+def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3,
+          tiles: TileLayout | None = None) -> list[Tensor]:
+    """``[B, 1 or 3, H, W] -> [[B, C8, H/8, W/8], [B, C16, H/16, W/16]]``, aggregated, float32;
+    through ``tiles`` when given and more than one."""
     images = images.to(next(extractor.parameters()).device, non_blocking=True)
-    return aggregate_maps(extractor(images), pool_size)
+    if images.shape[1] == 1:
+        images = expand_gray(images, extractor.info.mean, extractor.info.std)
+    if tiles is None or tiles.single:
+        return aggregate_maps(extractor(images), pool_size)
+    return aggregate_maps(tiled_features(extractor, images, tiles), pool_size)
+
+
+def expand_gray(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """One normalised gray channel (normalised with the first channel's ``mean`` and ``std``, as
+    :class:`~fapm_lib.data.transform.Transform` does) -> the three channels of the gray image
+    normalised channel by channel: ``x_c = (y s_0 + m_0 - m_c) / s_c``, ``[B, 1, H, W] -> [B, 3, H, W]``."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    if torch.equal(m, m[:, :1].expand_as(m)) and torch.equal(s, s[:, :1].expand_as(s)):
+        return images.repeat(1, 3, 1, 1)  # equal statistics per channel: a plain copy
+    return images * (s[:, :1] / s) + (m[:, :1] - m) / s
+
+
+def tiled_features(extractor: FeatureExtractor, images: Tensor, tiles: TileLayout) -> list[Tensor]:
+    """The backbone's raw maps of ``images [B, 3, Hp, Wp]`` computed tile by tile and blended:
+    per layer ``[B, C, Hp / stride, Wp / stride]``."""
+    (th, tw), (hp, wp) = tiles.size, tiles.padded
+    strides = extractor.info.strides
+    weights = [(blend_weights(tiles.ys, th, hp, s).to(images), blend_weights(tiles.xs, tw, wp, s).to(images))
+               for s in strides]
+    positions = [(iy, ix) for iy in range(len(tiles.ys)) for ix in range(len(tiles.xs))]
+    out: list[Tensor] = []
+    batch = images.shape[0]
+    for first in range(0, len(positions), TILES_PER_CALL):
+        chunk = positions[first : first + TILES_PER_CALL]
+        crops = torch.cat([images[..., tiles.ys[iy] : tiles.ys[iy] + th, tiles.xs[ix] : tiles.xs[ix] + tw]
+                           for iy, ix in chunk])  # [n * B, 3, th, tw]
+        for layer, (feature, stride, (wy, wx)) in enumerate(zip(extractor(crops), strides, weights)):
+            feature = feature.float()
+            if len(out) <= layer:
+                out.append(feature.new_zeros(batch, feature.shape[1], hp // stride, wp // stride))
+            for i, (iy, ix) in enumerate(chunk):
+                y, x = tiles.ys[iy] // stride, tiles.xs[ix] // stride
+                weight = wy[iy][:, None] * wx[ix][None, :]  # [th / s, tw / s]
+                tile_feature = feature[i * batch : (i + 1) * batch]
+                out[layer][..., y : y + th // stride, x : x + tw // stride] += tile_feature * weight
+    return out
 
 
 def aggregate_maps(features: list[Tensor], pool_size: int = 3) -> list[Tensor]:

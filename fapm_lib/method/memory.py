@@ -9,6 +9,9 @@ training vectors: :mod:`fapm_lib.method.memory_builders`; how they grow without 
 """
 from __future__ import annotations
 
+import math
+from typing import Any, Callable, Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -69,6 +72,51 @@ class LayerMemory(nn.Module):
             start += size
         nearest = parts[0] if len(parts) == 1 else torch.cat(parts)
         return nearest.index_select(0, self.inverse)
+
+    def search_around(self, queries: Tensor, grid: tuple[int, int], reach: int, k: int) -> Tensor:
+        """:meth:`search`, each region's queries also searched in the banks of the regions up to
+        ``reach`` rings around it on the ``grid`` (rows, cols) (0: the own bank only, FAPM's
+        rule; 1: the 3 x 3 block, for parts that shift by up to a region): ``[R, Q, C] -> [R, Q, k]``,
+        the k smallest over all those banks. One :meth:`search` per offset."""
+        if reach == 0:
+            return self.search(queries, k)
+        found = [distances for distances, _ in self._around(queries, grid, reach, lambda q: (self.search(q, k),))]
+        return smallest(torch.cat(found, dim=-1), k)
+
+    def search_sources_around(self, queries: Tensor, grid: tuple[int, int],
+                              reach: int) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`search_sources` over the banks :meth:`search_around` searches: ``[R, Q, C] ->``
+        (1-NN distance, source row, the region whose bank holds it), each ``[R, Q]``."""
+        rows, cols = grid
+        if reach == 0:
+            distances, sources = self.search_sources(queries)
+            own = torch.arange(rows * cols, device=queries.device)[:, None].expand_as(sources)
+            return distances, sources, own
+        parts = list(self._around(queries, grid, reach, lambda q: self.search_sources(q)))
+        distances = torch.stack([d for (d, _), _ in parts])  # [offsets, R, Q]
+        best = distances.argmin(dim=0, keepdim=True)
+        sources = torch.stack([s for (_, s), _ in parts]).gather(0, best)[0]
+        regions = torch.stack([r for _, r in parts]).gather(0, best)[0]
+        return distances.gather(0, best)[0], sources, regions
+
+    def _around(self, queries: Tensor, grid: tuple[int, int], reach: int,
+                search: Callable[[Tensor], tuple[Tensor, ...]]) -> Iterator[tuple[Any, Tensor]]:
+        """For each offset ``(dy, dx)`` within ``reach``: ``search`` run on the queries moved to
+        the region at that offset (each bank answers its neighbour's queries), its results moved
+        back (``inf`` where the neighbour lies outside the grid), and the answering regions
+        ``[R, Q]``. ``search``: ``[R, Q, C] ->`` a tuple of ``[R, Q, ...]`` tensors."""
+        rows, cols = grid
+        cells = queries.reshape(rows, cols, *queries.shape[1:])
+        ids = torch.arange(rows * cols, device=queries.device).reshape(rows, cols, 1)
+        ids = ids.expand(rows, cols, queries.shape[1])
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                moved = _shift(cells, dy, dx, 0.0).reshape(queries.shape)
+                results = search(moved)
+                back = [_shift(r.reshape(rows, cols, *r.shape[1:]), -dy, -dx, math.inf if r.is_floating_point() else 0)
+                        .reshape(r.shape) for r in results]
+                answering = _shift(ids, -dy, -dx, 0).reshape(rows * cols, -1)  # [a, b] -> (a + dy, b + dx)
+                yield (back[0] if len(back) == 1 else tuple(back)), answering
 
     def search_sources(self, queries: Tensor) -> tuple[Tensor, Tensor]:
         """The nearest memory vector of each query in its own region's bank, and where it came
@@ -147,3 +195,13 @@ def smallest(values: Tensor, k: int) -> Tensor:
 def _finish(partial: Tensor, queries: Tensor) -> Tensor:
     """Add ``|q|^2`` to the picked partial distances ``[G, Q, k]`` and take the root (in place)."""
     return partial.add_(queries.pow(2).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
+
+
+def _shift(x: Tensor, dy: int, dx: int, fill: float) -> Tensor:
+    """``x [rows, cols, ...]`` moved by ``(dy, dx)`` regions: ``y[gy, gx] = x[gy - dy, gx - dx]``,
+    ``fill`` where that lies outside."""
+    rows, cols = x.shape[:2]
+    y = torch.full_like(x, fill)
+    y[max(dy, 0) : rows + min(dy, 0), max(dx, 0) : cols + min(dx, 0)] = \
+        x[max(-dy, 0) : rows - max(dy, 0), max(-dx, 0) : cols - max(dx, 0)]
+    return y

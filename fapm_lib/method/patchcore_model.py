@@ -19,13 +19,15 @@ PATCHCORE_PROJECTION = 128
 
 
 class PatchCoreModel(AnomalyModel):
-    """PatchCore inference: ``images [B, 3, S, S]`` -> :class:`~fapm_lib.method.scoring.Prediction`;
+    """PatchCore inference: ``images [B, C, H, W]`` -> :class:`~fapm_lib.method.scoring.Prediction`;
     every query searches the whole ``bank [M, C8 + C16]`` (a buffer)."""
 
-    def __init__(self, backbone: FeatureExtractor | None, bank: Tensor, *, pool_size: int = 3, input_size: int = 224,
-                 blur_sigma: float = 4.0, image_score: str = "max", k: int = 1, query_chunk: int = 4096) -> None:
-        super().__init__(backbone, pool_size=pool_size, input_size=input_size, blur_sigma=blur_sigma,
-                         image_score=image_score, k=k)
+    def __init__(self, backbone: FeatureExtractor | None, bank: Tensor, *, pool_size: int = 3,
+                 canvas: int | tuple[int, int] = 224, padded: tuple[int, int] | None = None, tile: int = 512,
+                 tile_overlap: int = 64, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
+                 query_chunk: int = 4096) -> None:
+        super().__init__(backbone, pool_size=pool_size, canvas=canvas, padded=padded, tile=tile,
+                         tile_overlap=tile_overlap, blur_sigma=blur_sigma, image_score=image_score, k=k)
         if k > bank.shape[0]:
             raise ConfigError(f"k={k} exceeds the memory bank ({bank.shape[0]} vectors)")
         # one bank for every position: a single "region", searched by the same kernel as FAPM's banks
@@ -33,9 +35,12 @@ class PatchCoreModel(AnomalyModel):
         self.query_chunk = query_chunk
 
     @classmethod
-    def from_config(cls, config: FAPMConfig, backbone: FeatureExtractor | None, bank: Tensor) -> "PatchCoreModel":
-        return cls(backbone, bank, pool_size=config.pool_size, input_size=config.input_size,
-                   blur_sigma=config.blur_sigma, image_score=config.image_score, k=config.search_k)
+    def from_config(cls, config: FAPMConfig, backbone: FeatureExtractor | None, bank: Tensor,
+                    canvas: tuple[int, int], padded: tuple[int, int]) -> "PatchCoreModel":
+        """The module for a :class:`~fapm_lib.config.FAPMConfig`'s settings and a fit's canvas."""
+        return cls(backbone, bank, pool_size=config.pool_size, canvas=canvas, padded=padded, tile=config.tile,
+                   tile_overlap=config.tile_overlap, blur_sigma=config.blur_sigma, image_score=config.image_score,
+                   k=config.search_k)
 
     @property
     def bank(self) -> Tensor:

@@ -1,4 +1,6 @@
-"""Split feature maps into a grid of regions ("patches") and merge per-position values back."""
+"""Steps 2 and 4: split feature maps into a grid of regions ("patches"), ``rows x cols`` of them,
+and merge per-position values back. A grid is given as ``(rows, cols)``, or as one number for a
+square grid (the paper's 7 x 7 on its square input)."""
 from __future__ import annotations
 
 import torch
@@ -7,43 +9,68 @@ from torch import Tensor
 from ..errors import ConfigError
 
 
-def split_regions(features: Tensor, grid: int) -> Tensor:
-    """``[B, C, H, W] -> [R, B*s*s, C]`` with ``R = grid**2`` and ``s = H / grid``.
+def split_regions(features: Tensor, grid: int | tuple[int, int]) -> Tensor:
+    """``[B, C, H, W] -> [R, B*sy*sx, C]`` with ``R = rows * cols``, ``sy = H / rows``, ``sx = W / cols``.
 
-    Region ``r = gy * grid + gx``; within a region, rows are ordered (image, y, x): in einops
+    Region ``r = gy * cols + gx``; within a region, rows are ordered (image, y, x): in einops
     notation ``b c (gy sy) (gx sx) -> (gy gx) (b sy sx) c``. Written with ``reshape`` and
     ``permute`` and ``-1`` for the batch, so a traced (exported) model keeps a dynamic batch.
     """
+    rows, cols = grid_shape(grid)
     channels, height, width = features.shape[1:]
-    side = height // grid if torch.jit.is_tracing() else check_grid(height, width, grid)  # traced sizes are tensors
-    regions = features.reshape(-1, channels, grid, side, grid, width // grid)  # b c gy sy gx sx
+    if not torch.jit.is_tracing():  # traced sizes are tensors
+        check_grid(height, width, (rows, cols))
+    regions = features.reshape(-1, channels, rows, height // rows, cols, width // cols)  # b c gy sy gx sx
     # contiguous: the same values in another memory layout would round differently in bmm (the
     # reshape alone returns a view when a region is one cell)
-    return regions.permute(2, 4, 0, 3, 5, 1).reshape(grid * grid, -1, channels).contiguous()
+    return regions.permute(2, 4, 0, 3, 5, 1).reshape(rows * cols, -1, channels).contiguous()
 
 
-def merge_regions(values: Tensor, grid: int, height: int, width: int) -> Tensor:
-    """``[R, B*s*s, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`
+def merge_regions(values: Tensor, grid: int | tuple[int, int], height: int, width: int) -> Tensor:
+    """``[R, B*sy*sx, ...] -> [B, H, W, ...]``: the inverse of :func:`split_regions`
     (``(gy gx) (b sy sx) ... -> b (gy sy) (gx sx) ...``)."""
-    sy, sx = height // grid, width // grid
+    rows, cols = grid_shape(grid)
+    sy, sx = height // rows, width // cols
     tail = tuple(values.shape[2:])
-    cells = values.reshape(grid, grid, -1, sy, sx, *tail)  # gy gx b sy sx ...
+    cells = values.reshape(rows, cols, -1, sy, sx, *tail)  # gy gx b sy sx ...
     order = (2, 0, 3, 1, 4, *range(5, cells.ndim))  # b gy sy gx sx ...
     return cells.permute(order).reshape(-1, height, width, *tail)
 
 
-def check_grid(height: int, width: int, grid: int, what: str = "feature map",
-               options: list[int] | None = None) -> int:
-    """Side ``s`` of one region; ConfigError when ``grid`` does not divide the map.
+def grid_shape(grid: int | tuple[int, int]) -> tuple[int, int]:
+    """``(rows, cols)`` of a grid given as one number (square) or a pair."""
+    if isinstance(grid, int):
+        return grid, grid
+    rows, cols = grid
+    return int(rows), int(cols)
 
-    ``options``: the grids to suggest (default: those that divide this map)."""
-    if height % grid or width % grid:
+
+def region_count(grid: int | tuple[int, int]) -> int:
+    """Regions of a grid, ``rows * cols``."""
+    rows, cols = grid_shape(grid)
+    return rows * cols
+
+
+def cells_per_region(feature_size: tuple[int, int], grid: int | tuple[int, int]) -> int:
+    """Vectors one image gives one region of a ``(h, w)`` map: ``(h / rows) * (w / cols)``."""
+    rows, cols = grid_shape(grid)
+    return (int(feature_size[0]) // rows) * (int(feature_size[1]) // cols)
+
+
+def check_grid(height: int, width: int, grid: int | tuple[int, int], what: str = "feature map",
+               options: list[int] | None = None) -> tuple[int, int]:
+    """A region's ``(sy, sx)`` cells; ConfigError when ``grid`` does not divide the map.
+
+    ``options``: the square grids to suggest (default: those that divide this map)."""
+    rows, cols = grid_shape(grid)
+    if height % rows or width % cols:
         options = options or valid_grids(height, width)
+        named = f"{rows}" if rows == cols and isinstance(grid, int) else f"{rows}x{cols}"
         raise ConfigError(
-            f"grid={grid} does not divide the {height}x{width} {what}; pick one that divides every feature map "
+            f"grid={named} does not divide the {height}x{width} {what}; pick one that divides every feature map "
             f"(e.g. {', '.join(map(str, options))})"
         )
-    return height // grid
+    return height // rows, width // cols
 
 
 def valid_grids(*sizes: int) -> list[int]:
@@ -61,7 +88,7 @@ class RegionFeatureBuffer:
     """Accumulates one layer's region-split features ``[R, N*s*s, C]`` batch by batch, without
     keeping images or a second copy (preallocated when the image count is known)."""
 
-    def __init__(self, grid: int, n_images: int | None) -> None:
+    def __init__(self, grid: int | tuple[int, int], n_images: int | None) -> None:
         self.grid, self.n_images = grid, n_images
         self.buffer: Tensor | None = None
         self.chunks: list[Tensor] = []

@@ -1,4 +1,4 @@
-"""From per-layer nearest-neighbour distances to an anomaly map and an image score."""
+"""Steps 5 to 8: from per-layer nearest-neighbour distances to an anomaly map and an image score."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+
+from .geometry import valid_cells
+from .regions import grid_shape
 
 ALIGNMENTS = ("aligned", "official")
 
@@ -22,8 +25,8 @@ class Prediction(NamedTuple):
     patch_scores: Tensor
 
 
-def align_layer(distances: Tensor, fine: int, alignment: str = "aligned", grid: int = 7) -> Tensor:
-    """One layer's distances ``[B, h, w, k]`` onto the ``fine x fine`` layer-2 grid:
+def align_layer(distances: Tensor, fine: int, alignment: str = "aligned", grid: int | tuple[int, int] = 7) -> Tensor:
+    """One layer's distances ``[B, h, w, k]`` onto the layer-2 grid, ``fine`` cells high:
     ``aligned`` (:func:`upsample_nearest`, the 2x2 tiling, the library's) or ``official`` (:func:`upsample_official`,
     the official code's, for comparison)."""
     factor = fine // distances.shape[1]
@@ -48,7 +51,7 @@ def upsample_nearest(coarse: Tensor, factor: int) -> Tensor:
     return coarse.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
 
 
-def upsample_official(coarse: Tensor, factor: int, grid: int) -> Tensor:
+def upsample_official(coarse: Tensor, factor: int, grid: int | tuple[int, int]) -> Tensor:
     """The official FAPM code's version of :func:`upsample_nearest` (for comparison only):
     ``[B, h, w, ...] -> [B, h*f, w*f, ...]``, computed per region of the ``grid x grid`` grid.
 
@@ -58,8 +61,9 @@ def upsample_official(coarse: Tensor, factor: int, grid: int) -> Tensor:
     ``(y // f, x // f)`` above it. At ``f = 2`` (coarse 2x2 cells per region, fine 4x4) fine
     row ``y`` takes coarse cell ``(y // 2, y % 2)`` for the whole row: 8 of the 16 fine cells of
     every region, 392 of the 784 fine cells of a 28x28 map, get a neighbouring cell's value."""
-    h, w = coarse.shape[1] // grid, coarse.shape[2] // grid  # coarse cells per region, each way
-    regions = rearrange(coarse, "b (gy sy) (gx sx) ... -> b gy gx (sy sx) ...", gy=grid, gx=grid)
+    rows, cols = grid_shape(grid)
+    h, w = coarse.shape[1] // rows, coarse.shape[2] // cols  # coarse cells per region, each way
+    regions = rearrange(coarse, "b (gy sy) (gx sx) ... -> b gy gx (sy sx) ...", gy=rows, gx=cols)
     fine = regions.repeat_interleave(factor * factor, dim=3)  # flat coarse index c -> fine (c f^2 .. c f^2 + f^2 - 1)
     return rearrange(fine, "b gy gx (sy sx) ... -> b (gy sy) (gx sx) ...", sy=h * factor, sx=w * factor)
 
@@ -77,15 +81,32 @@ def fuse_layers(aligned: list[Tensor]) -> Tensor:
     return total
 
 
-def postprocess(knn: Tensor, size: int, sigma: float = 4.0, mode: str = "max") -> Prediction:
+def postprocess(knn: Tensor, size: int | tuple[int, int], sigma: float = 4.0, mode: str = "max",
+                padded: tuple[int, int] | None = None) -> Prediction:
     """Fused nearest distances ``[B, H8, W8, k]`` -> :class:`Prediction`: the anomaly map
-    (:func:`anomaly_map` of the 1-NN distances) and the image score (:func:`image_score`)."""
-    patch = knn[..., 0]
-    return Prediction(anomaly_map(patch, size, sigma), image_score(knn, mode), patch)
+    (:func:`anomaly_map` of the 1-NN distances) at ``size`` ``(H, W)`` and the image score
+    (:func:`image_score`). With ``padded`` (native resolution: the distances cover the canvas
+    padded to whole regions), the map is made at the padded size and cut to ``size``, and the
+    score and the patch scores read only the cells that hold image pixels (:func:`valid_knn`)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if padded is None or tuple(padded) == (height, width):
+        patch = knn[..., 0]
+        return Prediction(anomaly_map(patch, (height, width), sigma), image_score(knn, mode), patch)
+    amap = anomaly_map(knn[..., 0], padded, sigma)[:, :height, :width]
+    valid = valid_knn(knn, (height, width), padded)
+    return Prediction(amap, image_score(valid, mode), valid[..., 0])
 
 
-def anomaly_map(patch_scores: Tensor, size: int, sigma: float = 4.0) -> Tensor:
-    """``[B, H, W] -> [B, size, size]``: bilinear upsampling, then a Gaussian blur (reflect border).
+def valid_knn(knn: Tensor, canvas: tuple[int, int], padded: tuple[int, int]) -> Tensor:
+    """The distances ``[B, H8, W8, k]`` of the cells that hold pixels of the ``canvas`` (the rest
+    covers the padding up to ``padded``): ``-> [B, ceil(H / 8), ceil(W / 8), k]``."""
+    rows, cols = valid_cells(canvas, padded[0] // knn.shape[1])
+    return knn[:, :rows, :cols]
+
+
+def anomaly_map(patch_scores: Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> Tensor:
+    """``[B, h, w] -> [B, H, W]`` (``size``: ``(H, W)``, or one side of a square): bilinear
+    upsampling, then a Gaussian blur (reflect border).
 
     Both steps are linear and separable, so they are applied as one precomputed matrix per
     axis: ``A_h @ X @ A_w.T`` with ``A [size, H]`` (see :func:`resize_blur_operator`). This equals
@@ -93,8 +114,10 @@ def anomaly_map(patch_scores: Tensor, size: int, sigma: float = 4.0) -> Tensor:
     rounding, at a fraction of the cost of a 33-tap blur on the full-size map.
     """
     h, w = (int(n) for n in patch_scores.shape[-2:])  # python ints, also when traced: the operator is a constant
-    rows = resize_blur_operator(h, size, sigma, patch_scores.device, patch_scores.dtype)
-    cols = rows if w == h else resize_blur_operator(w, size, sigma, patch_scores.device, patch_scores.dtype)
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    rows = resize_blur_operator(h, height, sigma, patch_scores.device, patch_scores.dtype)
+    same = (w, width) == (h, height)
+    cols = rows if same else resize_blur_operator(w, width, sigma, patch_scores.device, patch_scores.dtype)
     return rows @ patch_scores @ cols.T
 
 

@@ -178,8 +178,7 @@ def model_settings(model) -> dict[str, Any]:
     ratios, scoring, calibration and thresholds, training images, updates."""
     config, cal = model.config, getattr(model, "calibration", None)
     out: dict[str, Any] = {
-        "backbone": config.backbone, "input": f"resize {config.resize}, centre crop {config.crop_size}",
-        "region grid": f"{config.grid} x {config.grid}", "coreset ratio r": config.coreset_ratio,
+        "backbone": config.backbone, "input": config.input_description(), "coreset ratio r": config.coreset_ratio,
         "adaptive multiplier a": config.adaptive_multiplier, "sampling": config.sampling,
         "image score": config.image_score, "k": config.search_k}
     if cal is not None:

@@ -152,7 +152,8 @@ def fit_layers(layers: list[RegionSource], rows_per_image: list[int], config: FA
     with JobRunner(scheduler, label="regions", quiet=True) as runner:
         fit = _Fit(config, layers, rows_per_image, runner, progress, regions_per_job)
         n = fit.n_images
-        method = resolve_method(config, n, [(p, src.dim) for p, src in zip(rows_per_image, layers)])
+        method = resolve_method(config, n, [(p, src.dim) for p, src in zip(rows_per_image, layers)],
+                                layers[0].n_regions)
         folds = fold_count(n, config.calibration_folds) if keep_neighbours and n >= 2 else 0
         final, by_fold = [], []
         for layer in range(len(layers)):

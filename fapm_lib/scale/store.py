@@ -130,7 +130,7 @@ class LayerStoreWriter:
     ``n_images`` known: positional writes straight into the region layout. None: the batches
     are appended to a spool file, reorganised by region in :meth:`finish`."""
 
-    def __init__(self, path: Path, grid: int, n_images: int | None) -> None:
+    def __init__(self, path: Path, grid: tuple[int, int], n_images: int | None) -> None:
         self.path, self.grid, self.capacity = path, grid, n_images
         self.filled = 0
         self.shape: tuple[int, int, int] | None = None  # R, s*s, C
@@ -230,6 +230,6 @@ class FeatureStore:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
 
-    def writer(self, layer: int, grid: int, n_images: int | None) -> LayerStoreWriter:
+    def writer(self, layer: int, grid: tuple[int, int], n_images: int | None) -> LayerStoreWriter:
         assert self.root is not None, "use FeatureStore in a with block"
         return LayerStoreWriter(self.root / f"layer{layer}.f32", grid, n_images)

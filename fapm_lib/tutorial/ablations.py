@@ -126,7 +126,7 @@ def run_ablation(features: CategoryFeatures, extractor: FeatureExtractor, base: 
     differ only at scoring time share one fit. A variant whose settings cannot be fitted on this
     data (a ConfigError, e.g. ``k`` above the smallest bank) gets empty values and the reason in
     ``refused``; the other rows have ``refused == ""``."""
-    base = base or FAPMConfig(backbone=extractor.info.name)
+    base = base or FAPMConfig(backbone=extractor.info.name, resize=256, crop_size=224)  # the paper's protocol
     variants = variants if variants is not None else default_variants()
     fitted: dict[tuple, FAPM] = {}
     rows = []

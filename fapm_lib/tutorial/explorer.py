@@ -109,6 +109,9 @@ class Explorer:
     def __init__(self, model: FAPM, train_maps: list[Tensor], test_maps: list[Tensor], labels: Tensor,
                  masks: Tensor | None, images: np.ndarray, examples: Sequence[int], titles: Sequence[str],
                  pixel_stride: int = 4) -> None:
+        if model.config.native:
+            raise ConfigError("the explorer's grid slider acts on the paper's square input: build the model with "
+                              "resize and crop_size (e.g. resize=256, crop_size=224)")
         self.model = FAPM(model.config, model.device, extractor=model.extractor)
         self.config = model.config
         self.train_maps = [m.to(model.device) for m in train_maps]

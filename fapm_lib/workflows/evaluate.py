@@ -46,8 +46,8 @@ def run_evaluate_all(args: argparse.Namespace) -> int:
     jobs = [Job(c, evaluate_job, (values, c, str(out))) for c in categories]
     outcome = run_jobs(jobs, args.scheduler, label="fit + evaluate", debug=args.debug)
     notes = [f"data: {args.data_root}",
-             f"backbone: {config.backbone}, input {config.input_size}x{config.input_size}, device {args.device}",
-             f"FAPM: grid {config.grid}x{config.grid}, r = {config.coreset_ratio}, a = {config.adaptive_multiplier}, "
+             f"backbone: {config.backbone}, input: {config.input_description()}, device {args.device}",
+             f"FAPM: r = {config.coreset_ratio}, a = {config.adaptive_multiplier}, "
              f"k = {config.k}", "per category: <category>/metrics.json, model.safetensors, heatmaps/"]
     path = write_summary(out, {"FAPM": outcome.results}, f"FAPM over {len(categories)} categories", notes,
                          outcome.failures)

@@ -19,8 +19,9 @@ from ..deploy.graph_export import (
     export_model,
     parity,
     parse_batch_size,
+    preprocessing,
 )
-from ..deploy.run_fapm import load_rgb, resize_crop
+from ..deploy.run_fapm import load_rgb, prepare
 from ..detectors.fapm import FAPM
 from ..errors import ConfigError, ModelFileError
 
@@ -37,8 +38,8 @@ def run_export(args: argparse.Namespace) -> int:
     if args.int8:
         if not args.data_root or not args.category:
             raise ConfigError("--int8 needs --data-root and --category (its training images calibrate the ranges)")
-        cfg = model.config
-        int8_images = [resize_crop(load_rgb(s.path, cfg.resize), cfg.resize, cfg.crop_size)
+        pre = preprocessing(model)
+        int8_images = [prepare(load_rgb(s.path, pre["resize"], pre["channels"]), pre, str(s.path))
                        for s in list_samples(args.data_root, args.category, "train")]
     elif args.data_root or args.category:
         raise ConfigError("--data-root/--category are only used with --int8")
@@ -47,8 +48,8 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     size_mb = sum((out / f).stat().st_size for f in meta["files"]) / 2**20
     print(f"wrote {out}: {', '.join(meta['files'])} ({size_mb:.1f} MB), {RUNNER}, {SIDECAR}; "
-          f"input uint8 {meta['input']['shape']} (NHWC, RGB, resized {model.config.resize} and cropped "
-          f"{model.config.crop_size}), batch {meta['batch_size']}")
+          f"input uint8 {meta['input']['shape']} (NHWC, {meta['input']['channels']}; {meta['preprocessing']['rule']}), "
+          f"batch {meta['batch_size']}")
     if meta["calibration"] is None:
         print("no calibration in this model: the graph outputs anomaly_map, raw_score and patch_scores only "
               "(no normalised score, decision or mask)")

@@ -24,8 +24,8 @@ def run_fit_all(args: argparse.Namespace) -> int:
     jobs = [Job(c, fit_job, (values, c, str(out))) for c in categories]
     outcome = run_jobs(jobs, args.scheduler, label="fit", debug=args.debug)
     lines = [f"# FAPM fits over {len(categories)} categories", "",
-             f"- data: {args.data_root}; backbone: {config.backbone}, input {config.input_size}",
-             f"- FAPM: grid {config.grid}x{config.grid}, r = {config.coreset_ratio}, a = {config.adaptive_multiplier}",
+             f"- data: {args.data_root}; backbone: {config.backbone}, input: {config.input_description()}",
+             f"- FAPM: r = {config.coreset_ratio}, a = {config.adaptive_multiplier}",
              "", "| category | training images | memory vectors | memory MB | model |", "|---|---|---|---|---|"]
     for c, r in outcome.results.items():
         lines.append(f"| {c} | {r['n_train']} | {r['vectors']} | {r['megabytes']:.2f} | {c}/{MODEL_FILE} |")

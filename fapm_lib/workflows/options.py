@@ -9,7 +9,8 @@ from ..errors import ConfigError
 #: Option name -> FAPMConfig field type, for the optional tuning flags (``--coreset-ratio`` ...).
 TUNING_FLAGS = {"coreset_ratio": float, "adaptive_multiplier": float, "grid": int, "k": int,
                 "sampling": str, "image_score": str, "batch_size": int, "coreset_method": str,
-                "coreset_cell_size": int}
+                "coreset_cell_size": int, "resize": int, "crop_size": int, "scale": float, "region_size": int,
+                "tile": int, "tile_overlap": int, "neighbour_regions": int}
 #: Calibration flags of fit / evaluate / demo -> FAPMConfig field.
 CALIBRATION_FLAGS = {"calibration_folds": int, "calibration_images": int, "false_alarm_rate": float}
 

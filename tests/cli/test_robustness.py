@@ -165,11 +165,11 @@ def test_missing_prediction_input(capsys, tmp_path: Path, model_files: dict) -> 
     ("yaml_text", "expected"),
     [
         (TINY_REWEIGHTED_YAML + "gridd: 2\n", "unknown key 'gridd'"),
-        (TINY_REWEIGHTED_YAML.replace("grid: 2", "grid: two"), "key 'grid' expects int, got str 'two'"),
+        (TINY_REWEIGHTED_YAML.replace("grid: 2", "grid: two"), "key 'grid' expects int or null, got str 'two'"),
         (TINY_REWEIGHTED_YAML.replace("coreset_ratio: 0.5", "coreset_ratio: '0.5'"),
          "key 'coreset_ratio' expects float"),
         (TINY_REWEIGHTED_YAML.replace("k: 2", "k: 2.0"), "key 'k' expects int, got float"),
-        (TINY_REWEIGHTED_YAML.replace("grid: 2", "grid: [2]"), "key 'grid' expects int, got list"),
+        (TINY_REWEIGHTED_YAML.replace("grid: 2", "grid: [2]"), "key 'grid' expects int or null, got list"),
         (TINY_REWEIGHTED_YAML + "category: [a]\n", "key 'category' expects str"),
         ("grid: [2\n", "not valid YAML"),
         ("- grid\n- 2\n", "expected a mapping of keys to values, got list"),

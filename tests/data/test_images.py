@@ -160,7 +160,8 @@ def test_exif_rotated_jpeg_is_upright(tmp_path: Path) -> None:
     image = load_image(path)
     assert image.size == (32, 64)  # tall once upright: red on top, blue below
     assert image.getpixel((16, 8))[0] > 200 and image.getpixel((16, 56))[2] > 200
-    assert Transform().image(image).shape == (3, 224, 224)
+    assert Transform().image(image).shape == (3, 64, 32)  # native: the upright image's own pixels
+    assert Transform(resize=256, crop_size=224).image(image).shape == (3, 224, 224)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (300, 100), (100, 300), (33, 90)])
@@ -168,7 +169,8 @@ def test_small_and_non_square_images(tmp_path: Path, image_writer, size: tuple[i
     image = load_image(image_writer(tmp_path / "x.png", size))
     assert image.size == size
     x = Transform().image(image)
-    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    assert x.shape == (3, size[1], size[0]) and x.dtype == torch.float32  # native: nothing cropped
+    assert Transform(resize=256, crop_size=224).image(image).shape == (3, 224, 224)
 
 
 def test_very_large_png_reads_correctly(tmp_path: Path) -> None:
@@ -183,7 +185,8 @@ def test_very_large_png_reads_correctly(tmp_path: Path) -> None:
     assert image.getpixel((0, 0)) == (30, 60, 90)
     assert image.getpixel((1500, 1500)) == (250, 10, 10)
     assert image.getpixel((7999, 5999)) == (0, 255, 0)
-    assert Transform().image(image).shape == (3, 224, 224)
+    assert Transform(scale=0.05).image(image).shape == (3, 300, 400)
+    assert Transform(resize=256, crop_size=224).image(image).shape == (3, 224, 224)
 
 
 def test_large_jpeg_decoded_at_reduced_scale_only_when_it_keeps_twice_the_target(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from fapm_lib.errors import ConfigError
 from tests.helpers import REPO, box_jpeg, data_error, truncated_copy
 
 SMALL = Transform(resize=64, crop_size=56)
+PROTOCOL = Transform(resize=256, crop_size=224)  # the paper's
 
 
 # --------------------------------------------------------------------------- listing
@@ -219,7 +220,7 @@ def test_reduced_scale_jpeg_stays_aligned_with_its_full_size_mask(make_mvtec, ma
     box = (800, 600, 1700, 1300)
     box_jpeg(root / "widget" / "test" / "crack" / "000.jpg", (2400, 1800), box)
     mask_writer(root / "widget" / "ground_truth" / "crack" / "000_mask.png", (2400, 1800), box)
-    item = MVTecDataset(root, "widget", "test")[0]
+    item = MVTecDataset(root, "widget", "test", transform=PROTOCOL)[0]
     bright = item["image"].mean(dim=0) > 0.5
     overlap = (bright & item["mask"]).sum() / (bright | item["mask"]).sum()
     assert overlap > 0.97
@@ -229,7 +230,10 @@ def test_reduced_scale_jpeg_stays_aligned_with_its_full_size_mask(make_mvtec, ma
 
 
 def test_dataset_items(tiny_mvtec: Path) -> None:
-    dataset = MVTecDataset(tiny_mvtec, "widget", "test")
+    native = MVTecDataset(tiny_mvtec, "widget", "test")[0]  # the default: the image's own pixels
+    with Image.open(native["path"]) as pil:
+        assert native["image"].shape[-2:] == native["mask"].shape == (pil.height, pil.width)
+    dataset = MVTecDataset(tiny_mvtec, "widget", "test", transform=PROTOCOL)
     item = dataset[0]
     assert set(item) == {"image", "mask", "label", "defect_type", "path"}
     assert item["image"].shape == (3, 224, 224) and item["image"].dtype == torch.float32
@@ -347,7 +351,8 @@ def test_random_trees_round_trip(spec: dict, image_writer, mask_writer) -> None:
         dataset = MVTecDataset(root, spec["category"], "test", transform=SMALL)
         assert dataset.has_masks == (spec["masks"] and len(spec["test"]) > 1)
         for item, (_, label, _), mask in zip(dataset, expected_test, expected_masks, strict=True):
-            assert item["image"].shape == (3, 56, 56) and item["image"].dtype == torch.float32
+            assert item["image"].shape == (dataset.transform.channels, 56, 56)  # a gray set stays gray
+            assert item["image"].dtype == torch.float32
             assert item["mask"].shape == (56, 56) and item["mask"].dtype == torch.bool
             assert item["label"] == label and bool(item["mask"].any()) == (mask is not None)
 
@@ -364,13 +369,14 @@ needs_bottle = pytest.mark.skipif(
 @needs_bottle
 def test_real_bottle_counts() -> None:
     train = MVTecDataset(SHARED_ROOT, "bottle", "train")
-    test = MVTecDataset(SHARED_ROOT, "bottle", "test")
+    test = MVTecDataset(SHARED_ROOT, "bottle", "test", transform=PROTOCOL)
     assert len(train) == 209 and train.has_masks
     assert len(test) == 83 and test.has_masks
     assert sum(s.label == 0 for s in test.samples) == 20
     assert sum(s.label == 1 for s in test.samples) == 63
     assert {s.defect_type for s in test.samples} == {"good", "broken_large", "broken_small", "contamination"}
-    assert train[0]["image"].shape == (3, 224, 224)
+    assert train[0]["image"].shape == (3, 256, 256)  # native: the files' own size
+    assert test[0]["image"].shape == (3, 224, 224)
 
 
 @needs_bottle

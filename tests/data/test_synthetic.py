@@ -16,6 +16,7 @@ from fapm_lib.data.synthetic import (
     ensure_dataset,
     generate_category,
     generate_dataset,
+    long_part,
     plot_overview,
     render,
     render_sample,
@@ -54,14 +55,18 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_catalogue_has_textures_and_objects_with_distinct_names() -> None:
     kinds = [spec.kind for spec in CATEGORIES.values()]
     assert len(CATEGORIES) >= 6
-    assert kinds.count("texture") >= 3 and kinds.count("object") >= 3
-    assert set(kinds) <= {"texture", "object"}
+    assert kinds.count("texture") >= 3 and kinds.count("object") >= 3 and kinds.count("long") >= 1
+    assert set(kinds) <= {"texture", "object", "long"}
+    assert all(spec.aspect != (1, 1) for spec in CATEGORIES.values() if spec.kind == "long")
     assert not set(CATEGORIES) & MVTEC_NAMES
     for name, spec in CATEGORIES.items():
         assert spec.name == name and spec.description
         assert len(spec.defects) >= 3 and "good" not in spec.defects
         assert set(spec.defect_notes) == set(spec.defects)
-        assert set(render.PAINTERS[name][1]) == set(spec.defects)
+        if spec.kind == "long":
+            assert set(long_part.DEFECTS) == set(spec.defects)
+        else:
+            assert set(render.PAINTERS[name][1]) == set(spec.defects)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -71,6 +76,7 @@ def test_layout_matches_mvtec(small_root: Path) -> None:
     assert names(small_root) == set(CATEGORIES)          # no hidden work directories left
     for category, spec in CATEGORIES.items():
         cat = small_root / category
+        size = tuple(reversed(spec.shape(SMALL)))  # (width, height): square, or the long part's aspect
         assert names(cat) == {"train", "test", "ground_truth"}
         assert names(cat / "train") == {"good"}
         assert names(cat / "test") == {"good", *spec.defects}
@@ -79,7 +85,7 @@ def test_layout_matches_mvtec(small_root: Path) -> None:
         for split_dir in (cat / "train" / "good", cat / "test" / "good"):
             for path in split_dir.iterdir():
                 with Image.open(path) as im:
-                    assert (im.mode, im.size, im.format) == ("RGB", (SMALL, SMALL), "PNG")
+                    assert (im.mode, im.size, im.format) == ("RGB", size, "PNG")
         for defect in spec.defects:
             images = sorted((cat / "test" / defect).iterdir())
             masks = sorted((cat / "ground_truth" / defect).iterdir())
@@ -87,7 +93,7 @@ def test_layout_matches_mvtec(small_root: Path) -> None:
             assert [p.name for p in masks] == ["000_mask.png", "001_mask.png"]
             for image, mask in zip(images, masks):
                 with Image.open(image) as im, Image.open(mask) as mk:
-                    assert (im.mode, im.size) == ("RGB", (SMALL, SMALL))
+                    assert (im.mode, im.size) == ("RGB", size)
                     assert (mk.mode, mk.size) == ("L", im.size)
                     values = np.asarray(mk)
                 assert set(np.unique(values)) <= {0, 255} and values.any()
@@ -126,8 +132,9 @@ def test_mask_covers_exactly_the_changed_pixels(category: str) -> None:
         areas = []
         for index in range(6):
             sample = render_sample(category, "test", defect, index, seed=0, size=128)
-            assert sample.image.shape == (128, 128, 3) and sample.image.dtype == np.uint8
-            assert sample.mask is not None and sample.mask.shape == (128, 128)
+            shape = CATEGORIES[category].shape(128)  # (height, width)
+            assert sample.image.shape == (*shape, 3) and sample.image.dtype == np.uint8
+            assert sample.mask is not None and sample.mask.shape == shape
             inside = sample.mask > 0
             changed = (sample.image != sample.clean).any(axis=-1)
             assert inside.any(), (category, defect, index)

@@ -19,18 +19,23 @@ def test_transform_matches_torchvision(image_writer, tmp_path: Path) -> None:
     for size in [(48, 40), (300, 100), (32, 32), (257, 256), (100, 333)]:
         image = load_image(image_writer(tmp_path / "x.png", size, seed=size[0]))
         for ours, geometry in [
-            (Transform(), [tv.Resize(256), tv.CenterCrop(224)]),
-            (Transform(crop_size=None), [tv.Resize((256, 256))]),
+            (Transform(resize=256, crop_size=224), [tv.Resize(256), tv.CenterCrop(224)]),
+            (Transform(resize=256, crop_size=None), [tv.Resize((256, 256))]),
+            (Transform(), []),  # native: only the normalisation
         ]:
             reference = tv.Compose([*geometry, tv.ToTensor(), tv.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
             torch.testing.assert_close(ours.image(image), reference(image), atol=1e-5, rtol=0)
 
 
 def test_transform_output_size_and_mask_geometry() -> None:
-    assert Transform().output_size == 224 and Transform(crop_size=None).output_size == 256
+    protocol = Transform(resize=256, crop_size=224)
+    assert protocol.output_size() == (224, 224) and Transform(resize=256).output_size() == (256, 256)
+    assert Transform().output_size((300, 100)) == (100, 300)
+    assert Transform(scale=0.5).output_size((300, 100)) == (50, 150)
     gray = np.zeros((100, 300), dtype=np.uint8)
     gray[:, 150:] = 255  # right half of a wide image
-    mask = Transform().mask(Image.fromarray(gray))
+    assert torch.equal(Transform().mask(Image.fromarray(gray)), torch.from_numpy(gray > 127))  # native: as is
+    mask = protocol.mask(Image.fromarray(gray))
     assert mask.shape == (224, 224) and mask.dtype == torch.bool
     # resized to 768x256, cropped at x in [272, 496): boundary 384 -> column 112
     assert not mask[:, :111].any() and mask[:, 113:].all()

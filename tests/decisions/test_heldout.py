@@ -4,25 +4,29 @@ from __future__ import annotations
 import torch
 
 from fapm_lib.decisions.heldout import fold_model, image_rows, regions_to_maps
+from fapm_lib.method.geometry import ModelGeometry
 from fapm_lib.method.regions import split_regions
 from tests.parts_support import TINY
 
 
 def test_heldout_images_are_scored_by_memories_that_never_saw_them() -> None:
     """With ratio 1 the fold memory holds every row of the other folds: the held-out 1-NN
-    distance of each position equals brute force over the same region of the other images."""
+    distance of each position equals brute force over the same region of the other images
+    (a non-square map: 2 x 4 regions of 2 x 2 stride-8 cells)."""
     torch.manual_seed(0)
-    n, grid = 6, 2
-    maps = [torch.randn(n, 5, 4, 4), torch.randn(n, 7, 2, 2)]
+    n, grid = 6, (2, 4)
+    sizes = [(4, 8), (2, 4)]
+    maps = [torch.randn(n, 5, *sizes[0]), torch.randn(n, 7, *sizes[1])]
     regions = [split_regions(m, grid) for m in maps]
     config = TINY.replace(coreset_ratio=1.0, sampling="fixed")
+    geometry = ModelGeometry(canvas=(32, 64), padded=(32, 64), grid=grid, feature_sizes=tuple(sizes))
     train, heldout = torch.tensor([0, 2, 3, 5]), torch.tensor([1, 4])
-    model = fold_model(regions, [(4, 4), (2, 2)], config, train)
-    knn = model.search([regions_to_maps(r, heldout, grid, size) for r, size in zip(regions, [(4, 4), (2, 2)])], 2)
-    expected = torch.zeros(len(heldout), 4, 4)
+    model = fold_model(regions, geometry, config, train)
+    knn = model.search([regions_to_maps(r, heldout, grid, size) for r, size in zip(regions, sizes)], 2)
+    expected = torch.zeros(len(heldout), *sizes[0])
     for m in maps:
-        factor = 4 // m.shape[-1]
-        s = m.shape[-1] // grid
+        factor = sizes[0][0] // m.shape[-2]
+        s = m.shape[-2] // grid[0]
         for a, img in enumerate(heldout.tolist()):
             for y in range(m.shape[-2]):
                 for x in range(m.shape[-1]):

@@ -32,6 +32,8 @@ def test_graph_module_equals_the_library(export_fitted: FAPM, export_test_images
 
 @pytest.mark.parametrize("changes", [
     {"image_score": "reweighted"},                                 # k = 4 neighbours, top-k in the graph
+    {"tile": 64, "tile_overlap": 16, "region_size": 16},           # native: the graph runs the tiles
+    {"resize": 256, "crop_size": 224},                             # the paper's protocol
     {"resize": 288, "crop_size": 256, "grid": 8},                  # another input size (anomalib #1286)
     {"resize": 64, "crop_size": None, "grid": 2, "sampling": "fixed"},  # no crop, one size group
 ])
@@ -42,7 +44,7 @@ def test_other_settings_export_and_agree(changes: dict, export_data: Path, lite0
     exported = ExportedModel(export_model(model, tmp_path / "e").parent)
     images = torch.stack([test[i]["image"] for i in range(4)])
     ref, got = model.predict(images), exported.predict(images)
-    assert got.anomaly_map.shape == (4, model.config.input_size, model.config.input_size)
+    assert got.anomaly_map.shape == (4, *model.canvas)
     assert rel_diff(got.anomaly_map, ref.anomaly_map) < RTOL and rel_diff(got.pred_score, ref.pred_score) < RTOL
 
 
@@ -62,10 +64,10 @@ def test_a_fit_calibration_travels_into_the_graph(export_data: Path, lite0, expo
 def test_sidecar_describes_the_export(exports) -> None:
     plain = json.loads((exports["dynamic"] / "fapm_export.json").read_text())
     assert plain["input"] == {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
-                              "shape": ["batch", 224, 224, 3]}
+                              "shape": ["batch", 128, 128, 3]}
     assert plain["batch_size"] == "dynamic" and plain["calibration"] is None
     assert list(plain["outputs"]) == list(output_names(False))
-    assert plain["preprocessing"]["resize"] == 256 and plain["preprocessing"]["crop_size"] == 224
+    assert plain["preprocessing"]["mode"] == "native" and plain["preprocessing"]["canvas"] == [128, 128]
     assert len(plain["preprocessing"]["mean"]) == 3 and {"fapm", "torch", "onnx"} <= set(plain["versions"])
     assert (exports["dynamic"] / "run_fapm.py").is_file()
     cal = json.loads((exports["calibrated"] / "fapm_export.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -17,7 +17,7 @@ from fapm_lib.data.mvtec import MVTecDataset  # noqa: E402
 from fapm_lib.data.transform import Transform  # noqa: E402
 from fapm_lib.decisions.calibration import Calibration  # noqa: E402
 from fapm_lib.deploy.exported import to_uint8  # noqa: E402
-from fapm_lib.deploy.run_fapm import ExportedRunner, load_rgb, resize_crop  # noqa: E402
+from fapm_lib.deploy.run_fapm import ExportedRunner, load_rgb, prepare  # noqa: E402
 from fapm_lib.deploy.run_fapm import main as runner_main  # noqa: E402
 from fapm_lib.detectors.fapm import FAPM  # noqa: E402
 from tests.export_support import RTOL, read_scores  # noqa: E402
@@ -45,8 +45,15 @@ def test_runner_preprocessing_equals_transform(kind: str, tmp_path: Path, image_
         "exif_jpeg": lambda: _exif_rotated_jpeg(tmp_path / "a.jpg"),
         "big_jpeg": lambda: image_writer(tmp_path / "a.jpg", (1400, 1100)),  # decoded at reduced scale (draft)
     }[kind]()
-    for transform in (Transform(), Transform(resize=96, crop_size=None), Transform(resize=300, crop_size=256)):
-        pixels = resize_crop(load_rgb(path, transform.resize), transform.resize, transform.crop_size)
+    with Image.open(path) as pil:
+        upright = ImageOps.exif_transpose(pil).size
+    canvas = (upright[1] // 2, upright[0] // 2)  # native: a canvas of the image's aspect, half its size
+    protocols = {"resize 256, crop 224": (Transform(resize=256, crop_size=224), {"resize": 256, "crop_size": 224}),
+                 "resize 96": (Transform(resize=96, crop_size=None), {"resize": 96, "crop_size": None}),
+                 "resize 300, crop 256": (Transform(resize=300, crop_size=256), {"resize": 300, "crop_size": 256}),
+                 "native": (Transform(canvas=canvas, channels=3), {"mode": "native", "canvas": list(canvas)})}
+    for transform, pre in protocols.values():
+        pixels = prepare(load_rgb(path, transform.resize), pre)
         expected = transform.image(load_image(path, transform.resize))
         assert torch.equal(torch.from_numpy(to_uint8(expected[None], transform)[0]), torch.from_numpy(pixels))
         x = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0)

@@ -61,17 +61,19 @@ def test_each_added_image_is_scored_without_its_own_fold(labelled_root: Path, la
     model = FAPM.load(labelled_model_file)
     config, fapm = model.config, model.model
     maps = model.extract(FolderDataset(good=labelled_root / "marked", transform=model.transform), progress=False)
-    regions = [split_regions(m, config.grid) for m in maps]
-    cells = [16, 4]
-    neighbours, amaps = heldout_added(fapm, regions, maps, cells, config, model.feature_sizes)
+    geometry = model.geometry
+    regions = [split_regions(m, geometry.grid) for m in maps]
+    cells = [geometry.per_image(0), geometry.per_image(1)]
+    assert cells == [16, 4]  # TINY: 64 pixels, grid 2
+    neighbours, amaps = heldout_added(fapm, regions, maps, cells, config, geometry)
     old = score_cached_maps(fapm, maps, config.batch_size, config.search_k)
     # image 0 against the old memory plus image 1 only, built by hand
     with_other = extend_memories(list(fapm.memories), [r[:, c:] for r, c in zip(regions, cells)], [0, 0], config)[0]
-    by_hand = score_cached_maps(FAPMModel.from_config(config, None, with_other, model.feature_sizes),
+    by_hand = score_cached_maps(FAPMModel.from_config(config, None, with_other, geometry),
                            [m[:1] for m in maps], config.batch_size, config.search_k)
     assert torch.allclose(neighbours[0], by_hand[0][0, : neighbours.shape[1]])
     assert torch.allclose(amaps[0], by_hand[1][0])
     assert neighbours[0, 0] < old[0][0, 0]  # the other label is in memory: lower than by the old memory alone
     alone, _ = heldout_added(fapm, [r[:, :c] for r, c in zip(regions, cells)], [m[:1] for m in maps],
-                                      cells, config, model.feature_sizes)
+                                      cells, config, geometry)
     assert torch.allclose(alone[0], old[0][0, : alone.shape[1]])  # one image alone: the old memory

@@ -56,7 +56,8 @@ def synthetic_maps(n: int, seed: int) -> list[Tensor]:
 
 @pytest.fixture(scope="module")
 def synthetic_model() -> FAPM:
-    return FAPM(FAPMConfig(grid=7, coreset_ratio=1.0, k=2), extractor=fake_extractor()).fit_maps(synthetic_maps(8, 0))
+    config = FAPMConfig(resize=256, crop_size=224, grid=7, coreset_ratio=1.0, k=2)
+    return FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(8, 0))
 
 
 @pytest.mark.parametrize("cell", [(3, 5), (0, 0), (6, 6), (1, 2), (5, 1)])
@@ -79,7 +80,7 @@ def test_one_anomalous_fine_cell_lights_only_itself(synthetic_model: FAPM) -> No
 @pytest.mark.parametrize("image_score, k", [("reweighted", 2), ("max", 1)])
 def test_knn_equals_brute_force_per_region_and_layer(image_score: str, k: int) -> None:
     """The reweighted score needs k neighbours; the max score and the maps only the nearest."""
-    config = FAPMConfig(grid=7, coreset_ratio=1.0, k=2, image_score=image_score)
+    config = FAPMConfig(resize=256, crop_size=224, grid=7, coreset_ratio=1.0, k=2, image_score=image_score)
     model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(8, 0))
     maps = synthetic_maps(2, seed=3)
     knn = model.model.search(maps)
@@ -118,7 +119,7 @@ def test_predict_is_the_method_step_by_step(batch: int, image_score: str) -> Non
     from fapm_lib.method.scoring import anomaly_map, fuse_layers, upsample_nearest
     from fapm_lib.method.scoring import image_score as score_of
 
-    config = FAPMConfig(grid=7, coreset_ratio=0.3, k=2, image_score=image_score)
+    config = FAPMConfig(resize=112, crop_size=112, grid=7, coreset_ratio=0.3, k=2, image_score=image_score)
     model = FAPM(config, extractor=fake_extractor()).fit_maps(synthetic_maps(12, 0))
     assert any(mem.far.any() and (~mem.far).any() for mem in model.memories)  # two size groups per layer
     maps = synthetic_maps(batch, seed=5)
@@ -166,5 +167,5 @@ def test_other_input_size_is_refused(texture_fapm: FAPM) -> None:
 
 
 def test_predict_refuses_another_input_size(texture_fapm: FAPM) -> None:
-    with pytest.raises(ConfigError, match="fitted on"):
+    with pytest.raises(ConfigError, match="this model scores"):
         texture_fapm.predict(torch.zeros(1, 3, 2 * S, 2 * S))

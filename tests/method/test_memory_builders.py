@@ -96,7 +96,8 @@ def test_check_k_names_k(features: Tensor) -> None:
 
 
 def test_fit_regions_refuses_k_above_smallest_bank(features: Tensor) -> None:
-    config = FAPMConfig(coreset_ratio=0.05, k=exact_ceil(N, 0.05) + 1, image_score="reweighted")  # k is read
+    config = FAPMConfig(resize=256, crop_size=224, coreset_ratio=0.05, k=exact_ceil(N, 0.05) + 1,
+                        image_score="reweighted")  # k is read
     with pytest.raises(ConfigError, match=r"\bk="):
         FAPM(config).fit_regions([features, features[:, :40]])
     model = FAPM(config.replace(k=exact_ceil(40, 0.05))).fit_regions([features, features[:, :40]])

@@ -48,8 +48,9 @@ def test_grid_that_does_not_divide_raises() -> None:
 
 
 def test_check_grid_returns_region_side() -> None:
-    assert check_grid(28, 28, 7) == 4
-    assert check_grid(14, 14, 7) == 2
+    assert check_grid(28, 28, 7) == (4, 4)
+    assert check_grid(14, 14, 7) == (2, 2)
+    assert check_grid(14, 42, (7, 14)) == (2, 3)  # rows x columns over a non-square map
 
 
 def test_valid_grids() -> None:

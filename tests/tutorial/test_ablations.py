@@ -23,7 +23,7 @@ from fapm_lib.tutorial.ablations import (
 def features(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ablation")
     generate_category(root, "vial", size=128, n_train=8, n_test_good=3, n_per_defect=2)
-    model = FAPM(FAPMConfig(coreset_ratio=0.5, k=2))
+    model = FAPM(FAPMConfig(resize=256, crop_size=224, coreset_ratio=0.5, k=2))  # the paper's protocol
     return model, extract_category(model, root, "vial")
 
 
@@ -45,7 +45,7 @@ def test_official_fusion_is_the_module_with_its_alignment_switched(features) -> 
 
 def test_ablation_rows(features) -> None:
     model, feats = features
-    base = FAPMConfig(coreset_ratio=0.5, k=2)
+    base = FAPMConfig(resize=256, crop_size=224, coreset_ratio=0.5, k=2)
     rows = run_ablation(feats, model.extractor, base, default_variants(projection=8), repeats=1)
     names = [r["variant"] for r in rows]
     assert names == [v.name for v in default_variants(projection=8)]
@@ -74,7 +74,8 @@ def test_a_variant_that_cannot_be_fitted_is_reported_not_dropped(features) -> No
     """grid 14 on 8 training images leaves 4 layer-3 vectors per region: k=5 (read by the
     re-weighted score) is refused there, while grid 7 (16 vectors per region, 8 kept) fits."""
     model, feats = features
-    rows = run_ablation(feats, model.extractor, FAPMConfig(coreset_ratio=0.5, k=5, image_score="reweighted"),
+    rows = run_ablation(feats, model.extractor, FAPMConfig(resize=256, crop_size=224, coreset_ratio=0.5, k=5,
+                                                           image_score="reweighted"),
                         [Variant("defaults"), Variant("grid 14", {"grid": 14})], repeats=1)
     assert rows[0]["refused"] == "" and rows[0]["image AUROC"] is not None
     assert "k=5 exceeds the smallest memory bank" in rows[1]["refused"]

@@ -8,6 +8,8 @@ from types import MappingProxyType
 import numpy as np
 
 from ...errors import DataError
+from .long_part import ASPECT as LONG_ASPECT
+from .long_part import DEFECTS as LONG_DEFECTS
 
 MIN_SIZE = 64
 
@@ -17,17 +19,22 @@ class CategorySpec:
     """One generated category: its kind, its defect types and what they look like."""
 
     name: str
-    kind: str                              # "texture" | "object"
+    kind: str                              # "texture" | "object" | "long" (not square: see ``shape``)
     defects: tuple[str, ...]
     description: str
     defect_notes: Mapping[str, str] = field(default_factory=dict)
+    aspect: tuple[int, int] = (1, 1)       # the image is (aspect[0] * size, aspect[1] * size) pixels
+
+    def shape(self, size: int) -> tuple[int, int]:
+        """``(height, width)`` of this category's images at ``size``."""
+        return self.aspect[0] * size, self.aspect[1] * size
 
 
 @dataclass(frozen=True)
 class SyntheticSample:
     """One rendered sample.
 
-    image: [H, W, 3] uint8, as written to disk.
+    image: [H, W, 3] uint8, as written to disk (H = W but for the long category).
     clean: [H, W, 3] uint8, the same draw without the defect (``image`` for good samples).
     mask:  [H, W] uint8 in {0, 255}, or None for good samples.
     """
@@ -70,6 +77,10 @@ CATEGORIES: dict[str, CategorySpec] = {
               chip="piece missing from the edge",
               print="print fault: missing part, smeared double print or ink blot",
               contamination="foreign brown, blue or black spot"),
+        CategorySpec("rail", "long", tuple(LONG_DEFECTS),
+                     "Machined steel rail, three times as wide as high: brushed lengthwise, two grooves, a hole at "
+                     "each end, chamfered corners, on a dark belt; defects of 0.05 % to 0.5 % of the image anywhere, "
+                     "ends and corners included.", MappingProxyType(dict(LONG_DEFECTS)), LONG_ASPECT),
     )
 }
 

@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from ...errors import DataError
 from .catalogue import SyntheticSample, check_category, check_seed, check_size
+from .long_part import render_long
 from .objects import PAINTERS as OBJECT_PAINTERS
 from .shading import DefectFn, GoodFn, quantize, sensor_noise, shade_scene
 from .textures import PAINTERS as TEXTURE_PAINTERS
@@ -35,19 +36,25 @@ def _defect_mask(painted: np.ndarray, delta: np.ndarray) -> np.ndarray:
 
 
 def render_sample(category: str, split: str = "train", defect: str = "good", index: int = 0,
-                  seed: int = 0, size: int = 256) -> SyntheticSample:
+                  seed: int = 0, size: int = 256, shift: tuple[float, float] = (0.0, 0.0)) -> SyntheticSample:
     """Render one image exactly as :func:`generate_category` writes it.
 
     ``split`` is "train" or "test"; ``defect`` is "good" or one of the category's defects
     (test split only). Returns image/clean [H, W, 3] uint8 and mask [H, W] uint8 (or None).
+    ``shift`` (the long category only): the part moved by these fractions of the image's width
+    and height, for measuring parts that do not sit still.
     """
     spec = check_category(category)
     size, seed = check_size(size), check_seed(seed)
     if split not in ("train", "test") or (defect != "good" and (split != "test" or defect not in spec.defects)):
         raise DataError(f"no {split}/{defect} images in synthetic category {category!r}; "
                         f"defects: {', '.join(spec.defects)}")
-    good_fn, painters = PAINTERS[category]
     rng = _rng(seed, category, split, defect, int(index))
+    if spec.kind == "long":
+        return SyntheticSample(*render_long(split, defect, rng, size, shift))
+    if shift != (0.0, 0.0):
+        raise DataError(f"shift: only the long category moves its part ({category!r} does not)")
+    good_fn, painters = PAINTERS[category]
     scene = good_fn(rng, size)
     noise = sensor_noise(rng, size, scene.light.noise)
     clean = shade_scene(scene)

@@ -18,7 +18,7 @@ from ...system.atomic import write_text_atomic
 from .catalogue import CATEGORIES, CategorySpec, check_category, check_count, check_seed, check_size
 from .render import render_sample
 
-VERSION = 1                 # bump whenever a rendering changes: stale sets are regenerated
+VERSION = 2                 # bump whenever a rendering changes: stale sets are regenerated (2: rail)
 MARKER = ".complete"
 N_TRAIN, N_TEST_GOOD, N_PER_DEFECT = 60, 20, 10   # images per folder by default
 

@@ -247,13 +247,14 @@ def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     return torch.arange(int(lengths.sum())) + offsets
 
 
-def resolve_method(config: FAPMConfig, n_images: int, layers: list[tuple[int, int]]) -> str:
+def resolve_method(config: FAPMConfig, n_images: int, layers: list[tuple[int, int]], n_regions: int) -> str:
     """``exact`` or ``cells`` for ``config`` (a :class:`~fapm_lib.config.FAPMConfig`) and
-    ``n_images`` training images; ``layers``: per layer (vectors per image and region, dim)."""
+    ``n_images`` training images; ``layers``: per layer (vectors per image and region, dim);
+    ``n_regions``: regions per layer."""
     if config.coreset_method != "auto":
         return config.coreset_method
     folds = fold_count(n_images, config.calibration_folds)
-    work = exact_greedy_bytes([(n_images * per_image, dim) for per_image, dim in layers], config.grid**2,
+    work = exact_greedy_bytes([(n_images * per_image, dim) for per_image, dim in layers], n_regions,
                               config.coreset_ratio, config.adaptive_multiplier, config.sampling, folds)
     return "exact" if work <= AUTO_EXACT_MAX_BYTES else "cells"
 

@@ -91,7 +91,8 @@ def test_choices_do_not_depend_on_batching_or_on_the_other_regions(monkeypatch: 
 
 def test_build_memories_with_cells() -> None:
     regions = [spread_regions(r=4, n_images=12), spread_regions(r=4, n_images=12, per_image=1, c=5)]
-    config = FAPMConfig(grid=2, coreset_ratio=0.25, coreset_method="cells", coreset_cell_size=5)
+    config = FAPMConfig(resize=64, crop_size=64, grid=2, coreset_ratio=0.25, coreset_method="cells",
+                        coreset_cell_size=5)
     made = build_memories(regions, config, rows_per_image=[4, 1], method="cells")
     for memory, x in zip(made, regions):  # every memory vector is the training row its source names
         for group in memory.groups:
@@ -106,10 +107,10 @@ def test_auto_switches_on_the_estimated_exact_work() -> None:
     wrn = [(16, 512), (4, 1024)]  # wide_resnet50_2 at 224: vectors per image and region, dim
     config = FAPMConfig()
     for n_images in (60, 209, 320, 391):  # the built-in set, bottle, screw, hazelnut (MVTec's largest)
-        assert resolve_method(config, n_images, wrn) == "exact"
-    assert resolve_method(config, 10_000, wrn) == "cells"
-    assert resolve_method(config.replace(coreset_method="exact"), 10_000, wrn) == "exact"
-    assert resolve_method(config.replace(calibration_folds=0), 1_000, wrn) == "exact"
+        assert resolve_method(config, n_images, wrn, 49) == "exact"
+    assert resolve_method(config, 10_000, wrn, 49) == "cells"
+    assert resolve_method(config.replace(coreset_method="exact"), 10_000, wrn, 49) == "exact"
+    assert resolve_method(config.replace(calibration_folds=0), 1_000, wrn, 49) == "exact"
     one = exact_greedy_bytes([(3344, 512)], 49, 0.1, 2.0, "adaptive", 0)
     assert one == 49 * 3344 * 512 * 4 * (335 + (669 - 335) / 2)
     assert exact_greedy_bytes([(3344, 512)], 49, 0.1, 2.0, "adaptive", 5) == pytest.approx(one * 4.2)
