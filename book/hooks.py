@@ -23,15 +23,19 @@ HEADING = re.compile(r"""<h([1-6])\b[^>]*?\bid=["']([^"']+)["'][^>]*>(.*?)</h\1>
 #: The pilcrow link nbconvert appends to every heading.
 ANCHOR_LINK = re.compile(r"""<a class=["']anchor-link["'].*?</a>""", re.S)
 #: The notebook template's widget renderer URLs (a CDN: unpkg.com), replaced by the book's copy.
-WIDGET_CDN = re.compile(r"""https://unpkg\.com/@jupyter-(?:widgets/html-manager|js-widgets)@[^'"]*?/dist/embed(?:-amd)?\.js""")
+WIDGET_CDN = re.compile(r"https://unpkg\.com/@jupyter-(?:widgets/html-manager|js-widgets)@[^'\"]*?"
+                        r"/dist/embed(?:-amd)?\.js")
 #: The notebook template's mermaid loader (a module script importing from cdnjs): no notebook
 #: has a mermaid diagram.
-MERMAID = re.compile(r"""<script type="module">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*?</script>""", re.S)
+MERMAID = re.compile(r"""<script type="module">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*?</script>""",
+                     re.S)
 #: MathJax: the template's empty loader (``src=""``) and its configuration; no notebook has maths.
 MATHJAX = re.compile(r"""<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->""", re.S)
 #: What a page must not load from elsewhere: scripts, style sheets, module imports.
-REMOTE = re.compile(r"""<script\b[^>]*\bsrc=["']((?:https?:)?//[^"']+)|<link\b[^>]*\bhref=["']((?:https?:)?//[^"']+)["'][^>]*>"""
-                    r"""|import\(\s*["']((?:https?:)?//[^"']+)|@import\s+(?:url\()?["']?((?:https?:)?//[^"')]+)""", re.I)
+REMOTE = re.compile(r"""<script\b[^>]*\bsrc=["']((?:https?:)?//[^"']+)"""
+                    r"""|<link\b[^>]*\bhref=["']((?:https?:)?//[^"']+)["'][^>]*>"""
+                    r"""|import\(\s*["']((?:https?:)?//[^"']+)"""
+                    r"""|@import\s+(?:url\()?["']?((?:https?:)?//[^"')]+)""", re.I)
 
 
 def _entries(items):
@@ -98,8 +102,10 @@ def on_post_page(output, page, config):
         output = MERMAID.sub("", output)
         output = MATHJAX.sub("", output)
         output = re.sub(r"<body\b", '<body data-fapm-page="notebook"', output, count=1)
-        output = output.replace('class="md-nav md-nav--primary"', 'class="md-nav md-nav--primary md-nav--integrated"', 1)
+        output = output.replace('class="md-nav md-nav--primary"',
+                                'class="md-nav md-nav--primary md-nav--integrated"', 1)
     remote = remote_references(output)
     if remote:
-        raise PluginError(f"{page.file.src_uri} loads from the network: {', '.join(remote)} (the book must work offline)")
+        raise PluginError(f"{page.file.src_uri} loads from the network: {', '.join(remote)} "
+                          "(the book must work offline)")
     return output

@@ -20,6 +20,7 @@ import functools
 import http.server
 import json
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,8 @@ const scrolls = sel => [...document.querySelectorAll(sel)]
   .map(el => ({cell: label(el), content: el.scrollWidth, box: el.clientWidth}));
 const code = document.querySelectorAll('.jp-InputArea-editor pre').length;
 const tables = [...document.querySelectorAll('.jupyter-wrapper table')].map(t => ({
-  cell: label(t), content: Math.max(t.scrollWidth, Math.round(box(t).right - box(t).left + Math.max(0, box(t).right - right))),
+  cell: label(t),
+  content: Math.max(t.scrollWidth, Math.round(box(t).width + Math.max(0, box(t).right - right))),
   box: Math.min(t.clientWidth, Math.round(right - box(t).left)),
   columns: t.rows.length ? t.rows[0].cells.length : 0}));
 const widgets = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')]
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output).resolve() if args.output else site.parent / "layout"
     out.mkdir(parents=True, exist_ok=True)
     pages = sorted((site / "notebooks").glob("[0-9][0-9]_*.html"))
-    driver = make_driver(out / "chromium-profile", page_timeout=60, extra_flags=(OFFLINE_FLAG,))
+    profile = tempfile.TemporaryDirectory(prefix="book-layout-")
+    driver = make_driver(Path(profile.name), page_timeout=60, extra_flags=(OFFLINE_FLAG,))
     report = {}
     try:
         driver.set_window_size(args.width, 1000)
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     full_page_png(driver, out / f"{page.stem}_{args.width}.png", args.width)
     finally:
         driver.quit()
+        profile.cleanup()
     (out / "layout.json").write_text(json.dumps({"width": args.width, "pages": report}, indent=1), encoding="utf-8")
     print(f"[layout] {out / 'layout.json'}")
     return 0

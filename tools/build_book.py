@@ -75,7 +75,8 @@ DOC_PAGES = ["method.md", "ARCHITECTURE.md", "usage.md", "decisions.md", "factor
 #: in the executed notebook, without a kernel): this npm package, this exact file (npm's integrity
 #: string), served from the site at ``WIDGET_RENDERER`` instead of a CDN. BSD-3-Clause.
 HTML_MANAGER = "@jupyter-widgets/html-manager@1.0.15"
-HTML_MANAGER_INTEGRITY = ("sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==")
+HTML_MANAGER_INTEGRITY = ("sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//"
+                          "SABeNz1yp47bCrJ3CQA==")
 WIDGET_RENDERER = "vendor/html-manager/embed.js"
 #: What the site needs of the package: the standalone bundle (no RequireJS), its licence notices,
 #: the icon fonts its style sheet loads next to it.
