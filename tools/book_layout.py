@@ -65,7 +65,7 @@ const widgets = [...document.querySelectorAll('script[type="application/vnd.jupy
     return {cell: label(script), rendered: !!view,
             height: view ? Math.round(box(view).height) : 0,
             image: img ? {natural: img.naturalWidth, rendered: Math.round(box(img).width)} : null,
-            text: view ? view.innerText.slice(0, 200) : ''};
+            text: view ? view.innerText.slice(0, 600) : ''};
   });
 const origin = location.origin;
 const external = performance.getEntriesByType('resource').map(e => e.name)
