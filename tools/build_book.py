@@ -196,14 +196,23 @@ def widget_renderer(build: Path, docs: Path) -> Path:
 
 def book_kernel_manager() -> type:
     """The kernel manager of the book's kernels: jupyter_client's, talking to the kernel over
-    local IPC sockets (not TCP, which every kernel warned about on stderr) and not interrupting an
-    idle kernel before asking it to shut down (an interrupt that lands while the kernel handles a
-    message logs "KeyboardInterrupt caught in kernel" as an error)."""
+    local IPC sockets of its own in the temp folder (not TCP, which every kernel warned about on
+    stderr) and not interrupting an idle kernel before asking it to shut down (an interrupt that
+    lands while the kernel handles a message logs "KeyboardInterrupt caught in kernel" as an
+    error)."""
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
     class BookKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _own_sockets(self) -> str:
+            # jupyter_client's IPC default is "kernel-ipc" relative to the kernel's folder: two
+            # kernels started side by side would bind the same sockets (kernel-ipc-1 ...)
+            return os.path.join(tempfile.gettempdir(), f"fapm-kernel-{uuid.uuid4().hex[:12]}")
 
         async def _async_interrupt_kernel(self) -> None:
             if not self.shutting_down:  # a shutdown request follows: no SIGINT first

@@ -27,8 +27,10 @@ FIGURE_WIDTH = 10.0
 #: Colour map of anomaly maps and distances (the overlays of the library use the same).
 HEAT = "jet"
 
-__all__ = ["FIGURE_WIDTH", "figure", "panels", "heatmap", "overlay_axes", "colorbar", "image_grid",
-           "grouped_gallery", "stage_bars"]
+__all__ = ["FIGURE_WIDTH", "colorbar", "figure", "greedy_steps_figure", "grouped_gallery", "heatmap",
+           "heldout_histogram", "image_grid", "overlay_axes", "panels", "picture_row", "planted_figure",
+           "pooling_figure", "radius_figure", "region_grid_figure", "roc_figure", "search_steps_figure",
+           "stage_bars", "threshold_figure", "transform_figure", "viewable"]
 
 
 def _numpy(values: Tensor | np.ndarray) -> np.ndarray:
@@ -326,4 +328,42 @@ def picture_row(pictures: Sequence[np.ndarray], titles: Sequence[str], panel_hei
         ax.imshow(picture)
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
+    return fig
+
+
+def roc_figure(results: Mapping[str, Any]) -> Figure:
+    """ROC curves of evaluations (``name -> EvalResult``): image level (one point per threshold on
+    the image scores) and, with masks, pixel level; each curve labelled with its AUROC."""
+    from .notebook import roc_points
+
+    def label(name: str, value: float | None) -> str:
+        return f"{name} (AUROC {'n/a' if value is None else f'{value:.3f}'})"
+
+    fig = figure(4.3)
+    axes = fig.subplots(1, 2)
+    for name, result in results.items():
+        fpr, tpr = roc_points(result.scores, result.labels)
+        axes[0].plot(fpr, tpr, label=label(name, result.metrics["image_auroc"]))
+        if result.masks is not None:
+            fpr, tpr = roc_points(result.maps, result.masks)
+            axes[1].plot(fpr, tpr, label=label(name, result.metrics["pixel_auroc"]))
+    for ax, title in zip(axes, ("image level", "pixel level")):
+        ax.plot([0, 1], [0, 1], color="gray", ls=":")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(title)
+        ax.legend(loc="lower right", fontsize=9)
+    return fig
+
+
+def heldout_histogram(heldout: np.ndarray, threshold: float, rate: float) -> Figure:
+    """The held-out normal training scores the image threshold comes from, and the threshold."""
+    fig = figure(3.2, width=7.5)
+    ax = fig.subplots()
+    ax.hist(heldout, bins=20, color="tab:blue", alpha=0.8,
+            label=f"held-out normal training images (n={len(heldout)})")
+    ax.axvline(threshold, color="tab:red", label=f"threshold at {rate:.0%} false alarms")
+    ax.set_xlabel("raw image score")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
     return fig

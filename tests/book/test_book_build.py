@@ -211,5 +211,7 @@ def test_the_widget_renderer_is_pinned_checked_and_refused_loudly_without_npm(tm
 
 def test_the_books_kernels_talk_over_ipc_and_are_not_interrupted_before_shutdown() -> None:
     manager = build_book.book_kernel_manager()
-    assert manager().transport == "ipc"
+    first, second = manager(), manager()
+    assert first.transport == "ipc" and os.path.isabs(first.ip)
+    assert first.ip != second.ip  # kernels side by side never share their sockets
     assert "_async_interrupt_kernel" in vars(manager)

@@ -183,3 +183,18 @@ def test_scale_bar_spans_the_overlays_range() -> None:
     bar = scale_bar(100, 10.0, 30.0)
     assert bar.shape == (100, 16 + 56, 3) and bar.dtype == np.uint8
     assert tuple(bar[5, 0]) != tuple(bar[-6, 0])  # the top colour (vmax) is not the bottom one
+
+
+def test_roc_and_heldout_figures() -> None:
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(scores=torch.tensor([0.1, 0.9, 0.4, 0.8]), labels=torch.tensor([0, 1, 0, 1]),
+                             maps=torch.rand(4, 8, 8), masks=torch.rand(4, 8, 8) > 0.5,
+                             metrics={"image_auroc": 1.0, "pixel_auroc": None})
+    figure = plots.roc_figure({"FAPM": result, "PatchCore": result})
+    _check_width(figure)
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in figure.axes]
+    assert legends[0] == ["FAPM (AUROC 1.000)", "PatchCore (AUROC 1.000)"] and "n/a" in legends[1][0]
+    histogram = plots.heldout_histogram(np.random.rand(30), 0.9, 0.01)
+    _check_width(histogram)
+    assert histogram.axes[0].get_xlabel() == "raw image score"
