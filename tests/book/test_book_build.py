@@ -145,3 +145,86 @@ def test_book_settings_need_no_network_and_fail_on_broken_links() -> None:
 def test_what_the_build_writes_is_ignored_by_git(ignored: str) -> None:
     lines = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert ignored in lines or "/" + ignored in lines
+
+
+def _hooks():
+    spec = importlib.util.spec_from_file_location("book_hooks", ROOT / "book" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    return hooks
+
+
+class _Page:
+    """What the hooks read of an MkDocs page."""
+
+    def __init__(self, src_uri: str, url: str) -> None:
+        self.file = type("File", (), {"src_uri": src_uri})()
+        self.url, self.meta, self.toc = url, {}, None
+
+
+NOTEBOOK_PAGE = """<html><head><script>var widgetRendererSrc = 'https://unpkg.com/@jupyter-widgets/html-manager@*/dist/embed-amd.js';
+var old = 'https://unpkg.com/@jupyter-js-widgets@*/dist/embed.js';</script>
+<!-- Load mathjax -->
+<script src=""> </script>
+<script type="text/x-mathjax-config">init_mathjax = function() {};</script>
+<!-- End of mathjax configuration --><script type="module">
+  document.addEventListener("DOMContentLoaded", async () => {
+    const mermaid = (await import("https://cdnjs.cloudflare.com/ajax/libs/mermaid/11.10.0/mermaid.esm.min.mjs")).default;
+  });
+</script></head><body dir="ltr"><nav class="md-nav md-nav--primary" aria-label="Navigation"></nav>
+<a href="https://example.org/paper">a link stays</a></body></html>"""
+
+
+def test_notebook_pages_load_the_books_widget_renderer_and_nothing_from_the_network() -> None:
+    hooks = _hooks()
+    config = {"extra": {"widget_renderer": build_book.WIDGET_RENDERER}}
+    page = hooks.on_post_page(NOTEBOOK_PAGE, _Page("notebooks/03_x.ipynb", "notebooks/03_x.html"), config)
+    assert "unpkg.com" not in page and "mermaid" not in page and "mathjax" not in page.lower()
+    assert f"'../{build_book.WIDGET_RENDERER}'" in page
+    assert '<body data-fapm-page="notebook" dir="ltr">' in page and "md-nav--integrated" in page
+    assert hooks.remote_references(page) == [] and "https://example.org/paper" in page  # links are not loads
+    with pytest.raises(Exception, match="extra.widget_renderer"):
+        hooks.on_post_page(NOTEBOOK_PAGE, _Page("notebooks/03_x.ipynb", "notebooks/03_x.html"), {"extra": {}})
+    remote = '<html><link rel="stylesheet" href="https://cdn.example/x.css"><script src="//cdn.example/y.js"></script>'
+    with pytest.raises(Exception, match="loads from the network: //cdn.example/y.js, https://cdn.example/x.css"):
+        hooks.on_post_page(remote, _Page("docs/usage.md", "docs/usage.html"), config)
+
+
+def test_notebook_toc_entries_keep_their_inline_code_and_the_right_toc_is_hidden() -> None:
+    hooks = _hooks()
+    entry = type("Entry", (), {})
+    first, second = entry(), entry()
+    first.level, first.id, first.title, first.children = 2, "loading-with", "Loading with", []
+    second.level, second.id, second.title, second.children = 2, "one-set", ": one set of vectors per region", []
+    page = _Page("notebooks/01_x.ipynb", "notebooks/01_x.html")
+    page.toc = [first, second]
+    html = ('<h2 id="loading-with-mvtecdataset">Loading with <code>MVTecDataset</code><a class="anchor-link" '
+            'href="#loading-with-mvtecdataset">¶</a></h2><h2 id="split_regions-one-set">'
+            '<code>split_regions</code>: one set &amp; more<a class="anchor-link" href="#x">¶</a></h2>')
+    hooks.on_page_content(html, page, {}, None)
+    assert (first.id, first.title) == ("loading-with-mvtecdataset", "Loading with MVTecDataset")
+    assert (second.id, second.title) == ("split_regions-one-set", "split_regions: one set &amp; more")
+    assert page.meta["hide"] == ["toc"]
+
+
+def test_the_widget_renderer_is_pinned_checked_and_refused_loudly_without_npm(tmp_path: Path, monkeypatch) -> None:
+    assert re.fullmatch(r"@jupyter-widgets/html-manager@\d+\.\d+\.\d+", build_book.HTML_MANAGER)
+    assert build_book.HTML_MANAGER_INTEGRITY.startswith("sha512-")
+    config = build_book.book_config(tmp_path, build_book.numbered_notebooks(), [])
+    assert config["extra"]["widget_renderer"] == build_book.WIDGET_RENDERER
+    data = tmp_path / "x.bin"
+    data.write_bytes(b"fapm")
+    assert build_book.integrity(data) == ("sha512-" + __import__("base64").b64encode(
+        __import__("hashlib").sha512(b"fapm").digest()).decode())
+    monkeypatch.setattr(build_book.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match=r"^build_book: npm not found: .*html-manager@") as refused:
+        build_book.widget_renderer(tmp_path / "build", tmp_path / "docs")
+    assert "\n" not in str(refused.value)  # one line
+
+
+def test_the_books_kernels_talk_over_ipc_and_are_not_interrupted_before_shutdown() -> None:
+    manager = build_book.book_kernel_manager()
+    first, second = manager(), manager()
+    assert first.transport == "ipc" and os.path.isabs(first.ip)
+    assert first.ip != second.ip  # kernels side by side never share their sockets
+    assert "_async_interrupt_kernel" in vars(manager)

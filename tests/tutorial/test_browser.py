@@ -74,7 +74,9 @@ def notebook(tmp_path: Path) -> Path:
     out.parent.mkdir()
     papermill.execute_notebook(str(NOTEBOOK), str(out), prepare_only=True, progress_bar=False,
                                parameters={"data_root": str(data), "category": CATEGORY,
-                                           "backbone": "tf_efficientnet_lite0", "fast": True})
+                                           "backbone": "tf_efficientnet_lite0", "fast": True,
+                                           # k acts through the re-weighted score only (the default is max)
+                                           "image_score": "reweighted", "k": 4})
     return out
 
 

@@ -110,7 +110,7 @@ def test_render_png_is_one_tile_per_example(explorer: Explorer) -> None:
     png = explorer.render_png(explorer.update(0.1, 2.0, 4, 1))
     picture = Image.open(io.BytesIO(png))
     assert picture.format == "PNG"
-    assert picture.width == 3 * 64 + 2 * 4 and picture.height > 64
+    assert picture.width == 3 * 64 + 3 * 4 + (16 + 56) and picture.height > 64  # tiles, gaps, colour bar
 
 
 def test_choose_examples_good_first_then_round_robin() -> None:
