@@ -61,15 +61,17 @@ BOOK_PARAMETERS: dict[str, dict[str, object]] = {
     "05_your_own_images": {"output_dir": "{outputs}/05_own_images"},
     "06_ablations": {"fast": True},
     "07_deployment": {"fast": True, "output_dir": "{outputs}/07_deployment"},
+    "08_native_resolution": {"fast": True},
 }
 
 #: Rough single-thread seconds per notebook on 2 cores, only to order the work (longest first).
 EXPECTED_SECONDS = {"04_evaluation": 120, "03_adaptive_coreset": 60, "02_patch_layer_memory": 40,
-                    "05_your_own_images": 40, "06_ablations": 30, "07_deployment": 60, "01_dataset": 15}
+                    "05_your_own_images": 40, "06_ablations": 30, "07_deployment": 60, "01_dataset": 15,
+                    "08_native_resolution": 90}
 
 #: The pages of docs/, in the order of the book's nav (any other docs/*.md follows them).
 DOC_PAGES = ["method.md", "ARCHITECTURE.md", "usage.md", "decisions.md", "factory.md", "results.md", "benchmark.md",
-             "ablations.md", "deploy.md", "scale.md", "robustness.md", "book.md"]
+             "ablations.md", "native.md", "deploy.md", "scale.md", "robustness.md", "book.md"]
 
 #: The widget renderer of the notebook pages (it draws the explorer's widgets from the state saved
 #: in the executed notebook, without a kernel): this npm package, this exact file (npm's integrity
