@@ -35,8 +35,15 @@ from .counters import ServiceCounters
 from .micro_batch import MicroBatcher, QueueFull
 from .model_slot import ModelSlot
 from .part_scoring import Part, score_parts
-from .request_body import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, BadInput, check_content_type, check_length,
-                           decode_image, too_large)
+from .request_body import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    BadInput,
+    check_content_type,
+    check_length,
+    decode_image,
+    too_large,
+)
 
 STATIC = Path(__file__).parent / "static"
 FLAGS = ("heatmap", "explain")
