@@ -89,8 +89,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise BadInput(415, f"{pil.format} images are not accepted: send PNG, JPEG, BMP or TIFF")
     width, height = pil.size
     if width * height > max_pixels:
-        raise BadInput(413, f"image of {width}x{height} pixels refused: more than {max_pixels} pixels "
-                            "(a decompression bomb?); see --max-pixels")
+        raise BadInput(413, f"image of {width}x{height} pixels refused as a possible decompression bomb: more "
+                            f"than {max_pixels} pixels (--max-pixels)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
