@@ -14,12 +14,17 @@ from fapm_lib.detectors.model_file import MODEL_FILE
 from tests.decisions.test_decisions import CATEGORY, TINY, part_image, write_tree
 
 
-def fit_models(folder: Path) -> tuple[Path, Path, Path]:
-    """The data root, a fitted model file and an updated copy (another sha256) under ``folder``."""
+def fit_model(folder: Path) -> tuple[Path, FAPM, Path]:
+    """The data root and a fitted model, and its file, under ``folder``."""
     root = write_tree(folder / "data", n_train=10, n_good=3, n_bad=3)
     model = FAPM(TINY)
     model.fit(MVTecDataset(root, CATEGORY, "train", model.transform), progress=False)
-    first = model.save(folder / "v1" / MODEL_FILE)
+    return root, model, model.save(folder / "v1" / MODEL_FILE)
+
+
+def fit_models(folder: Path) -> tuple[Path, Path, Path]:
+    """The data root, a fitted model file and an updated copy (another sha256) under ``folder``."""
+    root, model, first = fit_model(folder)
     extra = folder / "extra"
     extra.mkdir()
     for i in range(2):
