@@ -26,6 +26,8 @@ def is_loopback(host: str) -> bool:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; ConfigError (one line) when it cannot be bound."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: must be in 0..65535 (0: a free port)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
