@@ -42,7 +42,7 @@ def test_serve_in_a_subprocess_answers_and_stops_on_sigterm(fitted) -> None:
             body = json.load(answer)
         assert body["decision"] == "NG" and body["heatmap"].startswith("data:image/png;base64,")
         process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert process.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has stopped
     finally:
         process.kill()
         process.wait(30)
