@@ -63,7 +63,7 @@ EXPECTED_SECONDS = {"04_evaluation": 120, "03_adaptive_coreset": 60, "02_patch_l
 
 #: The pages of docs/, in the order of the book's nav (any other docs/*.md follows them).
 DOC_PAGES = ["method.md", "ARCHITECTURE.md", "usage.md", "decisions.md", "factory.md", "results.md", "benchmark.md",
-             "ablations.md", "deploy.md", "scale.md", "robustness.md", "book.md"]
+             "ablations.md", "deploy.md", "serve.md", "scale.md", "robustness.md", "book.md"]
 
 #: Markdown links and images: ``[text](target)`` / ``![alt](target)`` (no nested brackets).
 LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(([^)\s]+)\)")
