@@ -11,7 +11,9 @@ over loopback.
    file once a third of the requests are answered: failures, and whether each answer's raw
    score is the one of the model it names.
 
-Prints a Markdown table, the load average before and after, and writes ``--output``/serve_bench.json.
+On a machine that other jobs share, the in-process rates are measured before the runs and again
+after them; the ratios use their mean. Prints a Markdown table, the load average before and after,
+and writes ``--output``/serve_bench.json.
 
     python tools/serve_bench.py --model runs/serve_bench/bottle/model.safetensors \\
         --images ../shared/data/mvtec_ad_256/bottle/test --swap-model runs/serve_bench/bottle_v2.safetensors \\
@@ -172,6 +174,16 @@ def main() -> int:
                                       "swap_seconds": report.meta["during_end"] - report.meta["during_start"]}
         results["swap_under_load"].pop("decisions_differing_from_fapm_predict")
         print("swap_under_load", json.dumps(results["swap_under_load"]), flush=True)
+    before = (results["in_process_batch_1"], results[f"in_process_batch_{args.max_batch}"])
+    after = (in_process(args.model, bodies, min(total, 1000), 1),
+             in_process(args.model, bodies, min(total, 1000), args.max_batch))
+    results["in_process_before_after"] = {"batch_1": [before[0], after[0]],
+                                          f"batch_{args.max_batch}": [before[1], after[1]]}
+    results["in_process_batch_1"] = (before[0] + after[0]) / 2
+    results[f"in_process_batch_{args.max_batch}"] = (before[1] + after[1]) / 2
+    for name in ("serve_batch_1", f"serve_micro_batch_{args.max_batch}", "swap_under_load"):
+        if name in results:
+            results[name]["vs_in_process_batch_1"] = results[name]["throughput"] / results["in_process_batch_1"]
     load["after"] = os.getloadavg()
     results["load_average"] = load
     results["cpu"] = f"{os.cpu_count()} logical CPUs"
