@@ -81,8 +81,9 @@ class DropFolder:
                 rel = path.relative_to(self.source).as_posix()
                 yield Dropped(path, rel, (rel, stat.st_size, stat.st_mtime_ns))
 
-    def scan_once(self, batch_size: int | None = None) -> int:
-        """One pass over the folder; the number of files scored."""
+    def scan_once(self, batch_size: int | None = None, stop: Callable[[], bool] = lambda: False) -> int:
+        """One pass over the folder; the number of files scored. ``stop()`` is asked between
+        batches (SIGTERM: the pass ends after the batch in hand)."""
         batch_size = batch_size or self.loaded.detector.config.batch_size
         now, ready = time.time_ns(), []
         for dropped in self.files():
@@ -90,9 +91,13 @@ class DropFolder:
                 self._mark_done(dropped)
             elif now - dropped.key[2] >= self.settle_s * 1e9:
                 ready.append(dropped)
+        scored = 0
         for start in range(0, len(ready), batch_size):
+            if stop():
+                break
             self._score(ready[start : start + batch_size])
-        return len(ready)
+            scored += len(ready[start : start + batch_size])
+        return scored
 
     def _score(self, batch: list[Dropped]) -> None:
         images, readable = [], []

@@ -16,7 +16,7 @@ from .options import check_device
 
 def run_watch(args: argparse.Namespace) -> int:
     """Load the model, then pass over the folder every ``--interval`` s until SIGINT / SIGTERM
-    (``--once``: one pass)."""
+    (``--once``: one pass; SIGTERM ends after the batch in hand, exit 0)."""
     for flag, value in (("--interval", args.interval), ("--settle", args.settle)):
         if not value >= 0:
             raise ConfigError(f"{flag} {value}: must be >= 0 seconds")
@@ -30,7 +30,7 @@ def run_watch(args: argparse.Namespace) -> int:
     scored = 0
     try:
         while not stop:
-            scored += folder.scan_once()
+            scored += folder.scan_once(stop=lambda: bool(stop))
             if args.once:
                 break
             time.sleep(args.interval)
