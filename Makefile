@@ -2,12 +2,14 @@
 #   make demo   fit + evaluate FAPM on every built-in category (offline backbone) -> results/summary.md
 #   make test   the test suite (the same command CI runs)
 #   make book   execute the notebooks and build the static book -> build/book/site/index.html
+#   make bench  measure every table of README.md, docs/benchmark.md, docs/deploy.md on this code and machine
+#               (results/bench/), then copy them into those pages between their <!-- bench:NAME --> markers
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast book install clean
+.PHONY: demo test test-fast book bench bench-pages install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,15 @@ test-fast: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/python tools/build_book.py --output build/book
+
+# About 40 min on a 2-core machine; one torch thread (the protocol). A part that fails keeps its earlier
+# tables and makes the command exit 1 after the pages are filled. bench-pages: only copy results/bench/ in.
+BENCH_PAGES := README.md,docs/benchmark.md,docs/deploy.md
+bench: $(STAMP)
+	$(BIN)/fapm benchmark --suite --output results/bench --pages $(BENCH_PAGES)
+
+bench-pages: $(STAMP)
+	$(BIN)/fapm benchmark --suite --parts none --output results/bench --pages $(BENCH_PAGES)
 
 clean:
 	rm -rf results .pytest_cache build/book

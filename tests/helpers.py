@@ -1,11 +1,15 @@
 """Helpers for the tests: the repository root, tiny image datasets in the MVTec AD layout written on the fly
-(no binaries in git)."""
+(no binaries in git), damaged and oddly stored image files, and the ``fapm`` command called in-process."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from fapm_lib.errors import DataError
 
 #: The repository root (tests/ is one level below it).
 REPO = Path(__file__).resolve().parents[1]
@@ -76,3 +80,55 @@ def build_mvtec_tree(
                 save_mask(category_dir / "ground_truth" / defect_type / f"{i:03d}_mask.png", size)
         add_junk(category_dir / "test" / defect_type)
     return root
+
+
+# ---- image files that need care ----------------------------------------------------------------
+def truncated_copy(source: Path, target: Path) -> Path:
+    """``target``: the first half of ``source``'s bytes (a file cut off mid-write)."""
+    payload = source.read_bytes()
+    target.write_bytes(payload[: len(payload) // 2])
+    return target
+
+
+def box_jpeg(path: Path, size: tuple[int, int], box: tuple[int, int, int, int]) -> Path:
+    """Black JPEG with a white box (left, top, right, bottom)."""
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    left, top, right, bottom = box
+    pixels[top:bottom, left:right] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def data_error(call, *args, **kwargs) -> str:
+    """Run ``call`` expecting DataError; return its message, checked to be one line."""
+    with pytest.raises(DataError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    return message
+
+
+# ---- the command, in-process -------------------------------------------------------------------
+def run_main(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """``fapm ARGV`` in this process -> (exit code, stdout, stderr)."""
+    from fapm_lib.cli import main as cli
+
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line(stderr: str) -> str:
+    """The single non-empty stderr line; fails on a traceback or on several lines."""
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def evaluate_metrics(capsys: pytest.CaptureFixture, out: Path, *argv: str) -> dict:
+    """``fapm evaluate ARGV --output OUT``, which must succeed -> its metrics.json."""
+    code, _, err = run_main(capsys, "evaluate", *argv, "--output", str(out), "--no-progress")
+    assert code == 0, err
+    return json.loads((out / "metrics.json").read_text())

@@ -107,3 +107,21 @@ def test_shipped_mvtec_configs(path: Path) -> None:
     assert values.get("backbone") == "wide_resnet50_2"
     assert run.get("category") == path.stem
     FAPMConfig.from_dict(values, source=str(path))
+
+
+# ---- settings of the bounded fit and of the greedy within cells ----------------------------------
+def test_store_dir_needs_max_memory() -> None:
+    with pytest.raises(ConfigError, match="store_dir='/tmp' is used only with max_memory"):
+        FAPMConfig(store_dir="/tmp")
+    FAPMConfig.from_dict({"max_memory": "2GB", "store_dir": "/tmp", "calibration_folds": 0})
+
+
+def test_meaningless_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match="coreset_cell_size=10 acts only with coreset_method cells or auto"):
+        FAPMConfig(coreset_method="exact", coreset_cell_size=10)
+    with pytest.raises(ConfigError, match="coreset_method='fast' must be one of auto, exact, cells"):
+        FAPMConfig(coreset_method="fast")
+    with pytest.raises(ConfigError, match="coreset_cell_size=0 must be >= 1"):
+        FAPMConfig(coreset_cell_size=0)
+    with pytest.raises(ConfigError, match="calibration_images=1 must be >= 2"):
+        FAPMConfig(calibration_images=1)

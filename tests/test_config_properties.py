@@ -154,8 +154,9 @@ def test_wrong_type_is_named(case: tuple[str, Any]) -> None:
     assert f"key '{key}' expects" in message and f"got {type(value).__name__}" in message
 
 
-@pytest.mark.parametrize(("text", "key"), [("grid: 2.0", "grid"), ("k: true", "k"), ("coreset_ratio: '0.1'", "coreset_ratio"),
-                                           ("crop_size: [224]", "crop_size"), ("pretrained: 1", "pretrained"),
+@pytest.mark.parametrize(("text", "key"), [("grid: 2.0", "grid"), ("k: true", "k"),
+                                           ("coreset_ratio: '0.1'", "coreset_ratio"), ("crop_size: [224]", "crop_size"),
+                                           ("pretrained: 1", "pretrained"),
                                            ("sampling: 3", "sampling"), ("blur_sigma: {a: 1}", "blur_sigma")])
 def test_wrong_yaml_type_is_named_with_the_file(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "c.yaml"

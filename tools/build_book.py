@@ -83,11 +83,15 @@ def notebook_parameters(stem: str, build: Path) -> dict[str, object]:
 def machine_paths(build: Path) -> list[tuple[str, str]]:
     """(absolute path, what the book shows instead), the longest first: the build folder, the
     repository (``.``, paths below it relative to it), the folder holding the repository (``..``,
-    e.g. a shared data copy beside it), the Python environment, the temp and the home folders."""
-    pairs = {str(build): "build/book" if build == DEFAULT_BUILD else "<book build>",
-             str(ROOT): ".", str(ROOT.parent): "..", sys.prefix: "<venv>", sys.base_prefix: "<python>",
-             tempfile.gettempdir(): "<tmp>", str(Path.home()): "~"}
-    for path, shown in list(pairs.items()):
+    e.g. a shared data copy beside it), the Python environment, the temp and the home folders.
+    Where two of them are one folder (a clone directly in the temp or the home folder: its parent
+    is that folder), the more specific name wins, in the order above."""
+    named = [(str(build), "build/book" if build == DEFAULT_BUILD else "<book build>"), (str(ROOT), "."),
+             (str(ROOT.parent), ".."), (sys.prefix, "<venv>"), (sys.base_prefix, "<python>"),
+             (tempfile.gettempdir(), "<tmp>"), (str(Path.home()), "~")]
+    pairs: dict[str, str] = {}
+    for path, shown in named:  # the most specific first: a folder keeps the first name it gets
+        pairs.setdefault(path, shown)
         pairs.setdefault(os.path.realpath(path), shown)
     pairs = {p: s for p, s in pairs.items() if p not in ("", "/")}
     return sorted(pairs.items(), key=lambda item: -len(item[0]))

@@ -76,7 +76,8 @@ def compare(features, config: FAPMConfig, cell_sizes: list[int], starts: int) ->
     others = []
     for seed in range(1, starts + 1):
         with exact_greedy_from_random_starts(seed):
-            others.append(evaluate(FAPM(config.replace(coreset_method="exact")).fit_maps(features.train_maps), features))
+            exact = FAPM(config.replace(coreset_method="exact")).fit_maps(features.train_maps)
+            others.append(evaluate(exact, features))
     base = {"category": features.name, "n_train": int(features.train_maps[0].shape[0]), **{
         f"exact_{k}": v for k, v in evaluate(exact, features).items()},
             **{f"exact_starts_{k}": [o[k] for o in others] for k in ("image_auroc", "pixel_auroc")},
@@ -94,7 +95,8 @@ def compare(features, config: FAPMConfig, cell_sizes: list[int], starts: int) ->
                           .fit_maps(features.train_maps), features) for seed in range(1, starts + 1)]
         rows.append({**base, "cell_size": size, **{f"cells_{k}": v for k, v in evaluate(fast, features).items()},
                      **{f"cells_seeds_{k}": [o[k] for o in seeds] for k in ("image_auroc", "pixel_auroc")},
-                     "cells_vectors": fast.memory_size()["vectors"], "cells_coreset_s": fast.fit_stats["coreset_seconds"],
+                     "cells_vectors": fast.memory_size()["vectors"],
+                     "cells_coreset_s": fast.fit_stats["coreset_seconds"],
                      "radius_ratio_mean": float(ratio.mean()), "radius_ratio_max": float(ratio.max()),
                      "measured_over_stated_radius_max": float(torch.cat(excess).max()),
                      "stated_radius_holds": bool(torch.cat(excess).max() <= 1 + RADIUS_RTOL)})
@@ -125,11 +127,13 @@ def table(rows: list[dict], builtin: bool) -> str:
                      **{f"cells_seeds_{m}": [statistics.fmean(v) for v in zip(*(r[f"cells_seeds_{m}"] for r in g))]
                         for m in ("image_auroc", "pixel_auroc")}}] for c, g in by_size.items()]
     for (r,) in groups:
-        lines.append(f"| {r['category']} | {r['cell_size']} | {r['exact_image_auroc']:.2f} / {r['cells_image_auroc']:.2f} | "
+        lines.append(f"| {r['category']} | {r['cell_size']} | "
+                     f"{r['exact_image_auroc']:.2f} / {r['cells_image_auroc']:.2f} | "
                      f"{_range(r['exact_starts_image_auroc'])} / {_range(r['cells_seeds_image_auroc'])} | "
                      f"{r['exact_pixel_auroc']:.2f} / {r['cells_pixel_auroc']:.2f} | "
                      f"{_range(r['exact_starts_pixel_auroc'])} / {_range(r['cells_seeds_pixel_auroc'])} | "
-                     f"{r['radius_ratio_mean']:.3f} ({r['radius_ratio_max']:.3f}) | {r['exact_vectors']} / {r['cells_vectors']} |")
+                     f"{r['radius_ratio_mean']:.3f} ({r['radius_ratio_max']:.3f}) | "
+                     f"{r['exact_vectors']} / {r['cells_vectors']} |")
     return "\n".join(lines)
 
 

@@ -160,7 +160,8 @@ def explain_one(root: Path, category: str, backbone: str) -> dict:
                 side = test_maps[match.layer].shape[-1] // grid
                 (ty, tx), (sy, sx) = match.test_cell, match.train_cell
                 same_region += (ty // side, tx // side) == (sy // side, sx // side) == match.region_yx
-                recomputed = float((test_maps[match.layer][0, :, ty, tx] - train_maps[match.layer][0, :, sy, sx]).norm())
+                test_vector, train_vector = test_maps[match.layer][0, :, ty, tx], train_maps[match.layer][0, :, sy, sx]
+                recomputed = float((test_vector - train_vector).norm())
                 worst = max(worst, abs(recomputed - match.distance))
                 n += 1
     return {"category": category, "defects": len(paths), "matches": n, "same_region": same_region,

@@ -178,14 +178,16 @@ def measure(args: argparse.Namespace) -> dict:
     features = feature_bytes(model, args.n_images)
     peak = max_rss()
     return {
-        "backbone": config.backbone, "malloc_tuned": malloc_tuned, "pretrained": config.pretrained, "source": args.source,
+        "backbone": config.backbone, "malloc_tuned": malloc_tuned, "pretrained": config.pretrained,
+        "source": args.source,
         "n_images": args.n_images, "input": config.input_size, "channels": list(model.backbone_info.channels),
         "feature_sizes": [list(s) for s in model.feature_sizes], "torch_threads": torch.get_num_threads(),
         "rss_before_fit_mib": round(before_now / MIB, 1), "peak_rss_before_fit_mib": round(before_peak / MIB, 1),
         "peak_rss_mib": round(peak / MIB, 1), "sampled_peak_mib": round(sampler.peak / MIB, 1),
         "sampled_peak_at_s": round(sampler.peak_at, 1),
         "feature_seconds": round(model.fit_stats["feature_seconds"], 1), "fit_seconds": round(fit_seconds, 1),
-        "features_mib": round(features / MIB, 1), "features_mib_per_1000": round(features / args.n_images * 1000 / MIB, 1),
+        "features_mib": round(features / MIB, 1),
+        "features_mib_per_1000": round(features / args.n_images * 1000 / MIB, 1),
         "fit_growth_mib": round((peak - before_now) / MIB, 1),
         "memory_mib": round(model.memory_size()["megabytes"], 1),
     }

@@ -168,11 +168,26 @@ def _batch(p: argparse.ArgumentParser) -> None:
 
 
 def _benchmark(p: argparse.ArgumentParser) -> None:
-    _model_options(p, data_required=True)
-    p.add_argument("--repeats", type=int, default=20, help="timed single-image runs per method")
+    _model_options(p, data_required=False)
+    p.add_argument("--repeats", type=int, help="timed single-image runs per method (default 20; --suite: 30)")
     p.add_argument("--runtimes", help="also time FAPM exported: comma list of torch, onnxruntime, openvino, "
                    "openvino_int8")
     p.add_argument("--output", required=True)
+    p.add_argument("--suite", action="store_true", help="every table of README.md, docs/benchmark.md and "
+                   "docs/deploy.md (make bench): --data-root is the MVTec AD copy (default ../shared/data/"
+                   "mvtec_ad_256 or $FAPM_SHARED_DATA), one torch thread unless --threads")
+    p.add_argument("--parts", help="with --suite: which parts to measure (comma list of speed, exports, "
+                   "backbones, default all; none: only fill --pages from --output)")
+    p.add_argument("--pages", help="with --suite: comma list of pages whose <!-- bench:NAME --> blocks are "
+                   "filled from the tables in --output (e.g. README.md,docs/benchmark.md,docs/deploy.md)")
+    p.add_argument("--builtin-root", help="with --suite: the built-in set (default data/builtin, generated "
+                   "when missing)")
+    p.add_argument("--quick", action="store_true", help="with --suite: 3 repeats, one backbone, 2 built-in "
+                   "categories (a check that the suite runs; its tables say so)")
+    p.add_argument("--backbones-table", dest="backbones_table", help="with --suite: the backbones of the backbone "
+                   "table (comma list; default tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2)")
+    p.add_argument("--resume", action="store_true", help="with --suite: reuse the single runs already in "
+                   "--output/runs (an interrupted suite goes on where it stopped; the tables say which were reused)")
 
 
 def _gif(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ given to onnxruntime's ``intra_op_num_threads`` and OpenVINO's ``INFERENCE_NUM_T
 ``total_ms``: batch 1, median after warm-up, the runtimes alternating within each repeat; the
 exported graphs take the uint8 crop (normalisation in the graph), torch the normalised tensor
 (``FAPM.predict``), so decoding and resizing are outside every timing. ``throughput_ips``:
-batch :data:`~fapm_lib.benchmark.THROUGHPUT_BATCH`. Accuracy: each runtime's own maps and scores.
+batch :data:`~fapm_lib.workflows.side_by_side.THROUGHPUT_BATCH`. Accuracy: each runtime's own maps and scores.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,7 @@ def measure_runtimes(model: FAPM, test: MVTecDataset, train: MVTecDataset | None
         "fastest_fp32_export": fastest,
         "fastest_fp32_over_torch": (round(report[fastest]["total_ms"] / report["torch"]["total_ms"], 4)
                                     if fastest and "torch" in report else None),
+        "versions": runtime_versions(),
         "onnxruntime_peak_rss_mb": rss, "benchmark_peak_rss_mb": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
@@ -222,33 +223,101 @@ def onnxruntime_peak_rss(folder: Path, threads: int, batch: int) -> dict[str, fl
     return {"peak_rss_mb": round(peak, 1), "after_session_load_mb": round(loaded, 1), "batch": batch}
 
 
-def runtimes_markdown(runtimes: dict) -> list[str]:
-    """The ``benchmark.md`` section for ``runtimes``."""
-    det = runtimes["_details"]
-    rows = [n for n in runtimes if not n.startswith("_")]
+def runtime_versions() -> dict[str, str]:
+    """The installed versions of torch and the export runtimes (the missing ones left out)."""
+    from importlib import metadata
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}"
+    found = {}
+    for package in ("torch", "onnxruntime", "openvino", "nncf"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
-    lines = ["## Runtimes", "",
-             f"{det['threads']} thread(s) each; {det['protocol']}. Input {det['input']}; {det['export']}.", "",
-             "| runtime | total ms (batch 1) | vs torch | CPU ms (batch 1) | throughput img/s (batch "
-             f"{det['throughput_batch']}) | image AUROC | pixel AUROC | change vs torch (image / pixel, points) |",
-             "|---|---|---|---|---|---|---|---|"]
+
+def runtime_label(name: str, versions: dict[str, str] | None = None) -> str:
+    """How a table names runtime ``name``, with its version where known: ``onnxruntime 1.32, fp32``."""
+    v = {k: f" {x}" for k, x in (versions or {}).items()}
+    ov = f"OpenVINO{v.get('openvino', '')}"
+    return {"torch": f"torch{v.get('torch', '')} (eager)",
+            "onnxruntime": f"onnxruntime{v.get('onnxruntime', '')}, fp32", "openvino": f"{ov}, fp32",
+            "openvino_int8": f"{ov}, INT8 backbone (NNCF{v.get('nncf', '')})"}.get(name, name)
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _change(row: dict[str, Any]) -> str:
+    if "image_auroc_change" not in row:
+        return ""
+    return " / ".join("n/a" if row[k] is None else f"{100 * row[k]:+.2f}"
+                      for k in ("image_auroc_change", "pixel_auroc_change"))
+
+
+def _vs_torch(row: dict[str, Any], torch_ms: float | None) -> str:
+    return f"{row['total_ms'] / torch_ms:.2f}x" if torch_ms else ""
+
+
+#: A runtimes-table column: header (``{batch}``: the throughput batch), the cell of one
+#: runtime's row given torch's ``total_ms`` (None when torch was not timed), and whether it is
+#: an accuracy figure (meaningless with random weights).
+Column = tuple[str, Callable[[dict[str, Any], "float | None"], str], bool]
+#: The columns of ``benchmark.md``'s runtimes section.
+DETAIL_COLUMNS: tuple[Column, ...] = (
+    ("total ms (batch 1)", lambda r, t: f"{r['total_ms']:.2f}", False),
+    ("vs torch", _vs_torch, False),
+    ("CPU ms (batch 1)", lambda r, t: f"{r['cpu_ms']:.2f}", False),
+    ("throughput img/s (batch {batch})", lambda r, t: f"{r['throughput_ips']:.1f}", False),
+    ("image AUROC", lambda r, t: _pct(r["image_auroc"]), True),
+    ("pixel AUROC", lambda r, t: _pct(r["pixel_auroc"]), True),
+    ("change vs torch (image / pixel, points)", lambda r, t: _change(r), True),
+)
+#: The columns of the front page's exports table.
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    ("ms per image, batch 1", lambda r, t: f"{r['total_ms']:.1f}", False),
+    ("vs torch", _vs_torch, False),
+    ("images/s at batch {batch}", lambda r, t: f"{r['throughput_ips']:.1f}", False),
+    ("image / pixel AUROC", lambda r, t: f"{_pct(r['image_auroc'])} / {_pct(r['pixel_auroc'])}", True),
+)
+
+
+def runtimes_table(runtimes: dict[str, Any] | None, names: Sequence[str] | None = None,
+                   columns: Sequence[Column] = DETAIL_COLUMNS, batch: int = 16, accuracy: bool = True) -> list[str]:
+    """A markdown table of :func:`measure_runtimes`' report, one row per name in ``names``
+    (default: the measured ones); a runtime not in the report (not measured) gets empty cells;
+    without ``accuracy`` (random weights) the accuracy cells say "timing only"."""
+    runtimes = runtimes or {}
+    details = runtimes.get("_details", {})
+    names = [n for n in runtimes if not n.startswith("_")] if names is None else list(names)
+    batch = details.get("throughput_batch", batch)
     torch_ms = runtimes.get("torch", {}).get("total_ms")
-    for n in rows:
-        r = runtimes[n]
-        ratio = f"{r['total_ms'] / torch_ms:.2f}x" if torch_ms else ""
-        change = ""
-        if "image_auroc_change" in r:
-            change = " / ".join("n/a" if r[k] is None else f"{100 * r[k]:+.2f}" for k in ("image_auroc_change", "pixel_auroc_change"))
-        lines.append(f"| {n} | {r['total_ms']:.2f} | {ratio} | {r['cpu_ms']:.2f} | {r['throughput_ips']:.1f} | "
-                     f"{pct(r['image_auroc'])} | "
-                     f"{pct(r['pixel_auroc'])} | {change} |")
-    rss = {k: v for k, v in (det.get("onnxruntime_peak_rss_mb") or {}).items() if v}
+    lines = ["| runtime | " + " | ".join(h.format(batch=batch) for h, _, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name in names:
+        row = runtimes.get(name)
+        cells = [("timing only" if is_accuracy and not accuracy else cell(row, torch_ms)) if row else ""
+                 for _, cell, is_accuracy in columns]
+        lines.append(f"| {runtime_label(name, details.get('versions'))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def runtimes_details(runtimes: dict, accuracy: bool = True) -> list[str]:
+    """The runtimes table with every column, then onnxruntime's own peak memory (when measured)."""
+    lines = runtimes_table(runtimes, accuracy=accuracy)
+    rss = {k: v for k, v in (runtimes["_details"].get("onnxruntime_peak_rss_mb") or {}).items() if v}
     if rss:
         parts = [f"batch {v['batch']}: {v['peak_rss_mb']:.0f} MB" for v in rss.values()]
         loaded = next(iter(rss.values()))["after_session_load_mb"]
         lines += ["", f"onnxruntime alone, peak RSS of a fresh process running the export: {', '.join(parts)} "
                       f"({loaded:.0f} MB after loading the session)."]
-    return lines + [""]
+    return lines
+
+
+def runtimes_markdown(runtimes: dict) -> list[str]:
+    """The ``benchmark.md`` section for ``runtimes``."""
+    det = runtimes["_details"]
+    return ["## Runtimes", "",
+            f"{det['threads']} thread(s) each; {det['protocol']}. Input {det['input']}; {det['export']}.", "",
+            *runtimes_details(runtimes), ""]

@@ -21,15 +21,13 @@ import nbformat
 import pytest
 from selenium.webdriver import Chrome
 
-from tests.book.test_docs import MACHINE_PATH
+from tests.book_support import BOOK, MACHINE_PATH, SITE
 from tests.browser_support import make_driver, missing_browser
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.browser
 
 ROOT = REPO
-BOOK = Path(os.environ.get("FAPM_BOOK_DIR", ROOT / "build" / "book"))
-SITE = BOOK / "site"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 # Every output <img> of the page with its load state and natural size, and the text of every

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -58,14 +59,26 @@ def test_every_notebook_has_book_settings_that_it_declares_with_relative_paths(t
                 assert (build_book.NOTEBOOKS / value).resolve().is_relative_to(build_book.DEFAULT_BUILD)
 
 
-def test_scrub_replaces_machine_paths_but_not_images(tmp_path: Path) -> None:
+@pytest.fixture(params=["here", "in_the_temp_folder", "in_the_home_folder"])
+def repository(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The repository the scrubber is told it runs in: this checkout, or a clone directly in the
+    system's temp folder or in the home folder, whose parent is then that folder (still ``..``)."""
+    if request.param == "here":
+        return ROOT
+    parent = Path(tempfile.gettempdir()) if request.param == "in_the_temp_folder" else Path.home()
+    clone = parent / "fapm-clone"
+    monkeypatch.setattr(build_book, "ROOT", clone)
+    return clone
+
+
+def test_scrub_replaces_machine_paths_but_not_images(tmp_path: Path, repository: Path) -> None:
     build = tmp_path / "book"
     pairs = build_book.machine_paths(build)
-    repo = str(ROOT)
+    repo = str(repository)
     assert build_book.scrub_text(f"data root: {repo}/data/builtin", pairs) == "data root: data/builtin"
     assert build_book.scrub_text(f"'{repo}'", pairs) == "'.'"
     assert build_book.scrub_text(f"{build}/outputs/m.onnx", pairs) == "<book build>/outputs/m.onnx"
-    assert build_book.scrub_text(f"{ROOT.parent}/shared/data", pairs) == "../shared/data"
+    assert build_book.scrub_text(f"{repository.parent}/shared/data", pairs) == "../shared/data"
     nb = nbformat.v4.new_notebook()
     code = nbformat.v4.new_code_cell("print(root)")
     image = "iVBORw0KGgo" + repo  # a stand-in for base64 data: never touched

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.book.test_docs import MACHINE_PATH
+from tests.book_support import MACHINE_PATH, SITE
 from tests.helpers import REPO
 
-BOOK = Path(os.environ.get("FAPM_BOOK_DIR", REPO / "build" / "book"))
-SITE = BOOK / "site"
 PAGES = sorted(SITE.rglob("*.html")) if SITE.is_dir() else []
 #: href / src attribute values; data: URIs (the notebooks' figures) are not links.
 ATTRIBUTE = re.compile(r"""\b(?:href|src)=["']([^"']+)["']""")

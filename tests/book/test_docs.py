@@ -1,15 +1,23 @@
 """The repository's text, without building anything (fast): no merge-conflict marker and no path
-of a developer's machine in any tracked text file, the README within 200 lines, and every relative
-link of the README and the pages of docs/ pointing at a file (and heading) that exists."""
+of a developer's machine in any tracked text file, the README within 200 lines, every relative
+link of the README and the pages of docs/ pointing at a file (and heading) that exists, and every
+dotted ``fapm_lib`` name in the pages, the notebooks, the docstrings and the comments resolving."""
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
+import io
+import json
 import re
 import shutil
 import subprocess
+import tokenize
 from pathlib import Path
 
 import pytest
 
+from tests.book_support import MACHINE_PATH
 from tests.helpers import REPO
 
 #: The Markdown pages whose links are checked: the front page, the book pages, the book's API page.
@@ -20,7 +28,6 @@ LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^)\s]+)\)")
 
 # Built from pieces so that this file matches neither check itself.
 CONFLICT = re.compile("^(" + "<" * 7 + " |" + "=" * 7 + "$|" + ">" * 7 + " )", re.M)
-MACHINE_PATH = re.compile("|".join(["/" + "work/", "/" + "root/", "/" + r"home/[a-z]+/", "/" + "tmp/"]))
 #: Tracked files allowed to hold a machine path, each with the reason. Empty today: the book's
 #: build script replaces such paths in what it renders, and examples use relative paths
 #: (``../shared/data/mvtec_ad_256``, ``runs/``) or ``$FAPM_SHARED_DATA``. A shell snippet that
@@ -132,3 +139,97 @@ def test_module_paths_named_in_the_docs_exist() -> None:
             if not (REPO / name).exists():
                 missing.add(f"{page.relative_to(REPO)}: {name}")
     assert not missing, "paths that do not exist:\n" + "\n".join(sorted(missing))
+
+
+# ---- dotted names --------------------------------------------------------------------------------
+#: ``fapm_lib.<module>[.<name>...]`` as the pages, docstrings and comments write it (``:mod:``,
+#: ``:func:`~...```, plain text): dotted identifiers, not a file name (``fapm_lib.egg-info``).
+DOTTED = re.compile(r"\bfapm_lib(?:\.[A-Za-z_]\w*)+(?![\w-])")
+
+
+def prose_and_notebook_texts() -> list[tuple[str, str]]:
+    """(file, text) of the README, the pages of docs/ and book/, and every cell of the notebooks."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "book").glob("*.md"))]
+    texts = [(str(page.relative_to(REPO)), page.read_text(encoding="utf-8")) for page in pages]
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        for i, cell in enumerate(cells):
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            texts.append((f"{notebook.relative_to(REPO)} cell {i}", source))
+    return texts
+
+
+def docstrings_and_comments(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string literal (docstrings among them) and comment of a Python file."""
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
+    return [(tok.start[0], tok.string) for tok in tokens if tok.type in (tokenize.STRING, tokenize.COMMENT)]
+
+
+def dotted_names() -> dict[str, list[str]]:
+    """Every dotted fapm_lib name -> where it is written (``file:line``)."""
+    found: dict[str, list[str]] = {}
+    for where, text in prose_and_notebook_texts():
+        for match in DOTTED.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            found.setdefault(match.group(0), []).append(f"{where}:{line}" if ".ipynb" not in where else where)
+    for folder in ("fapm_lib", "tests", "tools"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for line, text in docstrings_and_comments(path):
+                for match in DOTTED.finditer(text):
+                    row = line + text.count("\n", 0, match.start())
+                    found.setdefault(match.group(0), []).append(f"{path.relative_to(REPO)}:{row}")
+    return found
+
+
+def has_attribute(obj: object, name: str) -> bool:
+    """``getattr`` on modules, classes and functions; for a class also its dataclass fields and its
+    annotated attributes (fields without a default are not class attributes)."""
+    if hasattr(obj, name):
+        return True
+    if isinstance(obj, type):
+        if dataclasses.is_dataclass(obj) and name in {f.name for f in dataclasses.fields(obj)}:
+            return True
+        return any(name in getattr(klass, "__annotations__", {}) for klass in obj.__mro__)
+    return False
+
+
+def resolves(name: str) -> bool:
+    """Import the longest module prefix of ``name``, then look the rest up attribute by attribute."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:cut])
+        if parts[cut - 1] == "__main__":  # importing it would run the command: found is enough
+            return cut == len(parts) and importlib.util.find_spec(module_name) is not None
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and (error.name == module_name or module_name.startswith(error.name + ".")):
+                continue  # no such module: a shorter prefix, the rest as attributes
+            raise  # the module exists but needs something missing: not the name's fault
+        for attribute in parts[cut:]:
+            if not has_attribute(obj, attribute):
+                return False
+            obj = getattr(obj, attribute, None)
+        return True
+    return False
+
+
+def test_dotted_name_resolution_follows_modules_then_attributes() -> None:
+    assert resolves("fapm_lib.method.coreset.GreedyKCenter.extend")  # module, class, method
+    assert resolves("fapm_lib.config.FAPMConfig.coreset_ratio")  # a dataclass field
+    assert resolves("fapm_lib.method")  # a package alone
+    assert resolves("fapm_lib.__main__")  # found, not run
+    # (built from pieces so that the scan of this file does not find them)
+    assert not resolves("fapm_lib" + ".method.no_such_module")
+    assert not resolves("fapm_lib" + ".method.coreset.GreedyKCenter.no_such_method")
+    text = "see :func:`~fapm_lib.method.coreset.far_regions` and fapm_lib.decisions, not fapm_lib.egg-info."
+    assert DOTTED.findall(text) == ["fapm_lib.method.coreset.far_regions", "fapm_lib.decisions"]
+
+
+def test_every_dotted_name_in_the_docs_docstrings_and_comments_resolves() -> None:
+    """A module or function that moves leaves no stale dotted ``fapm_lib`` name behind: in README.md,
+    docs/, book/, the notebooks (markdown and code), and the docstrings and comments of fapm_lib/,
+    tests/ and tools/."""
+    stale = sorted((name, places) for name, places in dotted_names().items() if not resolves(name))
+    assert not stale, "dotted names that do not resolve:\n" + "\n".join(
+        f"{name}: {', '.join(places)}" for name, places in stale)

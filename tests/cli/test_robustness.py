@@ -2,7 +2,6 @@
 shows it). A few cases run the real command in a subprocess; the rest call ``cli.main``."""
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -11,35 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from fapm_lib import FAPM, FAPMConfig, PatchCore
 from fapm_lib.cli import main as cli
-from fapm_lib.detectors import base
 from fapm_lib.detectors.model_file import MODEL_FILE
 from fapm_lib.method.backbone import create_feature_extractor
-from fapm_lib.method.coreset import GreedyKCenter
-from tests.helpers import build_mvtec_tree
+from tests.helpers import build_mvtec_tree, one_line, truncated_copy
 
 CATEGORY = "widget"
-TINY_YAML = "resize: 64\ncrop_size: 64\ngrid: 2\nbatch_size: 4\ncoreset_ratio: 0.5\nimage_score: reweighted\nk: 2\n"
+#: Tiny settings with the re-weighted score (so that ``k`` acts), as a YAML file for ``--config``.
+TINY_REWEIGHTED_YAML = ("resize: 64\ncrop_size: 64\ngrid: 2\nbatch_size: 4\ncoreset_ratio: 0.5\n"
+                        "image_score: reweighted\nk: 2\n")
 TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, k=2)
-_EXTRACTORS: dict[tuple, object] = {}
 
-
-@pytest.fixture(autouse=True)
-def cached_extractors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Build each backbone once per module (the CLI builds one per model; same weights)."""
-
-    def cached(name: str, pretrained: bool = True, device="cpu"):
-        key = (name, pretrained, str(device))
-        if key not in _EXTRACTORS:
-            _EXTRACTORS[key] = create_feature_extractor(name, pretrained, device)
-        return _EXTRACTORS[key]
-
-    monkeypatch.setattr(base, "create_feature_extractor", cached)
-
-
+pytestmark = pytest.mark.usefixtures("cached_extractors")
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MVTec layout: 6 train/good, test good 2 + crack 2 (with masks), 64x64 RGB noise."""
@@ -48,9 +32,9 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reweighted_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(TINY_YAML)
+    path.write_text(TINY_REWEIGHTED_YAML)
     return path
 
 
@@ -64,14 +48,6 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "fapm": FAPM(TINY, extractor=extractor).fit(images, progress=False).save(folder / "fapm.safetensors"),
         "patchcore": PatchCore(TINY, extractor=extractor).fit(images, progress=False).save(folder / "pc.safetensors"),
     }
-
-
-def one_line(stderr: str) -> str:
-    """The single non-empty stderr line; fails on a traceback or on several lines."""
-    assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def suggested_grids(message: str) -> list[int]:
@@ -100,18 +76,18 @@ def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 # ---- true command-line path (subprocess) ------------------------------------------------------
-def test_missing_data_root_subprocess(tmp_path: Path, tiny_yaml: Path) -> None:
+def test_missing_data_root_subprocess(tmp_path: Path, reweighted_yaml: Path) -> None:
     missing = tmp_path / "no_such_root"
-    proc = run_cli(*fit_args(missing, tiny_yaml, tmp_path / "out"), cwd=tmp_path)
+    proc = run_cli(*fit_args(missing, reweighted_yaml, tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2
     assert one_line(proc.stderr) == f"fapm fit: error: {missing}: data root does not exist"
     assert not (tmp_path / "out" / MODEL_FILE).exists()
 
 
 @pytest.mark.slow
-def test_debug_shows_the_traceback_subprocess(tmp_path: Path, tiny_yaml: Path) -> None:
+def test_debug_shows_the_traceback_subprocess(tmp_path: Path, reweighted_yaml: Path) -> None:
     missing = tmp_path / "no_such_root"
-    proc = run_cli(*fit_args(missing, tiny_yaml, tmp_path / "out", "--debug"), cwd=tmp_path)
+    proc = run_cli(*fit_args(missing, reweighted_yaml, tmp_path / "out", "--debug"), cwd=tmp_path)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert f"fapm_lib.errors.DataError: {missing}: data root does not exist" in proc.stderr
@@ -126,21 +102,22 @@ def test_predict_with_tampered_model_subprocess(tmp_path: Path, tiny_root: Path,
     image = tiny_root / CATEGORY / "test" / "good" / "000.png"
     proc = run_cli("predict", "--model", str(tampered), str(image), "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2
-    assert one_line(proc.stderr) == f"fapm predict: error: {tampered}: checksum mismatch (the file was modified or damaged)"
+    assert one_line(proc.stderr) == (f"fapm predict: error: {tampered}: checksum mismatch "
+                                     "(the file was modified or damaged)")
     assert not (tmp_path / "out").exists()
 
 
 def test_command_module_loads_without_torch(tmp_path: Path) -> None:
     """Ctrl-C while torch loads (the first seconds) must give the one-line message and exit 130,
     so ``fapm_lib.cli`` (and the package it lives in) must not import torch at import time."""
-    proc = subprocess.run([sys.executable, "-c", "import sys, fapm_lib.cli; print(sorted({'torch', 'timm'} & set(sys.modules)))"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    probe = "import sys, fapm_lib.cli; print(sorted({'torch', 'timm'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]"
 
 
 # ---- data ------------------------------------------------------------------------------------
-def test_missing_category(capsys, tmp_path: Path, tiny_root: Path, tiny_yaml: Path) -> None:
-    argv = fit_args(tiny_root, tiny_yaml, tmp_path / "out")
+def test_missing_category(capsys, tmp_path: Path, tiny_root: Path, reweighted_yaml: Path) -> None:
+    argv = fit_args(tiny_root, reweighted_yaml, tmp_path / "out")
     argv[argv.index(CATEGORY)] = "nope"
     code, _, err = run_main(capsys, *argv)
     assert code == 2
@@ -157,17 +134,18 @@ def corrupt_root(tmp_path: Path, tiny_root: Path) -> tuple[Path, Path]:
     return root, bad
 
 
-def test_corrupt_training_image_stops_the_fit(capsys, tmp_path: Path, corrupt_root, tiny_yaml: Path) -> None:
+def test_corrupt_training_image_stops_the_fit(capsys, tmp_path: Path, corrupt_root, reweighted_yaml: Path) -> None:
     root, bad = corrupt_root
-    code, _, err = run_main(capsys, *fit_args(root, tiny_yaml, tmp_path / "out"))
+    code, _, err = run_main(capsys, *fit_args(root, reweighted_yaml, tmp_path / "out"))
     assert code == 2
     assert one_line(err).startswith(f"fapm fit: error: {bad}: cannot read image")
     assert not (tmp_path / "out" / MODEL_FILE).exists()
 
 
-def test_skip_bad_fits_on_the_rest_and_lists_the_file(capsys, tmp_path: Path, corrupt_root, tiny_yaml: Path) -> None:
+def test_skip_bad_fits_on_the_rest_and_lists_the_file(capsys, tmp_path: Path, corrupt_root,
+                                                       reweighted_yaml: Path) -> None:
     root, bad = corrupt_root
-    code, out, err = run_main(capsys, *fit_args(root, tiny_yaml, tmp_path / "out", "--skip-bad"))
+    code, out, err = run_main(capsys, *fit_args(root, reweighted_yaml, tmp_path / "out", "--skip-bad"))
     assert code == 0
     assert one_line(err).startswith(f"skipped: {bad}: cannot read image")
     assert out.startswith(f"fitted {CATEGORY} on 5 images")
@@ -186,12 +164,13 @@ def test_missing_prediction_input(capsys, tmp_path: Path, model_files: dict) -> 
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
-        (TINY_YAML + "gridd: 2\n", "unknown key 'gridd'"),
-        (TINY_YAML.replace("grid: 2", "grid: two"), "key 'grid' expects int, got str 'two'"),
-        (TINY_YAML.replace("coreset_ratio: 0.5", "coreset_ratio: '0.5'"), "key 'coreset_ratio' expects float"),
-        (TINY_YAML.replace("k: 2", "k: 2.0"), "key 'k' expects int, got float"),
-        (TINY_YAML.replace("grid: 2", "grid: [2]"), "key 'grid' expects int, got list"),
-        (TINY_YAML + "category: [a]\n", "key 'category' expects str"),
+        (TINY_REWEIGHTED_YAML + "gridd: 2\n", "unknown key 'gridd'"),
+        (TINY_REWEIGHTED_YAML.replace("grid: 2", "grid: two"), "key 'grid' expects int, got str 'two'"),
+        (TINY_REWEIGHTED_YAML.replace("coreset_ratio: 0.5", "coreset_ratio: '0.5'"),
+         "key 'coreset_ratio' expects float"),
+        (TINY_REWEIGHTED_YAML.replace("k: 2", "k: 2.0"), "key 'k' expects int, got float"),
+        (TINY_REWEIGHTED_YAML.replace("grid: 2", "grid: [2]"), "key 'grid' expects int, got list"),
+        (TINY_REWEIGHTED_YAML + "category: [a]\n", "key 'category' expects str"),
         ("grid: [2\n", "not valid YAML"),
         ("- grid\n- 2\n", "expected a mapping of keys to values, got list"),
     ],
@@ -223,13 +202,14 @@ def test_missing_yaml_config(capsys, tmp_path: Path, tiny_root: Path) -> None:
         (["--batch-size", "0"], "batch_size=0 must be >= 1"),
     ],
 )
-def test_out_of_range_flag(capsys, tmp_path: Path, tiny_root: Path, tiny_yaml: Path, flags, expected) -> None:
-    code, _, err = run_main(capsys, *fit_args(tiny_root, tiny_yaml, tmp_path / "out", *flags))
+def test_out_of_range_flag(capsys, tmp_path: Path, tiny_root: Path, reweighted_yaml: Path, flags, expected) -> None:
+    code, _, err = run_main(capsys, *fit_args(tiny_root, reweighted_yaml, tmp_path / "out", *flags))
     assert code == 2 and one_line(err) == f"fapm fit: error: options: {expected}"
 
 
-def test_grid_that_does_not_divide_the_feature_maps(capsys, tmp_path: Path, tiny_root: Path, tiny_yaml: Path) -> None:
-    code, _, err = run_main(capsys, *fit_args(tiny_root, tiny_yaml, tmp_path / "out", "--grid", "5"))
+def test_grid_that_does_not_divide_the_feature_maps(capsys, tmp_path: Path, tiny_root: Path,
+                                                     reweighted_yaml: Path) -> None:
+    code, _, err = run_main(capsys, *fit_args(tiny_root, reweighted_yaml, tmp_path / "out", "--grid", "5"))
     assert code == 2
     line = one_line(err)
     assert line.startswith("fapm fit: error: grid=5 does not divide the 8x8")
@@ -247,16 +227,16 @@ def test_default_grid_does_not_divide_a_28x28_map(capsys, tmp_path: Path, tiny_r
     assert "grid=5 does not divide the 28x28" in line and suggested_grids(line) == [1, 2, 7, 14]
 
 
-def test_k_larger_than_a_bank(capsys, tmp_path: Path, tiny_root: Path, tiny_yaml: Path) -> None:
-    code, _, err = run_main(capsys, *fit_args(tiny_root, tiny_yaml, tmp_path / "out", "--k", "10000"))
+def test_k_larger_than_a_bank(capsys, tmp_path: Path, tiny_root: Path, reweighted_yaml: Path) -> None:
+    code, _, err = run_main(capsys, *fit_args(tiny_root, reweighted_yaml, tmp_path / "out", "--k", "10000"))
     assert code == 2
     assert one_line(err).startswith("fapm fit: error: k=10000 exceeds the smallest memory bank (12 vectors, layer 1)")
     assert not (tmp_path / "out" / MODEL_FILE).exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_cuda(capsys, tmp_path: Path, tiny_root: Path, tiny_yaml: Path) -> None:
-    code, _, err = run_main(capsys, *fit_args(tiny_root, tiny_yaml, tmp_path / "out", "--device", "cuda"))
+def test_cuda_without_cuda(capsys, tmp_path: Path, tiny_root: Path, reweighted_yaml: Path) -> None:
+    code, _, err = run_main(capsys, *fit_args(tiny_root, reweighted_yaml, tmp_path / "out", "--device", "cuda"))
     assert code == 2 and one_line(err) == "fapm fit: error: --device cuda: no CUDA device is available here"
 
 
@@ -269,25 +249,7 @@ def test_argparse_errors_exit_2_without_traceback(capsys, tmp_path: Path) -> Non
     assert err.strip().splitlines()[-1] == "fapm fit: error: argument --grid: invalid int value: 'two'"
 
 
-# ---- memory use of a fit -----------------------------------------------------------------------
-def test_greedy_step_allocates_no_full_size_temporaries() -> None:
-    """Each greedy k-center step allocated four ``[R, N]`` temporaries while keeping small tensors
-    alive; glibc then fragments its heap and RSS grows by about R*N*4 bytes per step (a 2000-image
-    lite0 fit passed 14 GB, tools/measure_fit_rss.py). A step must reuse preallocated buffers."""
-    x = torch.randn(3, 2000, 8, generator=torch.Generator().manual_seed(0))
-    greedy = GreedyKCenter(x)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        greedy.extend(20)
-    full_size = sorted({e.name for e in prof.events() if e.cpu_memory_usage >= x.shape[0] * x.shape[1] * 4})
-    assert full_size == []
-
-
 # ---- model files -----------------------------------------------------------------------------
-def _truncated(path: Path, out: Path) -> Path:
-    out.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return out
-
-
 def _flipped(path: Path, out: Path) -> Path:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
@@ -309,7 +271,7 @@ def test_predict_refuses_bad_model_files(capsys, tmp_path: Path, tiny_root: Path
                                          damage: str, expected: str) -> None:
     path = tmp_path / "model.safetensors"
     if damage == "truncated":
-        _truncated(model_files["fapm"], path)
+        truncated_copy(model_files["fapm"], path)
     elif damage == "flipped":
         _flipped(model_files["fapm"], path)
     elif damage == "patchcore":
@@ -345,12 +307,3 @@ def test_valid_predict_writes_scores(capsys, tmp_path: Path, tiny_root: Path, mo
     assert len(rows) == 5 and rows[0] == "path,raw_score,score,decision,mask,overlay"
 
 
-def test_every_subcommand_runs_a_workflow_function() -> None:
-    """The CLI only parses and dispatches: each subcommand has a handler in fapm_lib.workflows."""
-    from fapm_lib.cli.main import COMMANDS, build_parser, handler
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == set(COMMANDS)
-    for command in COMMANDS:
-        assert callable(handler(command)) and handler(command).__module__.startswith("fapm_lib.workflows.")

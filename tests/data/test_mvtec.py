@@ -1,36 +1,24 @@
-"""Tests for fapm_lib.data: layout listing, robust decoding, masks, transform, loader."""
+"""The MVTec AD layout: listing, masks, unreadable files skipped or refused, EXIF-rotated and
+reduced-scale images aligned with their masks, the dataset and loader, random trees, real data."""
 from __future__ import annotations
 
-import io
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageFile
+from PIL import Image
 
 from fapm_lib.data import mvtec as data
-from fapm_lib.data.images import IMAGE_EXTENSIONS, load_image, load_mask
+from fapm_lib.data.images import load_mask
 from fapm_lib.data.mvtec import MVTecDataset, Sample, default_shared_root, list_samples, make_loader
-from fapm_lib.data.transform import IMAGENET_MEAN, IMAGENET_STD, Transform
-from fapm_lib.errors import ConfigError, DataError
-from tests.helpers import REPO
+from fapm_lib.data.transform import Transform
+from fapm_lib.errors import ConfigError
+from tests.helpers import REPO, box_jpeg, data_error, truncated_copy
 
 SMALL = Transform(resize=64, crop_size=56)
-
-
-def _data_error(call, *args, **kwargs) -> str:
-    """Run ``call`` expecting DataError; return its message, checked to be one line."""
-    with pytest.raises(DataError) as info:
-        call(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message
-    return message
 
 
 # --------------------------------------------------------------------------- listing
@@ -71,31 +59,27 @@ def test_ignores_hidden_and_non_image_files_and_reads_any_case_extension(
     assert {s.defect_type for s in list_samples(tiny_mvtec, "widget", "test")} == {"crack", "good"}
 
 
-def test_image_extensions() -> None:
-    assert set(IMAGE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
 def test_missing_root(tmp_path: Path) -> None:
-    message = _data_error(list_samples, tmp_path / "nowhere", "bottle", "train")
+    message = data_error(list_samples, tmp_path / "nowhere", "bottle", "train")
     assert str(tmp_path / "nowhere") in message and "does not exist" in message
 
 
 def test_missing_category_lists_up_to_20_existing(tmp_path: Path) -> None:
     for i in range(25):
         (tmp_path / f"cat{i:02d}").mkdir()
-    message = _data_error(list_samples, tmp_path, "bottle", "train")
+    message = data_error(list_samples, tmp_path, "bottle", "train")
     assert "'bottle' not found" in message
     assert "cat00" in message and "cat19" in message and "cat20" not in message
     assert "and 5 more" in message
 
 
 def test_missing_category_in_empty_root(tmp_path: Path) -> None:
-    assert "(none)" in _data_error(list_samples, tmp_path, "bottle", "test")
+    assert "(none)" in data_error(list_samples, tmp_path, "bottle", "test")
 
 
 def test_train_good_missing(tmp_path: Path) -> None:
     (tmp_path / "widget" / "train").mkdir(parents=True)
-    message = _data_error(list_samples, tmp_path, "widget", "train")
+    message = data_error(list_samples, tmp_path, "widget", "train")
     assert message == f"no training images in {tmp_path / 'widget' / 'train' / 'good'}"
 
 
@@ -104,17 +88,17 @@ def test_train_good_with_only_junk(tmp_path: Path) -> None:
     good.mkdir(parents=True)
     for name in ("notes.txt", ".DS_Store", "Thumbs.db", ".hidden.png"):
         (good / name).write_bytes(b"junk")
-    assert "no training images in" in _data_error(list_samples, tmp_path, "widget", "train")
+    assert "no training images in" in data_error(list_samples, tmp_path, "widget", "train")
 
 
 def test_test_split_missing(make_mvtec) -> None:
     root = make_mvtec(test_counts={})
-    assert "no test images in" in _data_error(list_samples, root, "widget", "test")
+    assert "no test images in" in data_error(list_samples, root, "widget", "test")
 
 
 def test_test_split_with_empty_type_folders(make_mvtec) -> None:
     root = make_mvtec(test_counts={"good": 0, "crack": 0})
-    message = _data_error(list_samples, root, "widget", "test")
+    message = data_error(list_samples, root, "widget", "test")
     assert message == f"no test images in {root / 'widget' / 'test'}"
 
 
@@ -158,7 +142,7 @@ def test_masks_mark_defects_only(tiny_mvtec: Path) -> None:
 def test_missing_single_mask_names_expected_path(tiny_mvtec: Path) -> None:
     missing = tiny_mvtec / "widget" / "ground_truth" / "crack" / "001_mask.png"
     missing.unlink()
-    message = _data_error(list_samples, tiny_mvtec, "widget", "test")
+    message = data_error(list_samples, tiny_mvtec, "widget", "test")
     assert message.startswith(f"{missing}: missing mask")
 
 
@@ -166,105 +150,30 @@ def test_defect_type_without_masks_while_others_have_them(make_mvtec) -> None:
     root = make_mvtec(test_counts={"good": 1, "crack": 1, "scratch": 2})
     for mask in (root / "widget" / "ground_truth" / "scratch").iterdir():
         mask.unlink()
-    message = _data_error(list_samples, root, "widget", "test")
+    message = data_error(list_samples, root, "widget", "test")
     assert "no masks for defect type 'scratch'" in message and "000_mask.png" in message
 
 
 def test_empty_ground_truth_folder_is_an_error(make_mvtec) -> None:
     root = make_mvtec(masks=False)
     (root / "widget" / "ground_truth").mkdir()
-    assert "no masks for defect type 'crack'" in _data_error(list_samples, root, "widget", "test")
+    assert "no masks for defect type 'crack'" in data_error(list_samples, root, "widget", "test")
 
 
 def test_mask_size_mismatch(tiny_mvtec: Path, mask_writer) -> None:
     mask = mask_writer(tiny_mvtec / "widget" / "ground_truth" / "crack" / "001_mask.png", (40, 40))
     dataset = MVTecDataset(tiny_mvtec, "widget", "test", transform=SMALL)
-    message = _data_error(dataset.__getitem__, 1)
+    message = data_error(dataset.__getitem__, 1)
     assert str(mask) in message and "40x40" in message and "48x40" in message
-    assert str(mask) in _data_error(load_mask, mask, (48, 40))
-
-
-@pytest.mark.parametrize("mode", ["L", "1", "RGB", "P"])
-def test_mask_modes_binarise_above_127(tmp_path: Path, mode: str) -> None:
-    gray = np.zeros((8, 8), dtype=np.uint8)
-    gray[:, :4] = 200
-    gray[:, 4:6] = 100
-    path = tmp_path / "m_mask.png"
-    Image.fromarray(gray).convert(mode, dither=Image.Dither.NONE).save(path)
-    mask = load_mask(path, (8, 8))
-    assert mask.mode == "L"
-    expected = np.zeros((8, 8), dtype=np.uint8)
-    expected[:, :4] = 255
-    np.testing.assert_array_equal(np.asarray(mask), expected)
+    assert str(mask) in data_error(load_mask, mask, (48, 40))
 
 
 # --------------------------------------------------------------------------- robust reading
 
 
-def _truncated(source: Path, target: Path) -> Path:
-    payload = source.read_bytes()
-    target.write_bytes(payload[: len(payload) // 2])
-    return target
-
-
-def _png_claiming_size(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims width x height (valid CRC), as a decompression bomb would."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, "PNG")
-    raw = bytearray(buffer.getvalue())
-    raw[16:24] = struct.pack(">II", width, height)
-    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
-    path.write_bytes(bytes(raw))
-    return path
-
-
-@pytest.fixture
-def bad_files(tmp_path: Path, image_writer) -> dict[str, Path]:
-    """One broken file of each kind, by name."""
-    empty = tmp_path / "empty.png"
-    empty.touch()
-    text = tmp_path / "text.png"
-    text.write_text("this is not a PNG\n")
-    return {
-        "cut_png": _truncated(image_writer(tmp_path / "noise.png", (64, 64)), tmp_path / "cut.png"),
-        "cut_jpg": _truncated(image_writer(tmp_path / "noise.jpg", (64, 64)), tmp_path / "cut.jpg"),
-        "empty": empty,
-        "text": text,
-        "missing": tmp_path / "missing.png",
-    }
-
-
-def test_truncated_images_are_not_loaded() -> None:
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
-
-
-@pytest.mark.parametrize(
-    ("name", "problem"),
-    [
-        ("cut_png", "cannot read image (image file is truncated"),
-        ("cut_jpg", "cannot read image (image file is truncated"),
-        ("empty", "cannot read image (empty file"),
-        ("text", "cannot read image (not an image"),
-        ("missing", "file not found"),
-    ],
-)
-def test_unreadable_file_is_one_line_data_error(bad_files: dict[str, Path], name: str, problem: str) -> None:
-    path = bad_files[name]
-    assert _data_error(load_image, path).startswith(f"{path}: {problem}")
-
-
-def test_decompression_bombs_are_refused(tmp_path: Path) -> None:
-    assert Image.MAX_IMAGE_PIXELS >= 16384 * 16384
-    above_limit = _png_claiming_size(tmp_path / "big.png", 20000, 20000)  # Pillow would only warn
-    far_above = _png_claiming_size(tmp_path / "huge.png", 60000, 60000)  # Pillow raises itself
-    for path in (above_limit, far_above):
-        message = _data_error(load_image, path)
-        assert message.startswith(f"{path}: image too large")
-
-
 def test_skip_bad_drops_and_lists_unreadable_files(tiny_mvtec: Path, mask_writer) -> None:
     good = tiny_mvtec / "widget" / "train" / "good"
-    _truncated(good / "001.png", good / "001.png.tmp").replace(good / "001.png")
+    truncated_copy(good / "001.png", good / "001.png.tmp").replace(good / "001.png")
     (good / "003.png").touch()
     train = MVTecDataset(tiny_mvtec, "widget", "train", transform=SMALL, skip_bad=True)
     assert [s.path.name for s in train.samples] == ["000.png", "002.png"]
@@ -282,7 +191,7 @@ def test_skip_bad_drops_and_lists_unreadable_files(tiny_mvtec: Path, mask_writer
 def test_skip_bad_with_nothing_left(tiny_mvtec: Path) -> None:
     for path in (tiny_mvtec / "widget" / "train" / "good").glob("*.png"):
         path.write_bytes(b"")
-    message = _data_error(MVTecDataset, tiny_mvtec, "widget", "train", skip_bad=True)
+    message = data_error(MVTecDataset, tiny_mvtec, "widget", "train", skip_bad=True)
     assert "no readable train images (3 skipped)" in message
 
 
@@ -291,77 +200,7 @@ def test_without_skip_bad_errors_surface_on_access(tiny_mvtec: Path) -> None:
     bad.write_text("oops")
     dataset = MVTecDataset(tiny_mvtec, "widget", "train", transform=SMALL)
     assert len(dataset) == 3 and dataset.skipped == []
-    assert _data_error(dataset.__getitem__, 2).startswith(f"{bad}: ")
-
-
-def _stored_mode(path: Path) -> str:
-    with Image.open(path) as image:
-        return image.mode
-
-
-def test_sixteen_bit_png_scaled_by_full_range(tmp_path: Path) -> None:
-    values = np.array([[0, 25700, 32896, 65535]], dtype=np.uint16)
-    path = tmp_path / "deep.png"
-    Image.fromarray(values).save(path)
-    assert _stored_mode(path) == "I;16"
-    rgb = np.asarray(load_image(path))
-    np.testing.assert_array_equal(rgb[..., 0], [[0, 100, 128, 255]])
-    assert (rgb[..., 0] == rgb[..., 2]).all()
-
-
-def test_32_bit_integer_tiff_holding_16_bit_values(tmp_path: Path) -> None:
-    path = tmp_path / "deep.tif"
-    Image.fromarray(np.array([[0, 25700, 65535]], dtype=np.int32)).save(path)
-    assert _stored_mode(path) == "I"
-    np.testing.assert_array_equal(np.asarray(load_image(path))[..., 1], [[0, 100, 255]])
-
-
-@pytest.mark.parametrize(
-    ("mode", "colour", "expected"),
-    [
-        ("RGBA", (10, 20, 30, 0), (10, 20, 30)),  # alpha dropped, not composited
-        ("LA", (100, 7), (100, 100, 100)),
-        ("L", 77, (77, 77, 77)),
-        ("1", 1, (255, 255, 255)),
-    ],
-)
-def test_modes_become_rgb(tmp_path: Path, mode: str, colour, expected: tuple[int, int, int]) -> None:
-    path = tmp_path / "x.png"
-    Image.new(mode, (5, 4), colour).save(path)
-    image = load_image(path)
-    assert image.mode == "RGB" and image.size == (5, 4) and image.getpixel((2, 2)) == expected
-
-
-@pytest.mark.parametrize("transparency", [False, True])
-def test_palette_image_becomes_rgb(tmp_path: Path, transparency: bool) -> None:
-    palette = Image.new("P", (4, 4), 1)
-    palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
-    path = tmp_path / "p.png"
-    palette.save(path, **({"transparency": 1} if transparency else {}))
-    image = load_image(path)
-    assert image.mode == "RGB" and image.getpixel((0, 0)) == (200, 100, 50)
-
-
-def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
-    path = tmp_path / "print.jpg"
-    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(path, quality=95)
-    assert _stored_mode(path) == "CMYK"
-    red, green, blue = load_image(path).getpixel((8, 8))
-    assert red > 240 and green < 15 and blue < 15
-
-
-def test_exif_rotated_jpeg_is_upright(tmp_path: Path) -> None:
-    stored = np.zeros((32, 64, 3), dtype=np.uint8)  # wide as stored: red left, blue right
-    stored[:, :32] = (255, 0, 0)
-    stored[:, 32:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    path = tmp_path / "phone.jpg"
-    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
-    image = load_image(path)
-    assert image.size == (32, 64)  # tall once upright: red on top, blue below
-    assert image.getpixel((16, 8))[0] > 200 and image.getpixel((16, 56))[2] > 200
-    assert Transform().image(image).shape == (3, 224, 224)
+    assert data_error(dataset.__getitem__, 2).startswith(f"{bad}: ")
 
 
 def test_exif_rotated_defect_accepts_upright_mask(make_mvtec, mask_writer) -> None:
@@ -375,91 +214,15 @@ def test_exif_rotated_defect_accepts_upright_mask(make_mvtec, mask_writer) -> No
     assert MVTecDataset(root, "widget", "test", transform=SMALL)[0]["mask"].any()
 
 
-@pytest.mark.parametrize("size", [(32, 32), (300, 100), (100, 300), (33, 90)])
-def test_small_and_non_square_images(tmp_path: Path, image_writer, size: tuple[int, int]) -> None:
-    image = load_image(image_writer(tmp_path / "x.png", size))
-    assert image.size == size
-    x = Transform().image(image)
-    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
-
-
-def test_very_large_png_reads_correctly(tmp_path: Path) -> None:
-    pixels = np.full((6000, 8000, 3), (30, 60, 90), dtype=np.uint8)
-    pixels[1000:2000, 1000:3000] = (250, 10, 10)
-    pixels[5000:, 7000:] = (0, 255, 0)
-    path = tmp_path / "huge.png"
-    Image.fromarray(pixels).save(path, compress_level=1)
-    del pixels
-    image = load_image(path)
-    assert image.size == (8000, 6000)
-    assert image.getpixel((0, 0)) == (30, 60, 90)
-    assert image.getpixel((1500, 1500)) == (250, 10, 10)
-    assert image.getpixel((7999, 5999)) == (0, 255, 0)
-    assert Transform().image(image).shape == (3, 224, 224)
-
-
-def _box_jpeg(path: Path, size: tuple[int, int], box: tuple[int, int, int, int]) -> Path:
-    """Black JPEG with a white box (left, top, right, bottom)."""
-    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-    left, top, right, bottom = box
-    pixels[top:bottom, left:right] = 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, quality=90)
-    return path
-
-
-def test_large_jpeg_decoded_at_reduced_scale_only_when_it_keeps_twice_the_target(tmp_path: Path) -> None:
-    large = _box_jpeg(tmp_path / "large.jpg", (2400, 1800), (0, 0, 10, 10))
-    medium = _box_jpeg(tmp_path / "medium.jpg", (1000, 800), (0, 0, 10, 10))
-    assert load_image(large).size == (2400, 1800)
-    assert load_image(large, min_side=256).size == (1200, 900)  # 1/4 would give 450 < 512
-    assert load_image(large, min_side=100).size == (300, 225)  # 1/8 keeps >= 200
-    assert load_image(medium, min_side=256).size == (1000, 800)
-
-
 def test_reduced_scale_jpeg_stays_aligned_with_its_full_size_mask(make_mvtec, mask_writer) -> None:
     root = make_mvtec(test_counts={"good": 1})
     box = (800, 600, 1700, 1300)
-    _box_jpeg(root / "widget" / "test" / "crack" / "000.jpg", (2400, 1800), box)
+    box_jpeg(root / "widget" / "test" / "crack" / "000.jpg", (2400, 1800), box)
     mask_writer(root / "widget" / "ground_truth" / "crack" / "000_mask.png", (2400, 1800), box)
     item = MVTecDataset(root, "widget", "test")[0]
     bright = item["image"].mean(dim=0) > 0.5
     overlap = (bright & item["mask"]).sum() / (bright | item["mask"]).sum()
     assert overlap > 0.97
-
-
-# --------------------------------------------------------------------------- transform
-
-
-def test_transform_matches_torchvision(image_writer, tmp_path: Path) -> None:
-    tv = pytest.importorskip("torchvision.transforms")
-    for size in [(48, 40), (300, 100), (32, 32), (257, 256), (100, 333)]:
-        image = load_image(image_writer(tmp_path / "x.png", size, seed=size[0]))
-        for ours, geometry in [
-            (Transform(), [tv.Resize(256), tv.CenterCrop(224)]),
-            (Transform(crop_size=None), [tv.Resize((256, 256))]),
-        ]:
-            reference = tv.Compose([*geometry, tv.ToTensor(), tv.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-            torch.testing.assert_close(ours.image(image), reference(image), atol=1e-5, rtol=0)
-
-
-def test_transform_output_size_and_mask_geometry() -> None:
-    assert Transform().output_size == 224 and Transform(crop_size=None).output_size == 256
-    gray = np.zeros((100, 300), dtype=np.uint8)
-    gray[:, 150:] = 255  # right half of a wide image
-    mask = Transform().mask(Image.fromarray(gray))
-    assert mask.shape == (224, 224) and mask.dtype == torch.bool
-    # resized to 768x256, cropped at x in [272, 496): boundary 384 -> column 112
-    assert not mask[:, :111].any() and mask[:, 113:].all()
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"resize": 0}, {"crop_size": 300}, {"crop_size": 0}, {"std": (0.2, 0.0, 0.2)}, {"mean": (0.5, 0.5)}],
-)
-def test_transform_rejects_bad_parameters(kwargs: dict) -> None:
-    with pytest.raises(ConfigError):
-        Transform(**kwargs)
 
 
 # --------------------------------------------------------------------------- dataset and loader

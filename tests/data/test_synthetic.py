@@ -1,4 +1,4 @@
-"""Tests for fapm_lib.synthetic: MVTec layout, exact masks, determinism, atomic writes."""
+"""Tests for fapm_lib.data.synthetic: MVTec layout, exact masks, determinism, atomic writes."""
 from __future__ import annotations
 
 import hashlib

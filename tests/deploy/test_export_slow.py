@@ -155,7 +155,8 @@ def test_benchmark_runtimes(tmp_path: Path) -> None:
         assert 0 <= row["image_auroc"] <= 1 and 0 <= row["pixel_auroc"] <= 1
     for name in ("onnxruntime", "openvino"):  # fp32 exports: the same accuracy as torch
         assert abs(runtimes[name]["image_auroc_change"]) < 1e-3 and abs(runtimes[name]["pixel_auroc_change"]) < 1e-3
-    assert runtimes["_details"]["threads"] == 1 and runtimes["_details"]["onnxruntime_peak_rss_mb"]["batch_1"]["peak_rss_mb"] > 0
+    details = runtimes["_details"]
+    assert details["threads"] == 1 and details["onnxruntime_peak_rss_mb"]["batch_1"]["peak_rss_mb"] > 0
     assert "## Runtimes" in (out / "benchmark.md").read_text()
 
 

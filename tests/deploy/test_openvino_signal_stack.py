@@ -18,7 +18,7 @@ from fapm_lib import FAPM, FAPMConfig  # noqa: E402
 from fapm_lib.deploy.exported import ExportedModel  # noqa: E402
 from fapm_lib.deploy.graph_export import export_model  # noqa: E402
 from fapm_lib.deploy.run_fapm import openvino_core  # noqa: E402
-from tests.conftest import alt_stack_is_valid  # noqa: E402
+from tests.signal_stack_support import alt_stack_is_valid  # noqa: E402
 
 TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, calibration_folds=0)
 

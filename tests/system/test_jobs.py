@@ -13,7 +13,7 @@ from fapm_lib.cli import main as cli
 from fapm_lib.data.synthetic import generate_category
 from fapm_lib.errors import ConfigError
 from fapm_lib.system.jobs import KILL_ONCE_ENV, Job, parse_scheduler, run_jobs
-from tests.workflows.test_notebook_batch import EVALUATION, counting_notebook, fake_category
+from tests.batch_support import EVALUATION, counting_notebook, fake_category
 
 pytest.importorskip("distributed")
 

@@ -5,59 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fapm_lib.system import timing
 from fapm_lib.system.timing import STAGES, StageTimer, predict_by_stage, timed
-from fapm_lib.tutorial.notebook import time_stages
-
-
-class FakeClock:
-    """Stands in for :func:`fapm_lib.timing.clocks`; ``advance`` moves (wall, cpu) on."""
-
-    def __init__(self) -> None:
-        self.wall, self.cpu = 1000.0, 50.0
-
-    def __call__(self) -> tuple[float, float]:
-        return self.wall, self.cpu
-
-    def advance(self, wall: float, cpu: float) -> None:
-        self.wall += wall
-        self.cpu += cpu
-
-
-class FakeModel:
-    """embed / search / postprocess that take known (wall, cpu) seconds and log their calls; it is
-    its own fitted module (``runnable()``), as a detector's torch module would be."""
-
-    COST = {"embed": (2.0, 1.5), "search": (0.25, 0.125), "postprocess": (0.5, 0.75)}
-
-    def __init__(self, clock: FakeClock, log: list[str], device: str = "cpu") -> None:
-        self.clock, self.log, self.device = clock, log, torch.device(device)
-
-    def _run(self, name: str, value):
-        self.log.append(name)
-        self.clock.advance(*self.COST[name])
-        return value
-
-    def embed(self, images):
-        return self._run("embed", ["maps", images])
-
-    def search(self, maps):
-        assert maps[0] == "maps"
-        return self._run("search", "knn")
-
-    def postprocess(self, knn):
-        assert knn == "knn"
-        return self._run("postprocess", "prediction")
-
-    def runnable(self) -> "FakeModel":
-        return self
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(timing, "clocks", fake)
-    return fake
+from tests.timing_support import FakeClock, FakeModel
 
 
 def test_each_stage_gets_its_own_time_and_they_add_up(clock: FakeClock) -> None:
@@ -104,11 +53,6 @@ def test_no_synchronisation_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(torch.cuda, "synchronize", refuse)
     predict_by_stage(FakeModel(FakeClock(), []), torch.zeros(1))
-
-
-def test_time_stages_reports_medians_per_image_and_their_sum(clock: FakeClock) -> None:
-    times = time_stages(FakeModel(clock, []), torch.zeros(4, 3, 8, 8), repeats=3)  # [B=4, ...]
-    assert times == {"backbone": 500.0, "search": 62.5, "post-processing": 125.0, "total": 687.5}
 
 
 def test_predict_by_stage_gives_the_numbers_of_predict() -> None:

@@ -1,127 +1,45 @@
-"""``fapm update`` / ``FAPM.add_good``: false alarms fed back without a refit. A normal variant
-the training set lacks (a label on the part) is flagged NG; once two such parts are added, they
-and a third, unseen one are OK, a real defect stays NG, the memory grew by the rule's count and
-explanations point at the added images. Tiny 64 px parts, grid 2."""
+"""``fapm update``: normal images added to a fitted model from the command line, each one's score before
+and after, the model written where asked; what cannot be updated is refused with one line. Tiny 64 px
+parts, grid 2."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from fapm_lib import FAPM, MVTecDataset, PatchCore
-from fapm_lib.cli import main as cli
-from fapm_lib.data.folders import FolderDataset
 from fapm_lib.detectors.model_file import MODEL_FILE
-from tests.decisions.test_decisions import CATEGORY, TINY, cached_extractors, one_line, part_image, run_main, write_tree  # noqa: F401
+from tests.helpers import one_line, run_main
+from tests.parts_support import CATEGORY, TINY
+
+pytestmark = pytest.mark.usefixtures("cached_extractors")
 
 
-def labelled_part(seed: int) -> np.ndarray:
-    """A normal part with a bright label on it, which the training parts never have."""
-    image = part_image(seed)
-    image[20:34, 18:46] = (235, 235, 120)
-    return image
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_tree(tmp_path_factory.mktemp("update") / "data", n_train=10, n_good=2, n_bad=2)
-    for i in range(3):
-        folder = root / ("marked" if i < 2 else "unseen")
-        folder.mkdir(exist_ok=True)
-        Image.fromarray(labelled_part(700 + i)).save(folder / f"label_{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def fitted(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = FAPM(TINY)
-    model.fit(MVTecDataset(root, CATEGORY, "train", model.transform), progress=False)
-    return model.save(tmp_path_factory.mktemp("fitted") / MODEL_FILE)
-
-
-def test_marked_false_alarms_become_ok_without_a_refit(root: Path, fitted: Path) -> None:
-    model = FAPM.load(fitted)
-    unseen, defect = root / "unseen" / "label_2.png", root / CATEGORY / "test" / "crack" / "000.png"
-    assert model.predict_image(unseen).decision == "NG" and model.predict_image(defect).decision == "NG"
-    before = model.memories
-    sizes = [m.bank_sizes() for m in before]
-    report = model.add_good(FolderDataset(good=root / "marked", transform=model.transform))
-    assert [d for _, d in report.before] == ["NG", "NG"] and [d for _, d in report.after] == ["OK", "OK"]
-    assert model.predict_image(unseen).decision == "OK"
-    assert model.predict_image(defect).decision == "NG"
-    for layer, (memory, old, rows) in enumerate(zip(model.memories, sizes, (16, 4))):  # 2 images x s*s rows
-        far = memory.far
-        expected = old + torch.where(far, math.ceil(2 * rows * 0.5 * 2), math.ceil(2 * rows * 0.5)).clamp(max=2 * rows)
-        assert torch.equal(memory.bank_sizes(), expected), layer
-    assert model.train_images[-2:] == [str(p.resolve()) for p in sorted((root / "marked").glob("*.png"))]
-    cal = model.calibration
-    assert cal.summary["n_images"] == 12 and cal.summary["updates"][0]["n_added"] == 2
-    assert report.threshold_after == cal.image_threshold != report.threshold_before
-    # the added label now explains itself: its nearest normal patch is in an added image
-    why = model.predict_image(root / "marked" / "label_0.png").explain()
-    assert why.layers[0].train_index >= 10 and Path(why.layers[0].train_image).parent.name == "marked"
-
-
-def test_the_updated_model_file_loads_and_updates_compose(root: Path, fitted: Path, tmp_path: Path) -> None:
-    model = FAPM.load(fitted)
-    model.add_good(FolderDataset(good=root / "marked", transform=model.transform))
-    reloaded = FAPM.load(model.save(tmp_path / "updated.safetensors"))
-    image = root / "unseen" / "label_2.png"
-    assert reloaded.predict_image(image).raw_score == pytest.approx(model.predict_image(image).raw_score)
-    assert reloaded.fit_stats["updates"][0]["n_added"] == 2 and len(reloaded.train_images) == 12
-    reloaded.add_good(FolderDataset(good=root / "unseen", transform=reloaded.transform))
-    assert reloaded.calibration.summary["n_images"] == 13 and len(reloaded.calibration.summary["updates"]) == 2
-    assert len(reloaded.train_images) == 13 and len(reloaded.calibration.summary["image"]["values"]) == 13
-
-
-def test_update_command(capsys, root: Path, fitted: Path, tmp_path: Path) -> None:
-    code, out, err = run_main(capsys, "update", "--model", str(fitted), "--add-good", str(root / "marked"),
+def test_update_command(capsys, labelled_root: Path, labelled_model_file: Path, tmp_path: Path) -> None:
+    code, out, err = run_main(capsys, "update", "--model", str(labelled_model_file), "--add-good",
+                              str(labelled_root / "marked"),
                               "--output", str(tmp_path / "m2"), "--no-progress")
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
     assert lines[0].startswith("label_0.png: raw ") and " NG -> " in lines[0] and lines[0].endswith(" OK")
     assert lines[-1].startswith("added 2 normal images in ") and "(NG before: 2, after: 0)" in lines[-1]
     assert FAPM.load(tmp_path / "m2" / MODEL_FILE).calibration.summary["n_images"] == 12
-    code, _, _ = run_main(capsys, "update", "--model", str(fitted), "--add-good", str(root / "marked"),
+    code, _, _ = run_main(capsys, "update", "--model", str(labelled_model_file), "--add-good",
+                          str(labelled_root / "marked"),
                           "--output", str(tmp_path / "m3.safetensors"), "--no-progress")
     assert code == 0 and (tmp_path / "m3.safetensors").is_file()
 
 
-def test_update_refusals_are_one_line(capsys, root: Path, fitted: Path, tmp_path: Path) -> None:
+def test_update_refusals_are_one_line(capsys, labelled_root: Path, labelled_model_file: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
-    code, _, err = run_main(capsys, "update", "--model", str(fitted), "--add-good", str(tmp_path / "empty"),
+    code, _, err = run_main(capsys, "update", "--model", str(labelled_model_file), "--add-good",
+                            str(tmp_path / "empty"),
                             "--output", str(tmp_path / "o"))
     assert code == 2 and one_line(err).endswith("empty: no images found")
-    patchcore = PatchCore(TINY).fit(MVTecDataset(root, CATEGORY, "train", FAPM(TINY).transform), progress=False)
+    train = MVTecDataset(labelled_root, CATEGORY, "train", FAPM(TINY).transform)
+    patchcore = PatchCore(TINY).fit(train, progress=False)
     pc = patchcore.save(tmp_path / "pc.safetensors")
-    code, _, err = run_main(capsys, "update", "--model", str(pc), "--add-good", str(root / "marked"),
+    code, _, err = run_main(capsys, "update", "--model", str(pc), "--add-good", str(labelled_root / "marked"),
                             "--output", str(tmp_path / "o"))
     assert code == 2 and "holds a patchcore model, not a fapm model" in one_line(err)
-
-
-def test_each_added_image_is_scored_without_its_own_fold(root: Path, fitted: Path) -> None:
-    from fapm_lib.detectors.add_good import extend_memories, heldout_added, score_cached_maps
-    from fapm_lib.method.fapm_model import FAPMModel
-    from fapm_lib.method.regions import split_regions
-
-    model = FAPM.load(fitted)
-    config, fapm = model.config, model.model
-    maps = model.extract(FolderDataset(good=root / "marked", transform=model.transform), progress=False)
-    regions = [split_regions(m, config.grid) for m in maps]
-    cells = [16, 4]
-    neighbours, amaps = heldout_added(fapm, regions, maps, cells, config, model.feature_sizes)
-    old = score_cached_maps(fapm, maps, config.batch_size, config.search_k)
-    # image 0 against the old memory plus image 1 only, built by hand
-    with_other = extend_memories(list(fapm.memories), [r[:, c:] for r, c in zip(regions, cells)], [0, 0], config)[0]
-    by_hand = score_cached_maps(FAPMModel.from_config(config, None, with_other, model.feature_sizes),
-                           [m[:1] for m in maps], config.batch_size, config.search_k)
-    assert torch.allclose(neighbours[0], by_hand[0][0, : neighbours.shape[1]]) and torch.allclose(amaps[0], by_hand[1][0])
-    assert neighbours[0, 0] < old[0][0, 0]  # the other label is in memory: lower than by the old memory alone
-    alone, _ = heldout_added(fapm, [r[:, :c] for r, c in zip(regions, cells)], [m[:1] for m in maps],
-                                      cells, config, model.feature_sizes)
-    assert torch.allclose(alone[0], old[0][0, : alone.shape[1]])  # one image alone: the old memory

@@ -1,6 +1,6 @@
-"""Explanations: at a flagged image's most anomalous place, the nearest normal patch per layer,
-checked against an independent recomputation (the recorded training image is run through the
-backbone again); refused with one line where the model cannot explain. Tiny 64 px parts, grid 2."""
+"""Explanations (the nearest normal patch): at a flagged image's most anomalous place, the nearest normal
+patch per layer, checked against an independent recomputation (the recorded training image is run through
+the backbone again); refused with one line where the model cannot explain. Tiny 64 px parts, grid 2."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,9 @@ from fapm_lib import FAPM, MVTecDataset, PatchCore
 from fapm_lib.detectors import model_file
 from fapm_lib.errors import ConfigError
 from fapm_lib.method.memory import BankGroup, LayerMemory
-from tests.decisions.test_decisions import CATEGORY, SIZE, TINY, cached_extractors, write_tree  # noqa: F401
+from tests.parts_support import CATEGORY, SIZE, TINY, write_tree
+
+pytestmark = pytest.mark.usefixtures("cached_extractors")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def test_a_defect_is_explained_by_the_nearest_normal_patch_of_its_own_region(mod
         assert mask[top:bottom, left:right].any()  # the explained place is on the defect
         for match in why.layers:
             side = (8, 4)[match.layer] // TINY.grid  # cells per region: 8x8 and 4x4 maps
-            assert [c // side for c in match.test_cell] == [c // side for c in match.train_cell] == list(match.region_yx)
+            assert ([c // side for c in match.test_cell] == [c // side for c in match.train_cell]
+                    == list(match.region_yx))
             assert match.region == match.region_yx[0] * TINY.grid + match.region_yx[1]
             assert match.train_image == model.train_images[match.train_index]
             # independent of the memory's bookkeeping: the recorded training image, run again

@@ -9,41 +9,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
 from fapm_lib.cli import main as cli
 from fapm_lib.data.synthetic import generate_category
 from fapm_lib.errors import ConfigError, DataError
 from fapm_lib.workflows.batch import resolve_categories
-from tests.helpers import REPO
-
-EVALUATION = REPO / "notebooks" / "04_evaluation.ipynb"
-
-#: A stand-in notebook (starts in a second): "image AUROC" = number of training images / 100.
-COUNTING_SOURCE = '''
-import json, pathlib
-images = sorted((pathlib.Path(data_root) / category / "train" / "good").glob("*.png"))
-assert images, f"no training images for {category}"
-if metrics_path and write_metrics:
-    pathlib.Path(metrics_path).write_text(json.dumps({"image_auroc": len(images) / 100, "pixel_auroc": 0.5, "pixel_f1_max": 0.25}))
-'''
-
-
-def counting_notebook(path: Path) -> Path:
-    params = new_code_cell('data_root = ""\ncategory = ""\nbackbone = "none"\nfast = False\nmetrics_path = ""\nwrite_metrics = True')
-    params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[params, new_code_cell(COUNTING_SOURCE)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
-def fake_category(root: Path, name: str, n_train: int) -> None:
-    for i in range(n_train):
-        path = root / name / "train" / "good" / f"{i:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-    (root / name / "test" / "good").mkdir(parents=True, exist_ok=True)
+from tests.batch_support import EVALUATION, counting_notebook, fake_category
 
 
 def batch(*args: str) -> int:
@@ -71,7 +42,8 @@ def test_resolve_categories(tmp_path: Path) -> None:
 
 def test_bad_notebook_or_root_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     nb = counting_notebook(tmp_path / "count.ipynb")
-    assert batch("--notebook", str(tmp_path / "missing.ipynb"), "--data-root", str(tmp_path), "--output", str(tmp_path / "r")) == 2
+    assert batch("--notebook", str(tmp_path / "missing.ipynb"), "--data-root", str(tmp_path),
+                 "--output", str(tmp_path / "r")) == 2
     assert batch("--notebook", str(nb), "--data-root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "missing.ipynb: notebook not found" in err[0] and "nowhere" in err[1]
@@ -112,7 +84,8 @@ def test_missing_or_stale_metrics_count_as_failure(tmp_path: Path, capsys: pytes
 
 
 @pytest.mark.notebooks
-def test_evaluation_notebook_over_two_categories_and_a_broken_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluation_notebook_over_two_categories_and_a_broken_one(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("papermill")
     data = tmp_path / "data"
     for name in ("vial", "fabric"):

@@ -1,5 +1,6 @@
 """Model files: damaged, tampered, foreign or malicious files are refused with a one-line
-ModelFileError; nothing is unpickled; a save/load round trip gives identical scores."""
+ModelFileError; nothing is unpickled; a save/load round trip gives identical scores, the same
+calibration and, for random backbone weights, the fit's weights."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fapm_lib import FAPM, FAPMConfig, PatchCore, split_regions
+from fapm_lib.decisions.calibration import Calibration
 from fapm_lib.detectors.model_file import save_tensors
 from fapm_lib.errors import ModelFileError
 from fapm_lib.method.backbone import create_feature_extractor
+from tests.parts_support import SIZE as PART_SIZE
+from tests.parts_support import TINY as PART_TINY
 
 TINY = FAPMConfig(resize=64, crop_size=64, grid=2, batch_size=4, coreset_ratio=0.5, k=2)
 
@@ -129,6 +133,35 @@ def test_loading_never_unpickles(saved, extractor, monkeypatch: pytest.MonkeyPat
     assert PatchCore.load(saved["patchcore"], extractor=extractor).is_fitted
 
 
+# ---- what the file carries beside the memory: the calibration, the backbone's seed --------------
+@pytest.mark.usefixtures("cached_extractors")
+def test_calibration_round_trips_through_the_model_file(tmp_path: Path, part_model_file: Path) -> None:
+    model = FAPM.load(part_model_file)
+    assert model.calibration is not None and model.calibration.method == "false_alarm_rate"
+    again = FAPM.load(model.save(tmp_path / "again.safetensors"))
+    assert again.calibration == model.calibration
+    images = torch.randn(6, 3, PART_SIZE, PART_SIZE, generator=torch.Generator().manual_seed(2))
+    patchcore = PatchCore(PART_TINY).fit(images, progress=False)
+    patchcore.calibration = Calibration(12.0, 1.0, 9.0, 0.5, "manual", None, {"note": "set by hand"})
+    loaded = PatchCore.load(patchcore.save(tmp_path / "pc.safetensors"))
+    assert loaded.calibration == patchcore.calibration
+    header_only = FAPM(PART_TINY.replace(calibration_folds=0)).fit(images, progress=False)
+    assert FAPM.load(header_only.save(tmp_path / "plain.safetensors")).calibration is None
+
+
+def test_random_weights_reload_to_the_same_scores(tmp_path: Path, cached_extractors: dict) -> None:
+    config = PART_TINY.replace(pretrained=False, seed=3, calibration_folds=0)
+    images = torch.randn(6, 3, PART_SIZE, PART_SIZE, generator=torch.Generator().manual_seed(4))
+    cached_extractors.clear()
+    model = FAPM(config).fit(images, progress=False)
+    path = model.save(tmp_path / "random.safetensors")
+    torch.manual_seed(12345)  # whatever the global RNG holds, the reload draws the fit's weights
+    reloaded = FAPM.load(path)
+    torch.testing.assert_close(reloaded.predict(images[:3]).pred_score, model.predict(images[:3]).pred_score)
+    other = FAPM(config.replace(seed=4)).fit(images, progress=False)
+    assert not torch.allclose(other.predict(images[:3]).pred_score, model.predict(images[:3]).pred_score)
+
+
 # ---- damaged files -----------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["empty", "length-prefix", "mid-header", "header-end", "first-data-byte",
                                    "half", "last-byte"])
@@ -156,7 +189,8 @@ def test_one_flipped_byte_in_tensor_data(copy_of, tensor: str) -> None:
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [('\\"grid\\": 2', '\\"grid\\": 4'), ('\\"k\\": 2', '\\"k\\": 1'), ('\\"blur_sigma\\": 4.0', '\\"blur_sigma\\": 0.0'),
+    [('\\"grid\\": 2', '\\"grid\\": 4'), ('\\"k\\": 2', '\\"k\\": 1'),
+     ('\\"blur_sigma\\": 4.0', '\\"blur_sigma\\": 0.0'),
      ('\\"feature_sizes\\": [[8, 8], [4, 4]]', '\\"feature_sizes\\": [[4, 4], [8, 8]]')],
     ids=["grid", "k", "blur_sigma", "feature_sizes"],
 )

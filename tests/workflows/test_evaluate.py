@@ -1,0 +1,117 @@
+"""``fapm evaluate``: thresholds from the training images only, scoring flags that act on a fitted model
+(and fit-time flags refused), F1 thresholds from a validation root, plain labelled folders with masks and a
+report. Tiny 64 px parts, real offline backbone."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fapm_lib import FAPM
+from fapm_lib.detectors.model_file import MODEL_FILE
+from tests.helpers import evaluate_metrics, one_line, run_main
+from tests.parts_support import CATEGORY, TINY_YAML, write_tree
+
+pytestmark = pytest.mark.usefixtures("cached_extractors")
+
+
+# ---- training only ----------------------------------------------------------------------------
+def test_threshold_comes_from_training_images_only(capsys, tmp_path: Path, part_data: Path, part_yaml: Path) -> None:
+    """Same train/good, different test sets: the same thresholds; only the measured rates move."""
+    other = tmp_path / "other"
+    shutil.copytree(part_data / CATEGORY / "train", other / CATEGORY / "train")
+    write_tree(tmp_path / "tmp", n_train=0, n_good=5, n_bad=2, seed=77)
+    for sub in ("test", "ground_truth"):
+        shutil.copytree(tmp_path / "tmp" / CATEGORY / sub, other / CATEGORY / sub)
+    common = ["--config", str(part_yaml), "--category", CATEGORY]
+    first = evaluate_metrics(capsys, tmp_path / "a", *common, "--data-root", str(part_data))
+    second = evaluate_metrics(capsys, tmp_path / "b", *common, "--data-root", str(other))
+    assert first["threshold"] == second["threshold"] and first["pixel_threshold"] == second["pixel_threshold"]
+    assert first["n_test"] != second["n_test"]
+    for metrics in (first, second):
+        assert metrics["threshold_method"] == "false_alarm_rate"
+        assert 0 <= metrics["false_alarm_rate"] <= 1 and 0 <= metrics["miss_rate"] <= 1
+        assert metrics["settings"]["config"]["calibration_folds"] == 5
+
+
+# ---- settings act or are refused --------------------------------------------------------------
+def test_evaluate_model_honours_k_and_image_score(capsys, tmp_path: Path, part_data: Path, part_yaml: Path,
+                                                  part_model_file: Path) -> None:
+    """``--model M --image-score reweighted --k 3`` scores like a fresh fit with those flags
+    (same memories: k is read only when scoring) and re-derives the threshold from the stored
+    held-out scores; without the flags it is the model's own max score."""
+    common = ["--data-root", str(part_data), "--category", CATEGORY]
+    plain = evaluate_metrics(capsys, tmp_path / "plain", "--model", str(part_model_file), *common)
+    rescored = evaluate_metrics(capsys, tmp_path / "rescored", "--model", str(part_model_file), *common,
+                        "--image-score", "reweighted", "--k", "3")
+    fresh = evaluate_metrics(capsys, tmp_path / "fresh", "--config", str(part_yaml), *common,
+                     "--image-score", "reweighted", "--k", "3")
+    assert rescored["settings"]["config"]["k"] == 3 and rescored["settings"]["config"]["image_score"] == "reweighted"
+    assert rescored["threshold"] != plain["threshold"]
+    assert rescored["threshold"] == pytest.approx(fresh["threshold"], rel=1e-6)
+    for key in ("image_auroc", "false_alarm_rate", "miss_rate"):
+        assert rescored[key] == pytest.approx(fresh[key], rel=1e-6)
+    again = evaluate_metrics(capsys, tmp_path / "k4", "--model", str(part_model_file), *common,
+                             "--image-score", "reweighted", "--k", "4")
+    assert again["threshold"] != rescored["threshold"]
+    rate = evaluate_metrics(capsys, tmp_path / "rate", "--model", str(part_model_file), *common,
+                            "--false-alarm-rate", "0.3")
+    assert rate["threshold"] < plain["threshold"] and rate["target_false_alarm_rate"] == 0.3
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--coreset-ratio", "0.2"], "--coreset-ratio"), (["--adaptive-multiplier", "3"], "--adaptive-multiplier"),
+    (["--grid", "1"], "--grid"), (["--sampling", "fixed"], "--sampling"), (["--seed", "1"], "--seed"),
+    (["--random-weights"], "--random-weights"), (["--calibration-folds", "3"], "--calibration-folds"),
+    (["--k", "3"], "--k=3 acts only with image_score reweighted"),
+    (["--image-score", "reweighted", "--k", "1"], "k=1 must be >= 2"),
+])
+def test_evaluate_model_refuses_fit_time_flags(capsys, tmp_path: Path, part_data: Path, part_model_file: Path,
+                                               flags: list[str], named: str) -> None:
+    code, _, err = run_main(capsys, "evaluate", "--model", str(part_model_file), "--data-root", str(part_data),
+                            "--category", CATEGORY, *flags, "--output", str(tmp_path / "o"))
+    assert code == 2 and named in one_line(err)
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_evaluate_model_refuses_a_config_with_other_fit_settings(capsys, tmp_path: Path, part_data: Path,
+                                                                 part_model_file: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_YAML.replace("grid: 2", "grid: 1"))
+    code, _, err = run_main(capsys, "evaluate", "--model", str(part_model_file), "--config", str(config), "--data-root",
+                            str(part_data), "--category", CATEGORY, "--output", str(tmp_path / "o"))
+    assert code == 2 and f"{config}: grid=1 is a fit-time setting" in one_line(err)
+    config.write_text(TINY_YAML + "image_score: reweighted\nk: 3\n")  # same fit settings: scoring keys act
+    metrics = evaluate_metrics(capsys, tmp_path / "ok", "--model", str(part_model_file), "--config", str(config),
+                       "--data-root", str(part_data), "--category", CATEGORY)
+    assert metrics["settings"]["config"]["k"] == 3
+
+
+def test_validation_root_gives_f1_thresholds(capsys, tmp_path: Path, part_data: Path, part_yaml: Path) -> None:
+    validation = write_tree(tmp_path / "val", n_train=0, n_good=3, n_bad=3, seed=300)
+    metrics = evaluate_metrics(capsys, tmp_path / "e", "--config", str(part_yaml), "--data-root", str(part_data),
+                       "--category", CATEGORY, "--validation-root", str(validation))
+    assert metrics["threshold_method"] == "f1_validation"
+    val = metrics["settings"]["calibration"]["summary"]["validation"]
+    assert val["n_images"] == 6 and val["n_defective"] == 3 and 0 < val["image_f1"] <= 1
+    model = FAPM.load(tmp_path / "e" / MODEL_FILE)
+    assert model.calibration.method == "f1_validation" and model.calibration.image_threshold == metrics["threshold"]
+
+
+# ---- plain folders ----------------------------------------------------------------------------
+def test_evaluate_flat_folders_with_masks_and_a_report(capsys, flat_folders: Path, flat_model_file: Path,
+                                                       tmp_path: Path) -> None:
+    code, _, err = run_main(capsys, "evaluate", "--model", str(flat_model_file), "--good", str(flat_folders / "ok"),
+                            "--defect",
+                            str(flat_folders / "ng"), "--masks", str(flat_folders / "gt"), "--report", "--output",
+                            str(tmp_path), "--no-progress")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_test"] == 6 and metrics["pixel_auroc"] is not None and metrics["image_auroc"] > 0.5
+    assert metrics["settings"]["good"] == str(flat_folders / "ok")
+    assert metrics["settings"]["masks"] == str(flat_folders / "gt")
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<figure class="thumb">') == 6 and page.count("truth <b") == 6
+    assert "<h2>Metrics</h2>" in page and page.count('class="explain"') == 6  # every test image picked
