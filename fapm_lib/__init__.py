@@ -15,8 +15,8 @@ The package, by role (each layer imports only the layers before it; ``tests/test
 coreset, memory, scoring, the FAPM and PatchCore torch modules), ``scale`` (fits in a memory
 budget), ``decisions`` (calibration, results, metrics, evaluation), ``detectors`` (FAPM and
 PatchCore: fit, predict, save, load), ``report`` (pictures, tables), ``deploy`` (export,
-runtimes), ``tutorial`` (notebook helpers, explorer, ablations), ``workflows`` (what the commands
-do), ``cli``.
+runtimes), ``service`` (the HTTP service and the drop-folder watcher), ``tutorial`` (notebook
+helpers, explorer, ablations), ``workflows`` (what the commands do), ``cli``.
 
 The names below are imported on first use, so ``import fapm_lib`` (and the ``fapm`` command's
 start and ``--help``) does not load torch.

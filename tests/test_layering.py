@@ -15,7 +15,7 @@ import fapm_lib
 PACKAGE = Path(fapm_lib.__file__).parent
 #: The layers, lowest first. A module may import its own layer and the layers before it only.
 LAYERS = ("errors", "system", "config", "data", "method", "scale", "decisions", "detectors", "report", "deploy",
-          "tutorial", "workflows", "cli")
+          "service", "tutorial", "workflows", "cli")
 #: At the top of the package: the entry points, which may import anything.
 ENTRY_POINTS = {"fapm_lib", "fapm_lib.__main__"}
 MAX_TOP_LEVEL_MODULES = 6

@@ -71,7 +71,7 @@ EXPECTED_SECONDS = {"04_evaluation": 120, "03_adaptive_coreset": 60, "02_patch_l
 
 #: The pages of docs/, in the order of the book's nav (any other docs/*.md follows them).
 DOC_PAGES = ["method.md", "ARCHITECTURE.md", "usage.md", "decisions.md", "factory.md", "results.md", "benchmark.md",
-             "ablations.md", "native.md", "deploy.md", "scale.md", "robustness.md", "book.md"]
+             "ablations.md", "native.md", "deploy.md", "serve.md", "scale.md", "robustness.md", "book.md"]
 
 #: The widget renderer of the notebook pages (it draws the explorer's widgets from the state saved
 #: in the executed notebook, without a kernel): this npm package, this exact file (npm's integrity

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREW_ROWS = {  # name -> (data folder under --data, config)
     "protocol 256 / crop 224": ("mvtec_ad_256", {"resize": 256, "crop_size": 224}),
     "whole image, 512 (default)": ("mvtec_ad_512", {}),
-    "tiles of 256 at 512": ("mvtec_ad_512", {"tile": 256, "tile_overlap": 64}),
     "whole 512, regions of 64 px": ("mvtec_ad_512", {"region_size": 64}),
     "whole 512, neighbour regions 1": ("mvtec_ad_512", {"neighbour_regions": 1}),
+    "tiles of 256 at 512": ("mvtec_ad_512", {"tile": 256, "tile_overlap": 64}),
     "whole 512 at scale 0.5": ("mvtec_ad_512", {"scale": 0.5}),
 }
 RAIL_ROWS = {
@@ -175,8 +175,13 @@ def int8(args: argparse.Namespace, work: Path) -> list[str]:
 
 # ---- one fit and evaluation, in a child process ---------------------------------------------------
 def evaluate(root: Path, category: str, config: dict, save: Path, threads: int, metrics: bool = True) -> dict:
-    """Fit on ``root/category/train``, evaluate on its test split, in a child process."""
+    """Fit on ``root/category/train``, evaluate on its test split, in a child process; a result
+    already in ``--work`` for the same data and settings is reused (an interrupted run goes on)."""
     result = save.with_suffix(".json")
+    if result.exists():
+        done = json.loads(result.read_text())
+        if done.get("config") == config and done.get("root") == str(root) and done.get("metrics", True) == metrics:
+            return done
     subprocess.run([sys.executable, __file__, "_evaluate", "--root", str(root), "--category", category,
                     "--config", json.dumps({**config, "_metrics": metrics}), "--save", str(save),
                     "--result", str(result), "--threads", str(threads)], check=True)
@@ -202,6 +207,7 @@ def _child(args: argparse.Namespace) -> int:
     out = {"fit_s": fit_s, "ms_per_image": result.ms_per_image, **{f"{k}_ms": v for k, v in result.stage_ms.items()},
            "peak_rss_mb": _peak_rss_mb(), "vectors": int(model.memory_size()["vectors"]),
            "canvas": list(model.canvas), "model": str(args.save), **{k: result.metrics.get(k) for k in METRICS}}
+    out.update(config=values, root=str(args.root), metrics=metrics)
     Path(args.result).write_text(json.dumps(out))
     return 0
 

@@ -1,4 +1,5 @@
-"""The ``fapm`` command: fit, fit-all, evaluate, predict, update, export, synth, demo, batch, benchmark, gif.
+"""The ``fapm`` command: fit, fit-all, evaluate, predict, update, export, synth, demo, batch, benchmark, gif,
+serve, watch.
 
 Errors the user can fix are one line on stderr with exit code 2; ``--debug`` shows the traceback.
 """
@@ -198,6 +199,39 @@ def _gif(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
 
+def _serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a fitted model.safetensors (FAPM)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1, this machine "
+                   "only; another one needs a token or --no-token)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: a free one, printed)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: $FAPM_SERVE_TOKEN)")
+    p.add_argument("--no-token", action="store_true", help="serve another interface than loopback without a token")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--max-batch", type=int, default=8, help="parts scored together at most (1: no batching)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for more parts "
+                   "after its first (default 5)")
+    p.add_argument("--queue-size", type=int, default=64, help="requests waiting at most; beyond: 503 + Retry-After")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body (default 32 MiB; "
+                   "beyond: 413)")
+    p.add_argument("--max-pixels", type=int, default=8192 * 8192, help="largest image, width x height "
+                   "(default 8192^2; beyond: 413, decompression bombs included)")
+    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds a request may wait to be scored "
+                   "(then 503)")
+
+
+def _watch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a fitted model.safetensors (FAPM)")
+    p.add_argument("input", metavar="IN_DIR", help="the folder the camera drops image files into (any depth)")
+    p.add_argument("--output", required=True, help="folder for results.jsonl and overlays/ of NG parts")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--once", action="store_true", help="score what is there now, then exit")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between two looks at the folder")
+    p.add_argument("--settle", type=float, default=1.0, help="a file is taken once unchanged for this many "
+                   "seconds (a camera still writing it is waited for)")
+    p.add_argument("--move-done", dest="move_done", help="move each scored file into this folder (same "
+                   "sub-folders); default: leave it, results.jsonl marks it done")
+
+
 #: command -> (help, the function adding its own options). Each command runs the function
 #: ``run_<command>`` of ``fapm_lib.workflows.<command>`` (``-`` read as ``_``), imported when it runs,
 #: so ``fapm --help`` imports no workflow.
@@ -213,6 +247,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "batch": ("run a notebook once per category with papermill", _batch),
     "benchmark": ("FAPM vs PatchCore: accuracy and speed, side by side", _benchmark),
     "gif": ("animate test images with heatmap and mask", _gif),
+    "serve": ("HTTP service: score parts as they come, model kept loaded (needs the serve extra)", _serve),
+    "watch": ("score every image file dropped into a folder, exactly once", _watch),
 }
 
 
