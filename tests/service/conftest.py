@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.support import fit_models
+from tests.service_support import fit_models
 
 
 @pytest.fixture(scope="session")

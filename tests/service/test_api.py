@@ -16,8 +16,8 @@ from starlette.testclient import TestClient
 from fapm_lib.decisions.results import predict_images
 from fapm_lib.service.http_app import ServiceSettings, create_app
 from fapm_lib.service.model_slot import ModelSlot, load_model
-from tests.decisions.test_decisions import cached_extractors, part_image  # noqa: F401
-from tests.service.support import encode, sample_images, sixteen_bit_png
+from tests.parts_support import part_image
+from tests.service_support import encode, sample_images, sixteen_bit_png
 
 TOKEN = "s3cret-token"
 

@@ -16,8 +16,7 @@ from fapm_lib.service.http_server import BackgroundServer
 from fapm_lib.service.micro_batch import MicroBatcher, QueueFull
 from fapm_lib.service.model_slot import ModelSlot, load_model
 from fapm_lib.service.part_scoring import Part, score_parts
-from tests.decisions.test_decisions import cached_extractors  # noqa: F401
-from tests.service.support import sample_images
+from tests.service_support import sample_images
 
 
 class HeldFirstBatch:

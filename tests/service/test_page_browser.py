@@ -18,8 +18,7 @@ from fapm_lib.service.http_app import STATIC, ServiceSettings, create_app
 from fapm_lib.service.http_server import BackgroundServer
 from fapm_lib.service.model_slot import ModelSlot, load_model
 from tests.browser_support import make_driver, missing_browser
-from tests.decisions.test_decisions import cached_extractors  # noqa: F401
-from tests.service.support import sample_images
+from tests.service_support import sample_images
 
 pytestmark = pytest.mark.browser
 

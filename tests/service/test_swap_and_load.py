@@ -16,8 +16,7 @@ from fapm_lib.service.http_app import ServiceSettings, create_app
 from fapm_lib.service.http_server import BackgroundServer
 from fapm_lib.service.load_client import run_load
 from fapm_lib.service.model_slot import ModelSlot, load_model
-from tests.decisions.test_decisions import cached_extractors  # noqa: F401
-from tests.service.support import sample_images
+from tests.service_support import sample_images
 
 
 def raw_scores(model_file: Path, images: list[Path]) -> list[float]:

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from fapm_lib.cli import main as cli
-from tests.decisions.test_decisions import cached_extractors, one_line  # noqa: F401
-from tests.helpers import REPO
-from tests.service.support import fit_model, sample_images
+from tests.helpers import REPO, one_line
+from tests.service_support import fit_model, sample_images
 
 
 @pytest.fixture(scope="module")

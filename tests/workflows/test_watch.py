@@ -17,9 +17,8 @@ import pytest
 
 from fapm_lib.cli import main as cli
 from fapm_lib.service.journal import Journal
-from tests.decisions.test_decisions import cached_extractors  # noqa: F401
 from tests.helpers import REPO
-from tests.service.support import fit_model, sample_images
+from tests.service_support import fit_model, sample_images
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fapm_lib import FAPM, FolderDataset, MVTecDataset
 from fapm_lib.detectors.model_file import MODEL_FILE
-from tests.decisions.test_decisions import CATEGORY, TINY, part_image, write_tree
+from tests.parts_support import CATEGORY, TINY, part_image, write_tree
 
 
 def fit_model(folder: Path) -> tuple[Path, FAPM, Path]:
