@@ -89,7 +89,7 @@ def screw(args: argparse.Namespace, work: Path) -> list[str]:
         result = evaluate(root, "screw", config, work / f"screw-{len(rows)}.safetensors", args.threads)
         rows.append({"setting": name, **result})
         models[name] = (root / "screw", result["model"])
-    timing = side_by_side({n: m for n, m in models.items() if n in list(SCREW_ROWS)[:3]}, args.threads)
+    timing = side_by_side(models, args.threads)
     return [_table("MVTec AD screw (320 training, 160 test images)", rows, timing, "protocol 256 / crop 224")]
 
 
@@ -105,7 +105,7 @@ def rail(args: argparse.Namespace, work: Path) -> list[str]:
         result = evaluate(root, "rail", config, work / f"rail-{len(rows)}.safetensors", args.threads)
         rows.append({"setting": name, **result})
         models[name] = (root / "rail", result["model"])
-    timing = side_by_side({n: m for n, m in models.items() if n in list(RAIL_ROWS)[:3]}, args.threads)
+    timing = side_by_side(models, args.threads)
     tables.append(_table("rail, 1536 x 512 (60 training, 60 test images)", rows, timing, "protocol 256 / crop 224"))
     shift_rows = []
     for name, (_, model) in models.items():

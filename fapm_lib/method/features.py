@@ -12,8 +12,10 @@ from torch import Tensor
 from .backbone import FeatureExtractor
 from .geometry import TileLayout, blend_weights
 
-#: Tiles per backbone call (times the batch): the tiles stream, never all held at once.
-TILES_PER_CALL = 8
+#: Input pixels per backbone call: 16 images of the protocol's 224 x 224. Larger calls' activations
+#: pass glibc's mmap threshold (:mod:`fapm_lib.system.allocator`) and page-fault on every call, so
+#: large images and tiles run a few at a time (the tiles stream, never all held at once).
+PIXELS_PER_CALL = 16 * 224 * 224
 
 
 def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3,
@@ -24,7 +26,11 @@ def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3,
     if images.shape[1] == 1:
         images = expand_gray(images, extractor.info.mean, extractor.info.std)
     if tiles is None or tiles.single:
-        return aggregate_maps(extractor(images), pool_size)
+        per_call = max(1, PIXELS_PER_CALL // (images.shape[-2] * images.shape[-1]))
+        if images.shape[0] <= per_call:
+            return aggregate_maps(extractor(images), pool_size)
+        parts = [extractor(chunk) for chunk in images.split(per_call)]
+        return aggregate_maps([torch.cat(layer) for layer in zip(*parts)], pool_size)
     return aggregate_maps(tiled_features(extractor, images, tiles), pool_size)
 
 
@@ -49,8 +55,9 @@ def tiled_features(extractor: FeatureExtractor, images: Tensor, tiles: TileLayou
     positions = [(iy, ix) for iy in range(len(tiles.ys)) for ix in range(len(tiles.xs))]
     out: list[Tensor] = []
     batch = images.shape[0]
-    for first in range(0, len(positions), TILES_PER_CALL):
-        chunk = positions[first : first + TILES_PER_CALL]
+    per_call = max(1, PIXELS_PER_CALL // (th * tw * batch))  # tile positions per call, each with the batch
+    for first in range(0, len(positions), per_call):
+        chunk = positions[first : first + per_call]
         crops = torch.cat([images[..., tiles.ys[iy] : tiles.ys[iy] + th, tiles.xs[ix] : tiles.xs[ix] + tw]
                            for iy, ix in chunk])  # [n * B, 3, th, tw]
         for layer, (feature, stride, (wy, wx)) in enumerate(zip(extractor(crops), strides, weights)):
