@@ -123,7 +123,7 @@ def list_samples(root: str | os.PathLike, category: str, split: Split) -> list[S
 
 
 class MVTecDataset(SampleDataset):
-    """One split of one category. Items are dicts of tensors; S = ``transform.output_size``.
+    """One split of one category. Items are dicts of tensors; ``(H, W) = transform.output_size(size)``.
 
     ``has_masks`` is False when the category has no ground_truth folder (masks all False then).
     With ``skip_bad``, every image and mask is decoded once here; unreadable ones are left out

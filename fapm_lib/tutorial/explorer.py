@@ -225,7 +225,7 @@ class Explorer:
         one colour scale with its colour bar. Returns the figure and the views."""
         from .plots import colorbar, figure, overlay_axes
 
-        grid = self.config.grid if grid is None else grid
+        grid = self.config.grid_side if grid is None else grid
         k = self.config.k if k is None else k
         views = [self.update(ratio, multiplier, grid, k) for ratio, multiplier in settings]
         bad = [v.error for v in views if v.error is not None]
@@ -254,7 +254,7 @@ class Explorer:
     def sweep(self, ratios: Sequence[float], multipliers: Sequence[float], grid: int | None = None,
               k: int | None = None) -> list[dict[str, float]]:
         """One row per (multiplier, ratio): the memory (vectors, MB) and both AUROCs."""
-        grid = self.config.grid if grid is None else grid
+        grid = self.config.grid_side if grid is None else grid
         k = self.config.k if k is None else k
         rows = []
         for multiplier in multipliers:
@@ -333,7 +333,7 @@ def build_widgets(explorer: Explorer, ratio: float = 0.1, multiplier: float = 2.
     ``fapm-ratio``, ``fapm-multiplier``, ``fapm-grid``, ``fapm-k``, label ``fapm-status``."""
     import ipywidgets as w
 
-    grid = explorer.check_grid(explorer.config.grid if grid is None else grid)
+    grid = explorer.check_grid(explorer.config.grid_side if grid is None else grid)
     style = {"description_width": "initial"}
     sliders = {
         "ratio": w.FloatSlider(value=ratio, min=RATIO_RANGE[0], max=RATIO_RANGE[1], step=0.01,

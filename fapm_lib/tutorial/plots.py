@@ -164,8 +164,8 @@ def transform_figure(original: Any, item: Mapping[str, Any], transform: Any) -> 
 
     from ..report.viz import denormalize
 
-    side = transform.output_size
-    left, top, right, bottom = transform.box_on_input((0, 0, side, side), original.size)
+    height, width = transform.output_size(original.size)
+    left, top, right, bottom = transform.box_on_input((0, 0, width, height), original.size)
     fig, axes = panels(3, 3, panel_height=3.6)
     axes[0].imshow(original)
     axes[0].add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="red", lw=2))
