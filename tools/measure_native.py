@@ -39,14 +39,12 @@ SCREW_ROWS = {  # name -> (data folder under --data, config)
     "whole 512, regions of 64 px": ("mvtec_ad_512", {"region_size": 64}),
     "whole 512, neighbour regions 1": ("mvtec_ad_512", {"neighbour_regions": 1}),
     "tiles of 256 at 512": ("mvtec_ad_512", {"tile": 256, "tile_overlap": 64}),
-    "whole 512 at scale 0.5": ("mvtec_ad_512", {"scale": 0.5}),
 }
 RAIL_ROWS = {
     "protocol 256 / crop 224": {"resize": 256, "crop_size": 224},
     "whole image (default)": {},
     "tiles of 256": {"tile": 256, "tile_overlap": 64},
     "neighbour regions 1": {"neighbour_regions": 1},
-    "regions of 64 px": {"region_size": 64},
 }
 SHIFTS = (0.0, 0.02, 0.05)
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_f1_max")
