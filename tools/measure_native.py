@@ -119,20 +119,26 @@ def rail(args: argparse.Namespace, work: Path) -> list[str]:
 
 
 def scaling(args: argparse.Namespace, work: Path) -> list[str]:
-    """Fit time and ms per image at four sizes, one thread; the exponent of the cost in pixels."""
+    """Fit time and ms per image at four sizes, one thread; the exponent of the cost in pixels. The
+    times per image are batch 1, the four models timed alternately in one process (a shared
+    machine's load drifts between the fits; it cannot favour one size there)."""
     sizes = [(224, 224), (512, 512), (1024, 1024), (1024, 2048)]
-    rows = []
+    rows, models = [], {}
     for height, width in sizes:
         root = work / f"noise-{height}x{width}"
         _noise_set(root, height, width, n_train=10, n_test=4)
         result = evaluate(root, "part", {}, work / f"noise-{height}x{width}.safetensors", args.threads,
                           metrics=False)
         rows.append({"size (H x W)": f"{height} x {width}", "megapixels": height * width / 1e6,
-                     "fit s (10 images)": result["fit_s"], "ms per image": result["ms_per_image"],
+                     "fit s (10 images)": result["fit_s"], "ms per image, batched": result["ms_per_image"],
                      "peak RSS MB": result["peak_rss_mb"]})
+        models[rows[-1]["size (H x W)"]] = (root / "part", result["model"])
+    timing = side_by_side(models, args.threads, repeats=9)
+    for row in rows:
+        row["batch-1 ms, side by side"] = timing[row["size (H x W)"]]
     pixels = np.log([r["megapixels"] for r in rows])
     exponent = {k: float(np.polyfit(pixels, np.log([r[k] for r in rows]), 1)[0])
-                for k in ("fit s (10 images)", "ms per image")}
+                for k in ("fit s (10 images)", "batch-1 ms, side by side")}
     note = ("cost ~ pixels^e, least squares over the four sizes: " +
             ", ".join(f"{k}: e = {v:.2f}" for k, v in exponent.items()))
     return [_markdown("Cost against pixels (smooth random texture, 10 training images, defaults, one thread)",
