@@ -29,7 +29,7 @@ from ..decisions.metrics import compute_metrics
 from ..detectors.fapm import FAPM
 from ..errors import ConfigError
 from ..system.timing import WARMUP_RUNS
-from .run_fapm import ExportedRunner, load_rgb, resize_crop
+from .run_fapm import ExportedRunner, load_rgb, prepare
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
 #: runtime name -> (export format, INT8, the runner's runtime)
@@ -51,9 +51,13 @@ def parse_runtimes(value: str | None) -> list[str]:
 
 
 def uint8_images(dataset: MVTecDataset) -> np.ndarray:
-    """The split's images decoded and resized/cropped as the exported runner does: ``[N, S, S, 3]``."""
+    """The split's images as the exported runner makes them from its sidecar's rule (the native
+    canvas, or the protocol's resize and crop): ``[N, H, W, C]`` uint8."""
     t = dataset.transform
-    return np.stack([resize_crop(load_rgb(s.path, t.resize), t.resize, t.crop_size) for s in dataset.samples])
+    pre = ({"mode": "native", "canvas": list(t.canvas)} if t.native
+           else {"mode": "protocol", "resize": t.resize, "crop_size": t.crop_size})
+    channels = t.channels or 3
+    return np.stack([prepare(load_rgb(s.path, t.resize, channels), pre, str(s.path)) for s in dataset.samples])
 
 
 def _normalised(images: np.ndarray, model: FAPM) -> torch.Tensor:
