@@ -64,8 +64,8 @@ def valid_settings(draw) -> dict[str, Any]:
     keep = draw(st.sets(st.sampled_from(FIELDS)))
     if keep & {"resize", "crop_size", "grid"}:
         keep |= {"resize", "crop_size"}  # either alone may clash with the other's default; grid needs resize
-    if "tile_overlap" in keep:
-        keep |= {"tile"}  # the overlap is bounded by the tile
+    if keep & {"tile", "tile_overlap"}:
+        keep |= {"tile", "tile_overlap"}  # the overlap is bounded by the tile (a small tile, the default overlap)
     if "k" in keep:  # k acts only with the reweighted score (a YAML k with max is refused)
         keep = keep | {"image_score"} if values["image_score"] == "reweighted" else keep - {"k"}
     return {k: v for k, v in values.items() if k in keep}
