@@ -353,3 +353,25 @@ def test_torch_save_file_with_a_malicious_pickle_is_refused(tmp_path: Path) -> N
     assert not marker.exists()
     assert "not a readable model file" in refused(path)
     assert not marker.exists()
+
+
+def test_a_file_written_before_native_resolution_loads_and_scores_as_then(tmp_path: Path) -> None:
+    """``fixtures/pre_native_model.safetensors`` was written by the library before native
+    resolution (commit e8860d8: no canvas and no input channels in its header) from the built-in
+    vial at 64 px, with ``resize 64, crop_size 64, grid 2``; ``pre_native_scores.json`` holds the
+    raw scores that code gave the test images. Today's library reads it as the paper's protocol in
+    RGB and gives the same scores."""
+    import json
+
+    from fapm_lib.data.mvtec import MVTecDataset
+    from fapm_lib.data.synthetic import generate_category
+
+    fixtures = Path(__file__).parent / "fixtures"
+    expected = json.loads((fixtures / "pre_native_scores.json").read_text())
+    root = generate_category(tmp_path, "vial", seed=0, size=64, n_train=6, n_test_good=1, n_per_defect=1).parent
+    model = FAPM.load(fixtures / "pre_native_model.safetensors")
+    assert (model.config.resize, model.config.crop_size, model.channels, model.canvas) == (64, 64, 3, (64, 64))
+    test = MVTecDataset(root, "vial", "test", model.transform)
+    assert [str(s.path.relative_to(root)) for s in test.samples] == expected["paths"]
+    scores = model.predict(torch.stack([test[i]["image"] for i in range(len(test))])).pred_score
+    assert torch.allclose(scores, torch.tensor(expected["raw_scores"]), rtol=1e-4)
