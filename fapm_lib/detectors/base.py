@@ -248,7 +248,7 @@ class Detector:
             self.canvas = (canvas[0], canvas[1])
         elif self.config.native:
             raise ModelFileError(f"{path}: a native-resolution model without its canvas size")
-        if channels not in (1, 3):
+        if channels not in (1, 3, None):  # None: fitted on features alone, no image seen yet
             raise ModelFileError(f"{path}: malformed input_channels {channels!r}")
         self.channels = channels
 

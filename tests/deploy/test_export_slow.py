@@ -81,7 +81,7 @@ def test_runner_in_a_fresh_venv_with_only_onnxruntime_numpy_pillow(small, tmp_pa
 def bottle(tmp_path_factory: pytest.TempPathFactory):
     if SHARED is None or not (SHARED / "bottle").is_dir():
         pytest.skip("shared MVTec AD bottle data is not available")
-    model = FAPM(FAPMConfig(backbone="tf_efficientnet_lite0"))
+    model = FAPM(FAPMConfig(backbone="tf_efficientnet_lite0", resize=256, crop_size=224))  # the paper's protocol
     train = MVTecDataset(SHARED, "bottle", "train", model.transform)
     model.fit(train, progress=False)
     # thresholds from the training images' own scores only (never the test set)
