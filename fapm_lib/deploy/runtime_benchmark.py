@@ -205,10 +205,10 @@ def peak_mb():
 sys.path.insert(0, sys.argv[1])
 from run_fapm import ExportedRunner
 runner = ExportedRunner(sys.argv[2], "onnxruntime", int(sys.argv[3]))
-size = runner.size
+shape = runner.shape  # (H, W, C)
 before = peak_mb()
 for _ in range(3):
-    runner.run(np.zeros((int(sys.argv[4]), size, size, 3), np.uint8))
+    runner.run(np.zeros((int(sys.argv[4]), *shape), np.uint8))
 print(peak_mb(), before)
 """
 
