@@ -5,6 +5,8 @@ absolute path).
   code ("Loading with MVTecDataset", not "Loading with").
 - Notebook pages are wide: no right-hand table of contents (it moves into the left navigation,
   under the page), the content takes the window's width (``book/extra.css``, ``fapm-notebook``).
+- A notebook's relative links to the repository's pages (``../docs/serve.md``, another
+  ``.ipynb``) open their rendered pages in the site (``.html``), as the Markdown pages' links do.
 - Nothing is loaded from the network: the widget renderer comes from the book itself
   (``extra.widget_renderer``, fetched from the npm registry by the build), the unused mermaid and
   MathJax loaders of the notebook template are dropped, and a page that still refers to a
@@ -36,6 +38,10 @@ REMOTE = re.compile(r"""<script\b[^>]*\bsrc=["']((?:https?:)?//[^"']+)"""
                     r"""|<link\b[^>]*\bhref=["']((?:https?:)?//[^"']+)["'][^>]*>"""
                     r"""|import\(\s*["']((?:https?:)?//[^"']+)"""
                     r"""|@import\s+(?:url\()?["']?((?:https?:)?//[^"')]+)""", re.I)
+#: A relative link of a notebook's Markdown to a page of the repository: ``.md`` or ``.ipynb``,
+#: with an optional anchor (mkdocs-jupyter leaves them as written).
+PAGE_LINK = re.compile(r"""(<a\b[^>]*?\bhref=["'])(?![a-z][a-z0-9+.-]*:|/|#)([^"'#?]+)\.(?:md|ipynb)(?=["'#])""",
+                       re.I)
 
 
 def _entries(items):
@@ -88,10 +94,18 @@ def remote_references(html_text: str) -> list[str]:
     return sorted({next(url for url in match.groups() if url) for match in REMOTE.finditer(html_text)})
 
 
+def site_page_links(html_text: str) -> str:
+    """A notebook page's relative links to ``.md`` / ``.ipynb`` pages pointed at their ``.html``
+    (``../docs/serve.md#api`` -> ``../docs/serve.html#api``); the book mirrors the repository's layout."""
+    return PAGE_LINK.sub(lambda m: f"{m.group(1)}{m.group(2)}.html", html_text)
+
+
 def on_post_page(output, page, config):
-    """Notebook pages: the widget renderer from the book, no mermaid or MathJax loader, the wide
-    layout's marks. Every page: fail on a remaining remote script or style sheet."""
+    """Notebook pages: links to the site's pages, the widget renderer from the book, no mermaid
+    or MathJax loader, the wide layout's marks. Every page: fail on a remaining remote script or
+    style sheet."""
     if _is_notebook(page):
+        output = site_page_links(output)
         renderer = config["extra"].get("widget_renderer")
         if WIDGET_CDN.search(output):
             if not renderer:

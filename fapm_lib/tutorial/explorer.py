@@ -9,6 +9,7 @@ prefix of it (the same banks :meth:`FAPM.fit_maps` builds, without repeating the
 from __future__ import annotations
 
 import io
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -222,26 +223,37 @@ class Explorer:
               ) -> tuple[Figure, list[ExplorerView]]:
         """What the sliders show, for several (ratio, multiplier) settings side by side: one
         column per setting (its memory and AUROCs above it), one row per example, every map on
-        one colour scale with its colour bar. Returns the figure and the views."""
+        one colour scale with its colour bar. A setting the model refuses (e.g. ``k`` above its
+        smallest bank) keeps its column, with the refusal in place of the maps, as the sliders'
+        status line shows it; ConfigError only when every setting is refused. Returns the figure
+        and the views."""
         from .plots import colorbar, figure, overlay_axes
 
         grid = self.config.grid_side if grid is None else grid
         k = self.config.k if k is None else k
         views = [self.update(ratio, multiplier, grid, k) for ratio, multiplier in settings]
-        bad = [v.error for v in views if v.error is not None]
-        if bad:
-            raise ConfigError(f"cannot draw the strip: {bad[0]}")
-        vmin, vmax = min(v.vmin for v in views), max(v.vmax for v in views)
+        drawn = [v for v in views if v.error is None]
+        if not drawn:
+            raise ConfigError(f"cannot draw the strip: every setting is refused ({views[0].error})")
+        vmin, vmax = min(v.vmin for v in drawn), max(v.vmax for v in drawn)
         rows, cols = len(self.examples), len(views)
         fig = figure(0.75 + 2.15 * rows, width=min(10.0, 1.2 + 2.2 * cols))
         axes = fig.subplots(rows, cols, squeeze=False)
         shown = None
         for c, view in enumerate(views):
+            setting = f"r = {view.ratio:g}, a = {view.multiplier:g}"
             for r, index in enumerate(self.examples):
+                if view.error is not None:
+                    axes[r, c].set_axis_off()
+                    if r == 0:
+                        axes[r, c].set_title(f"{setting}\nrefused", fontsize=9)
+                        axes[r, c].text(0.5, 0.5, textwrap.fill(view.error, 22), transform=axes[r, c].transAxes,
+                                        ha="center", va="center", fontsize=8, color="firebrick")
+                    continue
                 mask = None if self.masks is None else self.masks[index]
                 title = f"score {float(view.scores[r]):.1f}"
                 if r == 0:
-                    title = (f"r = {view.ratio:g}, a = {view.multiplier:g}\n{view.memory_vectors:,} vectors\n"
+                    title = (f"{setting}\n{view.memory_vectors:,} vectors\n"
                              f"image {_percent(view.image_auroc)}, pixel {_percent(view.pixel_auroc)}\n" + title)
                 shown = overlay_axes(axes[r, c], self.images[r], view.maps[r], vmin, vmax, mask, title)
                 axes[r, c].title.set_fontsize(9)

@@ -172,7 +172,8 @@ var old = 'https://unpkg.com/@jupyter-js-widgets@*/dist/embed.js';</script>
     const mermaid = (await import("https://cdnjs.cloudflare.com/ajax/libs/mermaid/11.10.0/mermaid.esm.min.mjs")).default;
   });
 </script></head><body dir="ltr"><nav class="md-nav md-nav--primary" aria-label="Navigation"></nav>
-<a href="https://example.org/paper">a link stays</a></body></html>"""
+<a href="https://example.org/paper">a link stays</a> <a href="../docs/serve.md#api">Serve</a>
+<a href="04_x.ipynb">next</a> <a href="https://example.org/x.md">remote</a></body></html>"""
 
 
 def test_notebook_pages_load_the_books_widget_renderer_and_nothing_from_the_network() -> None:
@@ -183,6 +184,9 @@ def test_notebook_pages_load_the_books_widget_renderer_and_nothing_from_the_netw
     assert f"'../{build_book.WIDGET_RENDERER}'" in page
     assert '<body data-fapm-page="notebook" dir="ltr">' in page and "md-nav--integrated" in page
     assert hooks.remote_references(page) == [] and "https://example.org/paper" in page  # links are not loads
+    # the notebook's links to the repository's pages open the site's pages; remote ones stay
+    assert all(link in page for link in ('href="../docs/serve.html#api"', 'href="04_x.html"',
+                                         'href="https://example.org/x.md"'))
     with pytest.raises(Exception, match="extra.widget_renderer"):
         hooks.on_post_page(NOTEBOOK_PAGE, _Page("notebooks/03_x.ipynb", "notebooks/03_x.html"), {"extra": {}})
     remote = '<html><link rel="stylesheet" href="https://cdn.example/x.css"><script src="//cdn.example/y.js"></script>'

@@ -106,6 +106,21 @@ def test_k_above_bank_is_an_error_in_the_view(explorer: Explorer, monkeypatch: p
         explorer.render_png(view)
 
 
+def test_strip_keeps_a_refused_setting_as_a_column_with_its_refusal(explorer: Explorer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """k=2 with the re-weighted score: ratio 0.05 keeps 1 vector in the smallest bank (refused), 0.5 keeps 4."""
+    monkeypatch.setattr(explorer, "config", explorer.config.replace(image_score="reweighted", k=2))
+    fig, views = explorer.strip([(0.05, 1.0), (0.5, 1.0)], grid=4, k=2)
+    assert "k=2 exceeds" in views[0].error and views[1].error is None
+    axes = fig.axes[:-1]  # the last one is the colour bar
+    assert len(axes) == 3 * 2
+    refused = [ax for ax in axes if "refused" in ax.get_title()]
+    assert len(refused) == 1 and any("k=2 exceeds" in t.get_text().replace("\n", " ") for t in refused[0].texts)
+    assert sum(bool(ax.images) for ax in axes) == 3  # only the accepted column draws maps
+    with pytest.raises(ConfigError, match="every setting is refused.*k=2 exceeds"):
+        explorer.strip([(0.05, 1.0)], grid=4, k=2)
+
+
 def test_render_png_is_one_tile_per_example(explorer: Explorer) -> None:
     png = explorer.render_png(explorer.update(0.1, 2.0, 4, 1))
     picture = Image.open(io.BytesIO(png))

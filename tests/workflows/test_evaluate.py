@@ -50,12 +50,15 @@ def test_evaluate_model_honours_k_and_image_score(capsys, tmp_path: Path, part_d
                      "--image-score", "reweighted", "--k", "3")
     assert rescored["settings"]["config"]["k"] == 3 and rescored["settings"]["config"]["image_score"] == "reweighted"
     assert rescored["threshold"] != plain["threshold"]
-    assert rescored["threshold"] == pytest.approx(fresh["threshold"], rel=1e-6)
+    # Two fits of one memory agree to float32 rounding, not bit for bit: the distances are one
+    # batched matrix product (||q||^2 - 2 q.m + ||m||^2), whose BLAS kernel may round differently
+    # with the buffers' alignment (seen on CI: 2.3e-5 relative). k=3 against k=4 moves it far more.
+    assert rescored["threshold"] == pytest.approx(fresh["threshold"], rel=1e-4)
     for key in ("image_auroc", "false_alarm_rate", "miss_rate"):
-        assert rescored[key] == pytest.approx(fresh[key], rel=1e-6)
+        assert rescored[key] == pytest.approx(fresh[key], rel=1e-4)
     again = evaluate_metrics(capsys, tmp_path / "k4", "--model", str(part_model_file), *common,
                              "--image-score", "reweighted", "--k", "4")
-    assert again["threshold"] != rescored["threshold"]
+    assert again["threshold"] != pytest.approx(rescored["threshold"], rel=1e-3)
     rate = evaluate_metrics(capsys, tmp_path / "rate", "--model", str(part_model_file), *common,
                             "--false-alarm-rate", "0.3")
     assert rate["threshold"] < plain["threshold"] and rate["target_false_alarm_rate"] == 0.3
