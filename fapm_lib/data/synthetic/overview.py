@@ -21,6 +21,12 @@ def _representative(root: Path, category: str, defect: str) -> tuple[Path, Path 
     return images[k], masks[k]
 
 
+def _aspect(image: Path) -> float:
+    """Height over width of an image file."""
+    with Image.open(image) as picture:
+        return picture.height / picture.width
+
+
 def plot_overview(root: str | Path, output_png: str | Path) -> Path:
     """Figure: per category one good test image and one image per defect type with its
     mask outlined in red; saved to ``output_png``."""
@@ -33,7 +39,10 @@ def plot_overview(root: str | Path, output_png: str | Path) -> Path:
     if not names:
         raise DataError(f"no synthetic categories under {root}")
     cols = 1 + max(len(CATEGORIES[c].defects) for c in names)
-    fig, axes = plt.subplots(len(names), cols, figsize=(2.1 * cols, 2.25 * len(names)), squeeze=False)
+    # each row as high as its images at the column's width (rail is three times as wide as high)
+    aspects = [_aspect(_representative(root, name, "good")[0]) for name in names]
+    fig, axes = plt.subplots(len(names), cols, figsize=(2.1 * cols, sum(0.35 + 2.0 * a for a in aspects)),
+                             squeeze=False, gridspec_kw={"height_ratios": [0.35 + 2.0 * a for a in aspects]})
     for row, name in zip(axes, names):
         for ax in row:
             ax.axis("off")
