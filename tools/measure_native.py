@@ -151,7 +151,8 @@ def bounded(args: argparse.Namespace, work: Path) -> list[str]:
     _noise_set(root, 2048, 4096, n_train=20, n_test=2)
     result = evaluate(root, "part", {"max_memory": "4GB"}, work / "large.safetensors", args.threads, metrics=False)
     row = {"training images": 20, "size": "4096 x 2048", "max_memory": "4GB", "fit s": result["fit_s"],
-           "peak RSS MB (VmHWM)": result["peak_rss_mb"], "ms per test image": result["ms_per_image"],
+           "fit's peak RSS MB (VmHWM)": result["fit_peak_rss_mb"],
+           "peak RSS MB with 2 predictions": result["peak_rss_mb"], "ms per test image": result["ms_per_image"],
            "memory vectors": result["vectors"]}
     return [_markdown("A bounded fit at 8.4 megapixels per image (defaults, one thread)", [row])]
 
@@ -205,12 +206,14 @@ def _child(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model.fit(MVTecDataset(args.root, args.category, "train", model.transform), progress=False)
     fit_s = time.perf_counter() - start
+    fit_peak_rss_mb = _peak_rss_mb()  # the fit's high-water mark, before any prediction
     model.save(args.save)
     test = MVTecDataset(args.root, args.category, "test", model.transform)
     result = run_test_set(model, test, progress=False, metrics=metrics)
     out = {"fit_s": fit_s, "ms_per_image": result.ms_per_image, **{f"{k}_ms": v for k, v in result.stage_ms.items()},
-           "peak_rss_mb": _peak_rss_mb(), "vectors": int(model.memory_size()["vectors"]),
-           "canvas": list(model.canvas), "model": str(args.save), **{k: result.metrics.get(k) for k in METRICS}}
+           "fit_peak_rss_mb": fit_peak_rss_mb, "peak_rss_mb": _peak_rss_mb(),
+           "vectors": int(model.memory_size()["vectors"]), "canvas": list(model.canvas), "model": str(args.save),
+           **{k: result.metrics.get(k) for k in METRICS}}
     out.update(config=values, root=str(args.root), metrics=metrics)
     Path(args.result).write_text(json.dumps(out))
     return 0

@@ -27,6 +27,10 @@ from .samples import Sample, SampleDataset
 from .transform import Transform
 
 SHARED_DATA_ENV = "FAPM_SHARED_DATA"
+#: Pixels per loaded batch at most, whatever ``batch_size`` (2**24 = 16.8 MP: about 200 MB of float32
+#: RGB): images of a line camera (8 MP and more) load two at a time, which a bounded fit's
+#: ``max_memory`` needs; images up to 1024 x 1024 keep the default ``batch_size`` (16).
+MAX_BATCH_PIXELS = 2**24
 GOOD = "good"
 MASK_SUFFIX = "_mask.png"
 
@@ -146,10 +150,26 @@ class MVTecDataset(SampleDataset):
 
 
 def make_loader(dataset: Dataset, batch_size: int = 8, num_workers: int = 0) -> DataLoader:
-    """Batches in dataset order (no shuffling, last partial batch kept)."""
+    """Batches in dataset order (no shuffling, last partial batch kept) of at most ``batch_size``
+    images and at most :data:`MAX_BATCH_PIXELS` pixels (at least one image)."""
     if batch_size < 1 or num_workers < 0:
         raise ConfigError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=min(batch_size, images_per_batch(dataset)), shuffle=False,
+                      num_workers=num_workers)
+
+
+def images_per_batch(dataset: Dataset) -> int:
+    """How many of ``dataset``'s images (``[C, H, W]``, sized like its first) fit in
+    :data:`MAX_BATCH_PIXELS`, at least 1; a very large number for an empty dataset, one whose
+    items are not image dicts, or one whose first item fails to load (the loader then reports that
+    failure where it reports any other item's)."""
+    try:
+        first = dataset[0]["image"] if len(dataset) else None
+    except Exception:  # only sizes the batches: the loader raises it in its place
+        first = None
+    if first is None or first.dim() < 2:
+        return 2**31
+    return max(1, MAX_BATCH_PIXELS // (first.shape[-2] * first.shape[-1]))
 
 
 def default_shared_root() -> Path | None:

@@ -15,8 +15,8 @@ from fapm_lib.data import mvtec as data
 from fapm_lib.data.images import load_mask
 from fapm_lib.data.mvtec import MVTecDataset, Sample, default_shared_root, list_samples, make_loader
 from fapm_lib.data.transform import Transform
-from fapm_lib.errors import ConfigError
-from tests.helpers import REPO, box_jpeg, data_error, truncated_copy
+from fapm_lib.errors import ConfigError, DataError
+from tests.helpers import REPO, box_jpeg, build_mvtec_tree, data_error, truncated_copy
 
 SMALL = Transform(resize=64, crop_size=56)
 PROTOCOL = Transform(resize=256, crop_size=224)  # the paper's
@@ -385,3 +385,25 @@ def test_real_bottle_masks_after_transform() -> None:
     for batch in make_loader(test, batch_size=16):
         has_defect = batch["mask"].flatten(1).any(dim=1)
         assert has_defect.tolist() == [label == 1 for label in batch["label"].tolist()], batch["path"]
+
+
+def test_a_batch_holds_at_most_max_batch_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large images load a few at a time whatever batch_size (a bounded fit needs it); at least one."""
+    root = build_mvtec_tree(tmp_path, n_train=5, test_counts={"good": 1})
+    train = MVTecDataset(root, "widget", "train", Transform(resize=64, crop_size=64))
+    assert make_loader(train, batch_size=4).batch_size == 4
+    monkeypatch.setattr(data, "MAX_BATCH_PIXELS", 2 * 64 * 64 + 1)
+    assert [len(b["image"]) for b in make_loader(train, batch_size=4)] == [2, 2, 1]
+    monkeypatch.setattr(data, "MAX_BATCH_PIXELS", 10)
+    assert make_loader(train, batch_size=4).batch_size == 1
+    assert make_loader([], batch_size=4).batch_size == 4  # nothing to size: batch_size acts
+
+
+def test_a_first_image_that_fails_to_load_fails_where_the_loader_reaches_it(tmp_path: Path) -> None:
+    root = build_mvtec_tree(tmp_path, n_train=3, test_counts={"good": 1})
+    first = sorted((root / "widget" / "train" / "good").glob("*.png"))[0]
+    truncated_copy(first, first)
+    train = MVTecDataset(root, "widget", "train", Transform(resize=64, crop_size=64))
+    loader = make_loader(train, batch_size=2)  # sizing the batches does not raise
+    with pytest.raises(DataError, match=first.name):
+        next(iter(loader))
