@@ -54,7 +54,7 @@ class FAPMConfig:
     k: int = 4                       # neighbours the reweighted image score reads (>= 2); max reads only the nearest
     image_score: str = "max"         # "max" or "reweighted" (the official code's)
     blur_sigma: float = 4.0          # Gaussian blur of the upsampled map
-    batch_size: int = 16
+    batch_size: int = 16             # images per batch at most (and at most 16.8 MP: data.mvtec.MAX_BATCH_PIXELS)
     seed: int = 0
     calibration_folds: int = 5       # k-fold calibration of the thresholds on train/good; 0: uncalibrated
     calibration_images: int | None = 2000  # held-out images scored (a seeded sample of larger fits); None: all
