@@ -63,6 +63,9 @@ def main() -> int:
     for flag in ("--root", "--category", "--config", "--save", "--result", "--threads"):
         child.add_argument(flag, required=True)
     args = parser.parse_args()
+    from fapm_lib.system.allocator import tune_allocator
+
+    tune_allocator()  # as `fapm` runs (the CLI tunes it); the tables before this line was added ran without
     if args.command == "_evaluate":
         return _child(args)
     out = Path(args.output)
