@@ -159,17 +159,18 @@ def make_loader(dataset: Dataset, batch_size: int = 8, num_workers: int = 0) -> 
 
 
 def images_per_batch(dataset: Dataset) -> int:
-    """How many of ``dataset``'s images (``[C, H, W]``, sized like its first) fit in
-    :data:`MAX_BATCH_PIXELS`, at least 1; a very large number for an empty dataset, one whose
-    items are not image dicts, or one whose first item fails to load (the loader then reports that
-    failure where it reports any other item's)."""
+    """How many of ``dataset``'s images fit in :data:`MAX_BATCH_PIXELS`, at least 1, from the output
+    size of its transform (settled from the image headers, no image decoded); a very large number
+    for a dataset without one, or whose headers do not settle (its first item then raises that
+    error where the loader reaches it)."""
     try:
-        first = dataset[0]["image"] if len(dataset) else None
-    except Exception:  # only sizes the batches: the loader raises it in its place
-        first = None
-    if first is None or first.dim() < 2:
+        transform = getattr(dataset, "transform", None) if len(dataset) else None
+    except DataError:
+        transform = None
+    if not isinstance(transform, Transform):
         return 2**31
-    return max(1, MAX_BATCH_PIXELS // (first.shape[-2] * first.shape[-1]))
+    height, width = transform.output_size()
+    return max(1, MAX_BATCH_PIXELS // (height * width))
 
 
 def default_shared_root() -> Path | None:
