@@ -242,14 +242,14 @@ class Explorer:
         shown = None
         for c, view in enumerate(views):
             setting = f"r = {view.ratio:g}, a = {view.multiplier:g}"
+            if view.error is not None:  # the refusal at the top of an empty column
+                for ax in axes[:, c]:
+                    ax.set_axis_off()
+                axes[0, c].set_title(f"{setting}\nrefused", fontsize=9)
+                axes[0, c].text(0.5, 0.5, textwrap.fill(view.error, 22), transform=axes[0, c].transAxes,
+                                ha="center", va="center", fontsize=8, color="firebrick")
+                continue
             for r, index in enumerate(self.examples):
-                if view.error is not None:
-                    axes[r, c].set_axis_off()
-                    if r == 0:
-                        axes[r, c].set_title(f"{setting}\nrefused", fontsize=9)
-                        axes[r, c].text(0.5, 0.5, textwrap.fill(view.error, 22), transform=axes[r, c].transAxes,
-                                        ha="center", va="center", fontsize=8, color="firebrick")
-                    continue
                 mask = None if self.masks is None else self.masks[index]
                 title = f"score {float(view.scores[r]):.1f}"
                 if r == 0:
@@ -257,9 +257,9 @@ class Explorer:
                              f"image {_percent(view.image_auroc)}, pixel {_percent(view.pixel_auroc)}\n" + title)
                 shown = overlay_axes(axes[r, c], self.images[r], view.maps[r], vmin, vmax, mask, title)
                 axes[r, c].title.set_fontsize(9)
-            for r in range(rows):
-                axes[r, 0].text(-0.06, 0.5, self.titles[r], transform=axes[r, 0].transAxes, rotation=90,
-                                ha="right", va="center", fontsize=9)
+        for r in range(rows):  # the example's name left of its row
+            axes[r, 0].text(-0.06, 0.5, self.titles[r], transform=axes[r, 0].transAxes, rotation=90,
+                            ha="right", va="center", fontsize=9)
         colorbar(fig, shown, list(axes.flat), "anomaly score (fused nearest distance)")
         return fig, views
 

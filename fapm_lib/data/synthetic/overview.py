@@ -40,9 +40,9 @@ def plot_overview(root: str | Path, output_png: str | Path) -> Path:
         raise DataError(f"no synthetic categories under {root}")
     cols = 1 + max(len(CATEGORIES[c].defects) for c in names)
     # each row as high as its images at the column's width (rail is three times as wide as high)
-    aspects = [_aspect(_representative(root, name, "good")[0]) for name in names]
-    fig, axes = plt.subplots(len(names), cols, figsize=(2.1 * cols, sum(0.35 + 2.0 * a for a in aspects)),
-                             squeeze=False, gridspec_kw={"height_ratios": [0.35 + 2.0 * a for a in aspects]})
+    heights = [0.35 + 2.0 * _aspect(_representative(root, name, "good")[0]) for name in names]  # inches
+    fig, axes = plt.subplots(len(names), cols, figsize=(2.1 * cols, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     for row, name in zip(axes, names):
         for ax in row:
             ax.axis("off")
