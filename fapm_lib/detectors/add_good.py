@@ -154,7 +154,8 @@ def add_good(model, data, progress: bool = False) -> UpdateReport:
     if model.calibration is not None:
         neighbours, heldout_maps = heldout_added(fapm, regions, maps, cells, config, geometry)
         model.calibration = refresh(model.calibration, neighbours, heldout_maps)
-    model.model = FAPMModel.from_config(config, fapm.backbone, memories, geometry).to(model.device)
+    model.model = FAPMModel.from_config(config, fapm.backbone, memories, geometry,
+                                        tile_rule=model.tile_rule).to(model.device)
     if model.train_images is not None and paths is not None:
         model.train_images = [*model.train_images, *paths]
     seconds = time.perf_counter() - start

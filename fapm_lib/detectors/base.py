@@ -15,7 +15,7 @@ from ..decisions.calibration import Calibration
 from ..errors import ConfigError, DataError, ModelFileError
 from ..method.backbone import BackboneInfo, FeatureExtractor, create_feature_extractor
 from ..method.features import embed
-from ..method.geometry import pad_images, padded_size, tile_layout
+from ..method.geometry import TILE_RULES, pad_images, padded_size, tile_layout
 from ..method.scoring import Prediction
 from .model_file import load_tensors
 
@@ -62,6 +62,9 @@ class Detector:
         #: the training images, in fit order (image ``i`` of the memories' sources); None: unknown
         #: (fitted from tensors or maps, or a model file of format version 1 or 2)
         self.train_images: list[str] | None = None
+        #: how the backbone's tiles are cut (:data:`~fapm_lib.method.geometry.TILE_RULES`): "even"
+        #: for every fit; "full" for model files written before that rule
+        self.tile_rule: str = "even"
 
     # ---- settings ------------------------------------------------------------------------------
     @property
@@ -117,7 +120,7 @@ class Detector:
         the canvas padded, through the backbone's tiles. The first images a native model sees set
         its canvas and channels; later ones must match them."""
         self.set_input(images)
-        tiles = tile_layout(self.padded, self.config.tile, self.config.tile_overlap)
+        tiles = tile_layout(self.padded, self.config.tile, self.config.tile_overlap, self.tile_rule)
         return embed(self.extractor, pad_images(images, self.padded), self.config.pool_size, tiles)
 
     def set_input(self, images: Tensor) -> None:
@@ -134,9 +137,11 @@ class Detector:
                               "transform, or fit a model for this size)")
 
     def reset_input(self) -> None:
-        """Forget the canvas and channels before a new fit (the protocol's square stays)."""
+        """Forget the canvas and channels before a new fit (the protocol's square stays); a new fit
+        cuts its tiles by the current rule."""
         self.canvas = None if self.config.native else (self.config.input_size,) * 2
         self.channels = None
+        self.tile_rule = "even"
 
     def extract(self, data: ImageBatches | Tensor, progress: bool = True, desc: str = "features") -> list[Tensor]:
         """Aggregated feature maps of a whole set: per layer ``[N, C, h, w]`` on the CPU."""
@@ -211,7 +216,7 @@ class Detector:
                 "canvas": None if self.canvas is None else list(self.canvas), "input_channels": self.channels,
                 "feature_sizes": [list(s) for s in self.feature_sizes], "fit_stats": self.fit_stats,
                 "calibration": None if self.calibration is None else self.calibration.to_header(),
-                "train_images": self.train_images}
+                "train_images": self.train_images, "tile_rule": self.tile_rule}
 
     @classmethod
     def _open(cls, path, device: str | torch.device = "cpu",
@@ -251,6 +256,10 @@ class Detector:
         if channels not in (1, 3, None):  # None: fitted on features alone, no image seen yet
             raise ModelFileError(f"{path}: malformed input_channels {channels!r}")
         self.channels = channels
+        self.tile_rule = header.get("tile_rule", "full")  # files before the "even" rule cut full tiles
+        if self.tile_rule not in TILE_RULES:
+            raise ModelFileError(f"{path}: malformed tile_rule {self.tile_rule!r} (expected one of "
+                                 f"{', '.join(TILE_RULES)})")
 
     def _check_extractor(self, path, backbone: dict) -> None:
         """Refuse an extractor other than the one the model was fitted with (name, weights, channels)."""

@@ -119,7 +119,8 @@ class FAPM(Detector):
     def set_memories(self, memories: list[LayerMemory]) -> None:
         """Use these memories (fitted on :attr:`feature_sizes`); the old thresholds no longer hold."""
         check_k(memories, self.search_k)  # before assigning: a refused fit leaves the old memories
-        self.model = FAPMModel.from_config(self.config, self._extractor, memories, self.geometry).to(self.device)
+        self.model = FAPMModel.from_config(self.config, self._extractor, memories, self.geometry,
+                                           tile_rule=self.tile_rule).to(self.device)
         self.calibration = None
         self.train_images = None  # FAPM.fit sets them after; other fits do not know them
 
@@ -240,7 +241,7 @@ class FAPM(Detector):
             raise ModelFileError(f"{path}: incomplete model file (missing {exc})") from None
         except ConfigError as exc:
             raise ModelFileError(str(exc)) from None
-        model.model = FAPMModel.from_config(config, extractor, memories, model.geometry)
+        model.model = FAPMModel.from_config(config, extractor, memories, model.geometry, tile_rule=model.tile_rule)
         return model.to(device)
 
 def _check_layer(path: str | Path, layer: int, parts: list[tuple[Tensor, Tensor]], radii: Tensor, far: Tensor,

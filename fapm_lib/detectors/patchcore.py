@@ -54,7 +54,8 @@ class PatchCore(Detector):
         start = time.perf_counter()
         bank = build_bank(rows, self.config.coreset_ratio, self.projection, self.config.seed, progress)
         canvas, padded = self._canvas_and_padded()
-        self.model = PatchCoreModel.from_config(self.config, self._extractor, bank, canvas, padded).to(self.device)
+        self.model = PatchCoreModel.from_config(self.config, self._extractor, bank, canvas, padded,
+                                                tile_rule=self.tile_rule).to(self.device)
         self.calibration = None  # no k-fold calibration here
         self.fit_stats["coreset_seconds"] = time.perf_counter() - start
         return self
@@ -83,7 +84,8 @@ class PatchCore(Detector):
         if bank.shape[-1] != sum(header["backbone"]["channels"]):
             raise ModelFileError(f"{path}: memory does not match backbone {header['backbone']['name']}")
         try:
-            model.model = PatchCoreModel.from_config(model.config, extractor, bank, *model._canvas_and_padded())
+            model.model = PatchCoreModel.from_config(model.config, extractor, bank, *model._canvas_and_padded(),
+                                                     tile_rule=model.tile_rule)
         except ConfigError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
         return model.to(device)

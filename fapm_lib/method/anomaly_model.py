@@ -20,17 +20,18 @@ class AnomalyModel(nn.Module):
     Subclasses hold the memory as buffers and implement :meth:`search` and :meth:`memory_size`.
 
     ``padded``: the canvas padded to whole regions (the canvas itself with the paper's protocol);
-    ``tile`` / ``tile_overlap``: the backbone's tiles over it. ``backbone`` may be None for a model
+    ``tile`` / ``tile_overlap`` / ``tile_rule``: the backbone's tiles over it. ``backbone`` may be None for a model
     that only scores cached feature maps (:meth:`search`, :meth:`postprocess`)."""
 
     def __init__(self, backbone: FeatureExtractor | None, *, pool_size: int = 3,
                  canvas: int | tuple[int, int] = 224, padded: tuple[int, int] | None = None, tile: int = 512,
-                 tile_overlap: int = 64, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1) -> None:
+                 tile_overlap: int = 64, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
+                 tile_rule: str = "even") -> None:
         super().__init__()
         self.backbone = backbone
         self.canvas = (canvas, canvas) if isinstance(canvas, int) else (int(canvas[0]), int(canvas[1]))
         self.padded = self.canvas if padded is None else (int(padded[0]), int(padded[1]))
-        self.tiles: TileLayout = tile_layout(self.padded, tile, tile_overlap)
+        self.tiles: TileLayout = tile_layout(self.padded, tile, tile_overlap, tile_rule)
         self.pool_size, self.blur_sigma = pool_size, blur_sigma
         self.image_score, self.k = image_score, k
 

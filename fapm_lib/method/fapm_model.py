@@ -38,9 +38,10 @@ class FAPMModel(AnomalyModel):
                  feature_sizes: Sequence[tuple[int, int]], *, grid: int | tuple[int, int] = 7, pool_size: int = 3,
                  canvas: int | tuple[int, int] = 224, padded: tuple[int, int] | None = None, tile: int = 512,
                  tile_overlap: int = 64, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
-                 neighbour_regions: int = 0, alignment: str = "aligned") -> None:
+                 neighbour_regions: int = 0, alignment: str = "aligned", tile_rule: str = "even") -> None:
         super().__init__(backbone, pool_size=pool_size, canvas=canvas, padded=padded, tile=tile,
-                         tile_overlap=tile_overlap, blur_sigma=blur_sigma, image_score=image_score, k=k)
+                         tile_overlap=tile_overlap, blur_sigma=blur_sigma, image_score=image_score, k=k,
+                         tile_rule=tile_rule)
         if alignment not in ALIGNMENTS:
             raise ConfigError(f"alignment={alignment!r}: expected one of {', '.join(ALIGNMENTS)}")
         self.memories = nn.ModuleList(memories)
@@ -50,12 +51,12 @@ class FAPMModel(AnomalyModel):
 
     @classmethod
     def from_config(cls, config: FAPMConfig, backbone: FeatureExtractor | None, memories: Sequence[LayerMemory],
-                    geometry: ModelGeometry, alignment: str = "aligned") -> "FAPMModel":
+                    geometry: ModelGeometry, alignment: str = "aligned", tile_rule: str = "even") -> "FAPMModel":
         """The module for a :class:`~fapm_lib.config.FAPMConfig`'s settings and a fit's geometry."""
         return cls(backbone, memories, geometry.feature_sizes, grid=geometry.grid, pool_size=config.pool_size,
                    canvas=geometry.canvas, padded=geometry.padded, tile=config.tile, tile_overlap=config.tile_overlap,
                    blur_sigma=config.blur_sigma, image_score=config.image_score, k=config.search_k,
-                   neighbour_regions=config.neighbour_regions, alignment=alignment)
+                   neighbour_regions=config.neighbour_regions, alignment=alignment, tile_rule=tile_rule)
 
     @property
     def geometry(self) -> ModelGeometry:

@@ -12,10 +12,19 @@ from torch import Tensor
 from .backbone import FeatureExtractor
 from .geometry import TileLayout, blend_weights
 
-#: Input pixels per backbone call: 16 images of the protocol's 224 x 224. Larger calls' activations
-#: pass glibc's mmap threshold (:mod:`fapm_lib.system.allocator`) and page-fault on every call, so
-#: large images and tiles run a few at a time (the tiles stream, never all held at once).
+#: Input pixels per backbone call on a CPU: one image of 512 x 512, or five of 224 x 224. A larger
+#: call's activations pass glibc's largest mmap threshold (:mod:`fapm_lib.system.allocator`) and
+#: page-fault on every call: lite0 on one thread took 152 ms per 512 x 512 image one per call and
+#: 260 two per call; 24 ms per 224 x 224 image two to five per call and 45 eight per call. So large
+#: batches, images and tiles run a few at a time (the tiles stream, never all held at once).
+CPU_PIXELS_PER_CALL = 512 * 512
+#: Input pixels per backbone call on other devices (a GPU): 16 images of 224 x 224.
 PIXELS_PER_CALL = 16 * 224 * 224
+
+
+def pixels_per_call(device: torch.device) -> int:
+    """The input pixels one backbone call takes on ``device``."""
+    return CPU_PIXELS_PER_CALL if device.type == "cpu" else PIXELS_PER_CALL
 
 
 def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3,
@@ -26,8 +35,8 @@ def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3,
     if images.shape[1] == 1:
         images = expand_gray(images, extractor.info.mean, extractor.info.std)
     if tiles is None or tiles.single:
-        per_call = max(1, PIXELS_PER_CALL // (images.shape[-2] * images.shape[-1]))
-        if images.shape[0] <= per_call:
+        per_call = max(1, pixels_per_call(images.device) // (images.shape[-2] * images.shape[-1]))
+        if images.shape[0] <= per_call or torch.jit.is_tracing():  # a traced graph keeps its batch whole
             return aggregate_maps(extractor(images), pool_size)
         parts = [extractor(chunk) for chunk in images.split(per_call)]
         return aggregate_maps([torch.cat(layer) for layer in zip(*parts)], pool_size)
@@ -55,21 +64,32 @@ def tiled_features(extractor: FeatureExtractor, images: Tensor, tiles: TileLayou
     positions = [(iy, ix) for iy in range(len(tiles.ys)) for ix in range(len(tiles.xs))]
     out: list[Tensor] = []
     batch = images.shape[0]
-    per_call = max(1, PIXELS_PER_CALL // (th * tw * batch))  # tile positions per call, each with the batch
-    for first in range(0, len(positions), per_call):
-        chunk = positions[first : first + per_call]
-        crops = torch.cat([images[..., tiles.ys[iy] : tiles.ys[iy] + th, tiles.xs[ix] : tiles.xs[ix] + tw]
-                           for iy, ix in chunk])  # [n * B, 3, th, tw]
+    for chunk, rows in tile_calls(len(positions), batch, pixels_per_call(images.device) // (th * tw)):
+        crops = torch.cat([images[rows, :, tiles.ys[iy] : tiles.ys[iy] + th, tiles.xs[ix] : tiles.xs[ix] + tw]
+                           for iy, ix in (positions[p] for p in chunk)])  # [len(chunk) * len(rows), 3, th, tw]
+        n = rows.stop - rows.start
         for layer, (feature, stride, (wy, wx)) in enumerate(zip(extractor(crops), strides, weights)):
             feature = feature.float()
             if len(out) <= layer:
                 out.append(feature.new_zeros(batch, feature.shape[1], hp // stride, wp // stride))
-            for i, (iy, ix) in enumerate(chunk):
+            for i, (iy, ix) in enumerate(positions[p] for p in chunk):
                 y, x = tiles.ys[iy] // stride, tiles.xs[ix] // stride
                 weight = wy[iy][:, None] * wx[ix][None, :]  # [th / s, tw / s]
-                tile_feature = feature[i * batch : (i + 1) * batch]
-                out[layer][..., y : y + th // stride, x : x + tw // stride] += tile_feature * weight
+                out[layer][rows, :, y : y + th // stride, x : x + tw // stride] += feature[i * n : (i + 1) * n] * weight
     return out
+
+
+def tile_calls(n_positions: int, batch: int, crops_per_call: int) -> list[tuple[range, slice]]:
+    """The backbone calls over ``n_positions`` tile positions of a batch of ``batch`` images, at most
+    ``crops_per_call`` crops each (at least one): ``(positions, images)`` per call. Several whole
+    positions per call when the batch fits; else one position and a slice of the batch. A traced
+    graph (export) keeps its batch whole, since its batch size is not fixed."""
+    crops_per_call = max(1, crops_per_call)
+    if batch <= crops_per_call or torch.jit.is_tracing():
+        step = max(1, crops_per_call // batch)
+        return [(range(p, min(p + step, n_positions)), slice(0, batch)) for p in range(0, n_positions, step)]
+    return [(range(p, p + 1), slice(b, min(b + crops_per_call, batch)))
+            for p in range(n_positions) for b in range(0, batch, crops_per_call)]
 
 
 def aggregate_maps(features: list[Tensor], pool_size: int = 3) -> list[Tensor]:

@@ -7,9 +7,13 @@ the backbone runs on, and the region grid (rows x columns) over the feature maps
   cut off the anomaly map, and its cells never count in the image score. The paper's protocol
   pads nothing: its ``grid`` divides the square input's feature maps.
 - **Tiles.** An input larger than ``tile`` on a side runs through the backbone as overlapping
-  tiles (never all at once): along a side of L pixels, ``n = ceil((L - o) / (t - o))`` tiles of
-  ``t = min(tile, L)`` pixels at evenly spread offsets (multiples of 16, so the tiles' feature
-  cells fall on the whole input's cells), overlapping by at least ``o = tile_overlap``. Where
+  tiles (never all at once): along a side of L pixels, the fewest tiles of at most ``tile``
+  pixels that overlap by at least ``o = tile_overlap``, ``n = ceil((L - o) / (tile - o))``, made
+  as short as that allows (rule ``even``: ``ceil((L + (n - 1) o) / n)`` rounded up to 32 pixels),
+  so that the tiles cover the side with little more than the overlaps (1024 pixels: three tiles
+  of 384, not three of 512), at evenly spread offsets (multiples of 16, so the tiles' feature
+  cells fall on the whole input's cells). Model files written before this rule keep tiles of
+  the full ``tile`` (rule ``full``), so they score as they did. Where
   tiles overlap, their raw feature maps are blended with linear weights that fall to 0 at each
   tile's inner edges (:func:`blend_weights`), so no seam is left where one tile's padding effect
   would meet the next tile's content; then the 3x3 aggregation runs on the blended maps.
@@ -29,6 +33,11 @@ from ..errors import ConfigError
 
 #: Tile offsets are multiples of this many pixels: the coarser stride, so tiles share the cell grid.
 TILE_ALIGN = 16
+#: Shortened tiles are whole multiples of this many pixels.
+TILE_LENGTH_STEP = 32
+#: How tile lengths are chosen: "even" (as short as the count of tiles allows) or "full" (``tile``
+#: pixels, the rule of model files written before "even").
+TILE_RULES = ("even", "full")
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,11 @@ class ModelGeometry:
         return (h // self.grid[0]) * (w // self.grid[1])
 
 
-def tile_layout(padded: tuple[int, int], tile: int, overlap: int) -> TileLayout:
+def tile_layout(padded: tuple[int, int], tile: int, overlap: int, rule: str = "even") -> TileLayout:
     """The tiles covering an input of ``padded`` (height, width) pixels (see the module)."""
-    (ys, height), (xs, width) = (_axis_tiles(side, tile, overlap) for side in padded)
+    if rule not in TILE_RULES:
+        raise ConfigError(f"tile rule {rule!r}: expected one of {', '.join(TILE_RULES)}")
+    (ys, height), (xs, width) = (_axis_tiles(side, tile, overlap, rule) for side in padded)
     return TileLayout((int(padded[0]), int(padded[1])), (height, width), ys, xs)
 
 
@@ -116,14 +127,28 @@ def valid_cells(canvas: tuple[int, int], stride: int) -> tuple[int, int]:
     return -(-int(canvas[0]) // stride), -(-int(canvas[1]) // stride)
 
 
-def _axis_tiles(side: int, tile: int, overlap: int) -> tuple[tuple[int, ...], int]:
+def _axis_tiles(side: int, tile: int, overlap: int, rule: str) -> tuple[tuple[int, ...], int]:
     """Offsets and length of the tiles along one side (see the module)."""
     if side <= tile:
         return (0,), side
     n = math.ceil((side - overlap) / (tile - overlap))
-    starts = [(i * (side - tile) // (n - 1)) // TILE_ALIGN * TILE_ALIGN for i in range(n)]
-    starts[-1] = side - tile
+    length = tile
+    if rule == "even":
+        shortest = math.ceil((side + (n - 1) * overlap) / n)
+        length = min(tile, -(-shortest // TILE_LENGTH_STEP) * TILE_LENGTH_STEP)
+    starts = _spread(side, length, n)
+    while length < tile and any(b - a > length - overlap for a, b in zip(starts, starts[1:])):
+        length = min(tile, length + TILE_LENGTH_STEP)  # the offsets' alignment ate into the overlap
+        starts = _spread(side, length, n)
     if starts[-1] % TILE_ALIGN:
-        raise ConfigError(f"an input side of {side} pixels cannot be tiled by {tile}-pixel tiles on the "
+        raise ConfigError(f"an input side of {side} pixels cannot be tiled by {length}-pixel tiles on the "
                           f"{TILE_ALIGN}-pixel cell grid; use a side or tile that differ by a multiple of {TILE_ALIGN}")
-    return tuple(starts), tile
+    return tuple(starts), length
+
+
+def _spread(side: int, length: int, n: int) -> list[int]:
+    """``n`` offsets of ``length``-pixel tiles from 0 to ``side - length``, evenly spread and
+    aligned down to :data:`TILE_ALIGN` (the last one ends at the side)."""
+    starts = [(i * (side - length) // (n - 1)) // TILE_ALIGN * TILE_ALIGN for i in range(n)]
+    starts[-1] = side - length
+    return starts

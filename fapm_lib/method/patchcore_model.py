@@ -25,9 +25,10 @@ class PatchCoreModel(AnomalyModel):
     def __init__(self, backbone: FeatureExtractor | None, bank: Tensor, *, pool_size: int = 3,
                  canvas: int | tuple[int, int] = 224, padded: tuple[int, int] | None = None, tile: int = 512,
                  tile_overlap: int = 64, blur_sigma: float = 4.0, image_score: str = "max", k: int = 1,
-                 query_chunk: int = 4096) -> None:
+                 query_chunk: int = 4096, tile_rule: str = "even") -> None:
         super().__init__(backbone, pool_size=pool_size, canvas=canvas, padded=padded, tile=tile,
-                         tile_overlap=tile_overlap, blur_sigma=blur_sigma, image_score=image_score, k=k)
+                         tile_overlap=tile_overlap, blur_sigma=blur_sigma, image_score=image_score, k=k,
+                         tile_rule=tile_rule)
         if k > bank.shape[0]:
             raise ConfigError(f"k={k} exceeds the memory bank ({bank.shape[0]} vectors)")
         # one bank for every position: a single "region", searched by the same kernel as FAPM's banks
@@ -36,11 +37,11 @@ class PatchCoreModel(AnomalyModel):
 
     @classmethod
     def from_config(cls, config: FAPMConfig, backbone: FeatureExtractor | None, bank: Tensor,
-                    canvas: tuple[int, int], padded: tuple[int, int]) -> "PatchCoreModel":
+                    canvas: tuple[int, int], padded: tuple[int, int], tile_rule: str = "even") -> "PatchCoreModel":
         """The module for a :class:`~fapm_lib.config.FAPMConfig`'s settings and a fit's canvas."""
         return cls(backbone, bank, pool_size=config.pool_size, canvas=canvas, padded=padded, tile=config.tile,
                    tile_overlap=config.tile_overlap, blur_sigma=config.blur_sigma, image_score=config.image_score,
-                   k=config.search_k)
+                   k=config.search_k, tile_rule=tile_rule)
 
     @property
     def bank(self) -> Tensor:

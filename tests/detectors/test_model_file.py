@@ -375,3 +375,24 @@ def test_a_file_written_before_native_resolution_loads_and_scores_as_then(tmp_pa
     assert [str(s.path.relative_to(root)) for s in test.samples] == expected["paths"]
     scores = model.predict(torch.stack([test[i]["image"] for i in range(len(test))])).pred_score
     assert torch.allclose(scores, torch.tensor(expected["raw_scores"]), rtol=1e-4)
+
+
+def test_tiles_are_cut_by_the_rule_the_file_was_fitted_with(extractor, tmp_path: Path) -> None:
+    """New fits cut even tiles and record it; a file without the record (written before the rule)
+    keeps tiles of the full ``tile``, so it scores as it did; an unknown rule is refused."""
+    config = FAPMConfig(tile=128, tile_overlap=32, calibration_folds=0, coreset_ratio=0.5, batch_size=4)
+    images = torch.randn(5, 3, 64, 160, generator=torch.Generator().manual_seed(3))
+    fitted = FAPM(config, extractor=extractor).fit(images[:4], progress=False)
+    assert fitted.tile_rule == "even" and fitted.model.tiles.size == (64, 96)  # 2 x 96, not 2 x 128
+    path = fitted.save(tmp_path / "even.safetensors")
+    assert json.loads(metadata(path)["header"])["tile_rule"] == "even"
+    assert_same_prediction(FAPM.load(path, extractor=extractor), fitted, images[4:])
+    craft(path, lambda tensors, header: header.pop("tile_rule"))
+    before = FAPM.load(path, extractor=extractor)
+    assert before.tile_rule == "full" and before.model.tiles.size == (64, 128)
+    assert before.embed(images[4:])[0].shape == fitted.embed(images[4:])[0].shape
+    assert not torch.equal(before.embed(images[4:])[0], fitted.embed(images[4:])[0])
+    craft(path, lambda tensors, header: header.update(tile_rule="half"))
+    assert refused(path) == f"{path}: malformed tile_rule 'half' (expected one of even, full)"
+    assert before.fit(images[:4], progress=False).tile_rule == "even"  # a new fit cuts by the new rule
+    assert before.model.tiles.size == (64, 96)

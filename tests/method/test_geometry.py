@@ -28,13 +28,25 @@ def test_padding_rounds_up_to_whole_regions_and_replicates_the_border() -> None:
 @pytest.mark.parametrize("side, tile, overlap", [(1536, 512, 64), (2048, 512, 64), (768, 256, 32), (1024, 512, 0),
                                                  (4096, 512, 128), (512, 512, 64), (320, 512, 64)])
 def test_tiles_cover_the_side_overlap_enough_and_sit_on_the_cell_grid(side: int, tile: int, overlap: int) -> None:
-    layout = tile_layout((side, side), tile, overlap)
-    starts, length = layout.ys, layout.size[0]
-    assert length == min(tile, side)
-    assert starts[0] == 0 and starts[-1] + length == side
-    assert all(s % 16 == 0 for s in starts)
-    assert all(b - a <= length - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap pixels
-    assert layout.single == (side <= tile)
+    layouts = {rule: tile_layout((side, side), tile, overlap, rule) for rule in ("even", "full")}
+    for layout in layouts.values():
+        starts, length = layout.ys, layout.size[0]
+        assert length <= min(tile, side) and length % 16 == 0
+        assert starts[0] == 0 and starts[-1] + length == side
+        assert all(s % 16 == 0 for s in starts)
+        assert all(b - a <= length - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap px
+        assert layout.single == (side <= tile)
+    even, full = layouts["even"], layouts["full"]
+    assert full.size[0] == min(tile, side) and len(even.ys) == len(full.ys)  # as many tiles, as short as may be
+    if not even.single:
+        assert even.size[0] - 32 < -(-(side + (len(even.ys) - 1) * overlap) // len(even.ys)) <= even.size[0]
+
+
+def test_even_tiles_cover_a_side_with_little_more_than_the_overlaps() -> None:
+    assert tile_layout((1024, 1024), 512, 64).size == (384, 384)  # 3 x 384, not 3 x 512 (2.25x the pixels)
+    assert tile_layout((1024, 1024), 512, 64, "full").size == (512, 512)
+    with pytest.raises(ConfigError, match="tile rule"):
+        tile_layout((1024, 1024), 512, 64, "half")
 
 
 @pytest.mark.parametrize("stride", [8, 16])
