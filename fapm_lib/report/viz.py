@@ -65,11 +65,15 @@ def _check_same_size(image_rgb: np.ndarray, other: np.ndarray, what: str) -> Non
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo channel normalisation: [3,H,W] normalised tensor -> [H,W,3] uint8 RGB."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise FAPMError(f"image must be [3,H,W], got shape {tuple(image.shape)}")
+    """Undo channel normalisation: [3,H,W] normalised tensor -> [H,W,3] uint8 RGB; a gray
+    [1,H,W] (normalised with the first channel's mean and std, as the transform does) -> its
+    gray [H,W,3]."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise FAPMError(f"image must be [3,H,W] or [1,H,W], got shape {tuple(image.shape)}")
     pixels = image.detach().to("cpu", torch.float32)
-    pixels = pixels * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    channels = image.shape[0]
+    pixels = pixels * torch.tensor(std[:channels]).view(-1, 1, 1) + torch.tensor(mean[:channels]).view(-1, 1, 1)
+    pixels = pixels.expand(3, -1, -1)
     return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 

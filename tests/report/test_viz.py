@@ -53,8 +53,19 @@ def test_denormalize_inverts_normalisation(image: np.ndarray) -> None:
 
 def test_denormalize_clips_and_checks_shape() -> None:
     assert denormalize(torch.full((3, 2, 2), 100.0), MEAN, STD).max() == 255
-    with pytest.raises(FAPMError, match=r"\[3,H,W\]"):
+    with pytest.raises(FAPMError, match=r"\[3,H,W\] or \[1,H,W\]"):
         denormalize(torch.zeros(2, 4, 4), MEAN, STD)
+
+
+def test_denormalize_shows_a_gray_image_as_its_gray(image: np.ndarray) -> None:
+    """A one-channel image (normalised with the first channel's statistics) comes back as its
+    gray values in all three channels."""
+    gray = image[..., 0]
+    normalised = (torch.from_numpy(gray).float()[None] / 255 - MEAN[0]) / STD[0]
+    restored = denormalize(normalised, MEAN, STD)
+    assert restored.shape == (20, 30, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(restored[..., channel], gray)
 
 
 def test_heatmap_shape_dtype_and_colours(anomaly_map: np.ndarray) -> None:
