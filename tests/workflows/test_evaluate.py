@@ -118,3 +118,22 @@ def test_evaluate_flat_folders_with_masks_and_a_report(capsys, flat_folders: Pat
     page = (tmp_path / "report.html").read_text()
     assert page.count('<figure class="thumb">') == 6 and page.count("truth <b") == 6
     assert "<h2>Metrics</h2>" in page and page.count('class="explain"') == 6  # every test image picked
+
+
+def test_evaluate_a_gray_set_writes_its_heatmaps_and_report(capsys, tmp_path: Path) -> None:
+    """A one-channel set stays one channel to the model; its heatmaps and report show the gray
+    image (a gray image once failed there, after every image was scored)."""
+    from PIL import Image
+
+    root = write_tree(tmp_path / "data", n_train=6, n_good=2, n_bad=2)
+    for png in (root / CATEGORY).rglob("*.png"):
+        if "ground_truth" not in png.parts:
+            Image.open(png).convert("L").save(png)
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    out = tmp_path / "out"
+    metrics = evaluate_metrics(capsys, out, "--config", str(tmp_path / "tiny.yaml"), "--data-root", str(root),
+                               "--category", CATEGORY, "--report")
+    assert metrics["n_test"] == 4
+    heatmaps = sorted((out / "heatmaps").rglob("*.png"))
+    assert len(heatmaps) == 4 and Image.open(heatmaps[0]).mode == "RGB"
+    assert (out / "report.html").read_text().count('<figure class="thumb">') == 4
