@@ -39,7 +39,7 @@ class FAPMConfig:
     resize: int | None = None        # the paper's protocol: shorter side resized to this; None: native
     crop_size: int | None = None     # with resize: centre crop; None: squashed to resize x resize
     scale: float = 1.0               # native: the image's sides times this first (0.5: 1/4 of the cost)
-    tile: int = 512                  # inputs larger than tile x tile run through the backbone in tiles
+    tile: int = 512                  # larger inputs run through the backbone in tiles of at most tile x tile
     tile_overlap: int = 64           # pixels two neighbouring tiles share (their features blended there)
     pool_size: int = 3               # local neighbourhood aggregation (avg-pool, stride 1)
     grid: int | None = None          # with resize: regions per side of the square (None: 7, the paper's)
