@@ -396,3 +396,18 @@ def test_tiles_are_cut_by_the_rule_the_file_was_fitted_with(extractor, tmp_path:
     assert refused(path) == f"{path}: malformed tile_rule 'half' (expected one of even, full)"
     assert before.fit(images[:4], progress=False).tile_rule == "even"  # a new fit cuts by the new rule
     assert before.model.tiles.size == (64, 96)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"canvas": None}, "a native-resolution model without its canvas size"),
+    ({"canvas": [64, "wide"]}, "malformed canvas [64, 'wide']"),
+    ({"canvas": [0, 160]}, "malformed canvas [0, 160]"),
+    ({"input_channels": 2}, "malformed input_channels 2"),
+])
+def test_a_native_header_with_a_malformed_geometry_is_refused(extractor, tmp_path: Path, change: dict,
+                                                              message: str) -> None:
+    config = FAPMConfig(calibration_folds=0, coreset_ratio=0.5, batch_size=4)
+    images = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    path = FAPM(config, extractor=extractor).fit(images, progress=False).save(tmp_path / "native.safetensors")
+    craft(path, lambda tensors, header: header.update(change))
+    assert refused(path) == f"{path}: {message}"
