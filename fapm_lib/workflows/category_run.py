@@ -13,8 +13,10 @@ from typing import Any
 
 from ..config import FIT_KEYS, check_k_acts, flag_name
 from ..data.mvtec import MVTecDataset
+from ..decisions import metrics as metric_rules
 from ..decisions.calibration import from_validation, manual, rescore
 from ..decisions.evaluation import decision_metrics, run_test_set
+from ..decisions.metrics import pixel_metrics_downscale
 from ..detectors.fapm import FAPM
 from ..detectors.model_file import MODEL_FILE
 from ..errors import ConfigError, DataError
@@ -130,15 +132,19 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
         model_file = str(model.save(output / MODEL_FILE))
     (test,) = datasets_from_args(model, args, ("test",))
     result = run_test_set(model, test, progress=not args.no_progress)
+    downscale = pixel_metrics_downscale(result.maps.shape)
     if result.masks is None:
         print(f"pixel metrics skipped: {data_name(args)} has no ground_truth masks (--masks)", file=sys.stderr)
+    elif downscale > 1:
+        print(f"pixel metrics on maps and masks reduced {downscale}x ({result.maps.numel():,} pixels, more than "
+              f"{metric_rules.PIXEL_METRICS_MAX_PIXELS:,}: see fapm_lib.decisions.metrics)", file=sys.stderr)
     metrics = {**result.metrics, **decision_metrics(result, model.calibration),
                "n_train": model.fit_stats.get("n_train"), "n_test": len(test),
                "backbone": model.config.backbone, "fit_seconds": model.fit_stats.get("fit_seconds"),
                "ms_per_image": result.ms_per_image,
                **{f"{stage}_ms_per_image": ms for stage, ms in result.stage_ms.items()},
                "settings": {"config": model.config.to_dict(), "model_file": model_file,
-                            **data_settings(args),
+                            **data_settings(args), "pixel_metrics_downscale": downscale,
                             "calibration": None if model.calibration is None else model.calibration.brief()}}
     write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=2))
     save_heatmaps(result, test, output / "heatmaps", calibration=model.calibration)

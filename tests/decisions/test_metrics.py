@@ -192,3 +192,43 @@ def test_compute_metrics_none_cases() -> None:
     assert no_masks["pixel_auroc"] is no_masks["pixel_f1_max"] is no_masks["pixel_aupro"] is None
     empty = compute_metrics(_t([0.2, 0.7]), torch.tensor([0, 0]), maps, torch.zeros(2, 8, 8))
     assert empty == dict.fromkeys(["image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_aupro"])
+
+
+# ---------------------------------------------------------------- large test sets: a stated downscale
+def test_the_pixel_metrics_downscale_is_the_smallest_whole_factor_that_fits() -> None:
+    from fapm_lib.decisions.metrics import pixel_metrics_downscale
+
+    assert pixel_metrics_downscale((10, 100, 100), max_pixels=100_000) == 1  # exactly at the bound
+    assert pixel_metrics_downscale((10, 100, 101), max_pixels=100_000) == 2
+    assert pixel_metrics_downscale((10, 100, 100), max_pixels=25_000) == 2
+    assert pixel_metrics_downscale((10, 100, 100), max_pixels=24_999) == 3
+    assert pixel_metrics_downscale((160, 512, 512)) == 1  # MVTec AD at 512: its own geometry
+
+
+def test_a_downscale_averages_maps_and_keeps_every_defect_region() -> None:
+    from fapm_lib.decisions.metrics import downscale_maps_and_masks
+
+    maps = torch.arange(3 * 5 * 7, dtype=torch.float32).reshape(3, 5, 7)
+    masks = torch.zeros(3, 5, 7, dtype=torch.bool)
+    masks[1, 4, 6] = True  # one defect pixel in the last (partial) block
+    small_maps, small_masks = downscale_maps_and_masks(maps, masks, 2, chunk=2)
+    assert small_maps.shape == small_masks.shape == (3, 3, 4) and small_masks.dtype == torch.bool
+    assert small_maps[0, 0, 0] == maps[0, :2, :2].mean() and small_maps[2, 2, 3] == maps[2, 4, 6]
+    assert small_masks.sum() == 1 and small_masks[1, 2, 3]
+    assert downscale_maps_and_masks(maps, masks, 1) == (maps, masks)
+
+
+def test_compute_metrics_reads_a_large_set_downscaled_and_a_small_one_whole() -> None:
+    from fapm_lib.decisions.metrics import downscale_maps_and_masks
+
+    g = torch.Generator().manual_seed(2)
+    maps, masks = torch.rand(4, 16, 16, generator=g), torch.zeros(4, 16, 16, dtype=torch.bool)
+    masks[2:, 5:9, 3:8] = True
+    maps[2:, 5:9, 3:8] += 0.4 * torch.rand(2, 4, 5, generator=g)
+    scores, labels = maps.amax((1, 2)), torch.tensor([0, 0, 1, 1])
+    whole = compute_metrics(scores, labels, maps, masks)
+    assert whole == compute_metrics(scores, labels, maps, masks, max_pixels=4 * 16 * 16)
+    reduced = compute_metrics(scores, labels, maps, masks, max_pixels=4 * 8 * 8)
+    by_hand = compute_metrics(scores, labels, *downscale_maps_and_masks(maps, masks, 2))
+    assert reduced == by_hand and reduced["pixel_auroc"] != whole["pixel_auroc"]
+    assert reduced["image_auroc"] == whole["image_auroc"]  # image scores are never reduced

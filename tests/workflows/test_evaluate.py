@@ -12,7 +12,7 @@ import pytest
 from fapm_lib import FAPM
 from fapm_lib.detectors.model_file import MODEL_FILE
 from tests.helpers import evaluate_metrics, one_line, run_main
-from tests.parts_support import CATEGORY, TINY_YAML, write_tree
+from tests.parts_support import CATEGORY, SIZE, TINY_YAML, write_tree
 
 pytestmark = pytest.mark.usefixtures("cached_extractors")
 
@@ -137,3 +137,23 @@ def test_evaluate_a_gray_set_writes_its_heatmaps_and_report(capsys, tmp_path: Pa
     heatmaps = sorted((out / "heatmaps").rglob("*.png"))
     assert len(heatmaps) == 4 and Image.open(heatmaps[0]).mode == "RGB"
     assert (out / "report.html").read_text().count('<figure class="thumb">') == 4
+
+
+def test_a_large_test_set_states_its_pixel_metrics_downscale(capsys, monkeypatch, tmp_path: Path, part_data: Path,
+                                                             part_yaml: Path) -> None:
+    """Maps of more pixels than the pixel metrics read are scored reduced, and metrics.json and
+    stderr say by how much; a small set keeps its own geometry (downscale 1)."""
+    from fapm_lib.decisions import metrics as metric_rules
+
+    common = ["--config", str(part_yaml), "--category", CATEGORY, "--data-root", str(part_data), "--no-progress"]
+    code, _, err = run_main(capsys, "evaluate", *common, "--output", str(tmp_path / "whole"))
+    assert code == 0 and "reduced" not in err
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert whole["settings"]["pixel_metrics_downscale"] == 1
+    monkeypatch.setattr(metric_rules, "PIXEL_METRICS_MAX_PIXELS", whole["n_test"] * SIZE * SIZE // 4)
+    code, _, err = run_main(capsys, "evaluate", "--model", whole["settings"]["model_file"], *common,
+                            "--output", str(tmp_path / "reduced"))
+    reduced = json.loads((tmp_path / "reduced" / "metrics.json").read_text())
+    assert code == 0 and "pixel metrics on maps and masks reduced 2x" in err
+    assert reduced["settings"]["pixel_metrics_downscale"] == 2
+    assert reduced["image_auroc"] == whole["image_auroc"] and reduced["pixel_auroc"] != whole["pixel_auroc"]
