@@ -199,6 +199,8 @@ def downscale_maps_and_masks(maps: Tensor, masks: Tensor, factor: int,
         return maps, masks
     out_maps, out_masks = [], []
     for m, k in zip(maps.split(chunk), masks.split(chunk)):
+        if not ((k == 0) | (k == 1)).all():
+            raise FAPMError("masks must contain only 0 and 1")
         out_maps.append(F.avg_pool2d(m[:, None].float(), factor, ceil_mode=True)[:, 0])
         out_masks.append(F.max_pool2d(k[:, None].float(), factor, ceil_mode=True)[:, 0] > 0.5)
     return torch.cat(out_maps), torch.cat(out_masks)
@@ -223,8 +225,8 @@ def compute_metrics(
         result["image_auroc"] = image_auroc(scores, labels)
     if masks is not None:
         _check_pixel_shapes(maps, masks)
+        maps, masks = downscale_maps_and_masks(maps, masks, pixel_metrics_downscale(maps.shape, max_pixels))
         if _has_both_classes(_binary_targets(masks, "masks")):
-            maps, masks = downscale_maps_and_masks(maps, masks, pixel_metrics_downscale(maps.shape, max_pixels))
             result["pixel_auroc"] = pixel_auroc(maps, masks)
             result["pixel_f1_max"] = pixel_f1_max(maps, masks)
             result["pixel_aupro"] = pixel_aupro(maps, masks)

@@ -216,6 +216,8 @@ def test_a_downscale_averages_maps_and_keeps_every_defect_region() -> None:
     assert small_maps[0, 0, 0] == maps[0, :2, :2].mean() and small_maps[2, 2, 3] == maps[2, 4, 6]
     assert small_masks.sum() == 1 and small_masks[1, 2, 3]
     assert downscale_maps_and_masks(maps, masks, 1) == (maps, masks)
+    with pytest.raises(FAPMError, match="only 0 and 1"):
+        downscale_maps_and_masks(maps, masks.float() * 2, 2)
 
 
 def test_compute_metrics_reads_a_large_set_downscaled_and_a_small_one_whole() -> None:
