@@ -35,10 +35,10 @@ def embed(extractor: FeatureExtractor, images: Tensor, pool_size: int = 3,
     if images.shape[1] == 1:
         images = expand_gray(images, extractor.info.mean, extractor.info.std)
     if tiles is None or tiles.single:
-        per_call = max(1, pixels_per_call(images.device) // (images.shape[-2] * images.shape[-1]))
-        if images.shape[0] <= per_call or torch.jit.is_tracing():  # a traced graph keeps its batch whole
+        calls = tile_calls(1, images.shape[0], pixels_per_call(images.device) // (images.shape[-2] * images.shape[-1]))
+        if len(calls) == 1:
             return aggregate_maps(extractor(images), pool_size)
-        parts = [extractor(chunk) for chunk in images.split(per_call)]
+        parts = [extractor(images[rows]) for _, rows in calls]
         return aggregate_maps([torch.cat(layer) for layer in zip(*parts)], pool_size)
     return aggregate_maps(tiled_features(extractor, images, tiles), pool_size)
 
@@ -65,14 +65,15 @@ def tiled_features(extractor: FeatureExtractor, images: Tensor, tiles: TileLayou
     out: list[Tensor] = []
     batch = images.shape[0]
     for chunk, rows in tile_calls(len(positions), batch, pixels_per_call(images.device) // (th * tw)):
+        placed = [positions[p] for p in chunk]
         crops = torch.cat([images[rows, :, tiles.ys[iy] : tiles.ys[iy] + th, tiles.xs[ix] : tiles.xs[ix] + tw]
-                           for iy, ix in (positions[p] for p in chunk)])  # [len(chunk) * len(rows), 3, th, tw]
+                           for iy, ix in placed])  # [len(chunk) * len(rows), 3, th, tw]
         n = rows.stop - rows.start
         for layer, (feature, stride, (wy, wx)) in enumerate(zip(extractor(crops), strides, weights)):
             feature = feature.float()
             if len(out) <= layer:
                 out.append(feature.new_zeros(batch, feature.shape[1], hp // stride, wp // stride))
-            for i, (iy, ix) in enumerate(positions[p] for p in chunk):
+            for i, (iy, ix) in enumerate(placed):
                 y, x = tiles.ys[iy] // stride, tiles.xs[ix] // stride
                 weight = wy[iy][:, None] * wx[ix][None, :]  # [th / s, tw / s]
                 out[layer][rows, :, y : y + th // stride, x : x + tw // stride] += feature[i * n : (i + 1) * n] * weight
@@ -80,8 +81,9 @@ def tiled_features(extractor: FeatureExtractor, images: Tensor, tiles: TileLayou
 
 
 def tile_calls(n_positions: int, batch: int, crops_per_call: int) -> list[tuple[range, slice]]:
-    """The backbone calls over ``n_positions`` tile positions of a batch of ``batch`` images, at most
-    ``crops_per_call`` crops each (at least one): ``(positions, images)`` per call. Several whole
+    """The backbone calls over ``n_positions`` tile positions (1: whole images) of a batch of
+    ``batch`` images, at most ``crops_per_call`` crops each (at least one): ``(positions, images)``
+    per call. Several whole
     positions per call when the batch fits; else one position and a slice of the batch. A traced
     graph (export) keeps its batch whole, since its batch size is not fixed."""
     crops_per_call = max(1, crops_per_call)

@@ -16,7 +16,6 @@ from ..data.mvtec import MVTecDataset
 from ..decisions import metrics as metric_rules
 from ..decisions.calibration import from_validation, manual, rescore
 from ..decisions.evaluation import decision_metrics, run_test_set
-from ..decisions.metrics import pixel_metrics_downscale
 from ..detectors.fapm import FAPM
 from ..detectors.model_file import MODEL_FILE
 from ..errors import ConfigError, DataError
@@ -132,7 +131,7 @@ def evaluate_category(args: argparse.Namespace, output: Path, model_cls: type | 
         model_file = str(model.save(output / MODEL_FILE))
     (test,) = datasets_from_args(model, args, ("test",))
     result = run_test_set(model, test, progress=not args.no_progress)
-    downscale = pixel_metrics_downscale(result.maps.shape)
+    downscale = metric_rules.pixel_metrics_downscale(result.maps.shape)
     if result.masks is None:
         print(f"pixel metrics skipped: {data_name(args)} has no ground_truth masks (--masks)", file=sys.stderr)
     elif downscale > 1:
