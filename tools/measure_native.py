@@ -412,7 +412,7 @@ def _table(title: str, rows: list[dict], timing: dict[str, float], reference: st
         if row["setting"] in timing:
             line["batch-1 ms, side by side"] = timing[row["setting"]]
             if reference in timing:
-                line["x protocol"] = timing[row["setting"]] / timing[reference]
+                line["x protocol"] = f"{timing[row['setting']] / timing[reference]:.1f}"
         shown.append(line)
     return _markdown(title, shown, "ms / image: batched evaluation (backbone + search + post-processing); "
                      "batch-1 ms: the models loaded again in one process and timed alternately")
