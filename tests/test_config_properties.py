@@ -205,8 +205,8 @@ def test_out_of_range_is_named(case: tuple[str, Any]) -> None:
 @given(valid_settings(), st.sampled_from(sorted(OUT_OF_RANGE)), st.data())
 def test_out_of_range_is_named_among_valid_settings(values: dict[str, Any], key: str, data) -> None:
     value = data.draw(OUT_OF_RANGE[key])
-    if key == "crop_size":
-        values = {**values, "resize": 256}
+    if key == "crop_size":  # it needs resize, and resize takes the native-only settings out
+        values = {**{k: v for k, v in values.items() if k not in ("scale", "region_size")}, "resize": 256}
     message = config_error({**values, key: value})
     assert f"{key}={value!r}" in message
 
@@ -223,3 +223,10 @@ def test_non_finite_floats_are_refused(key: str, value: float) -> None:
 def test_seed_outside_torchs_range_is_refused(seed: int) -> None:
     """torch.manual_seed raises ValueError outside [-2**63, 2**64): refuse such seeds up front."""
     assert names_key(config_error({"seed": seed}), "seed")
+
+
+@pytest.mark.parametrize("key, value", [("region_size", 16), ("grid", 5)])
+def test_an_out_of_range_resize_is_named_before_the_settings_it_conflicts_with(key: str, value: int) -> None:
+    """Found by the property test above: resize=0 with region_size=16 was refused for region_size."""
+    message = config_error({"resize": 0, key: value})
+    assert "resize=0" in message

@@ -25,7 +25,8 @@ The same protocol for both: the same data (``MVTecDataset``), the same transform
 (``FAPMConfig(resize=256, crop_size=224)``: resize 256, centre crop 224, lite0's mean/std),
 the same ``tf_efficientnet_lite0`` ImageNet weights (anomalib's ``TimmFeatureExtractor`` is built
 with ``pre_trained=False`` and given FAPM's backbone state dict; the feature maps are asserted
-bit-identical), the same layers (the stride-8 and stride-16 stages, ``blocks.2`` and
+bit-identical, so FAPM's extractor is built with ``optimize=False``: timm's modules as they are,
+no folded batch norms, no channels-last input), the same layers (the stride-8 and stride-16 stages, ``blocks.2`` and
 ``blocks.4``), the same 3x3 average-pool aggregation, coreset ratio 0.1. Each method keeps
 its own scoring: FAPM its defaults (grid 7, adaptive ratio, ``max`` image score);
 anomalib its defaults (``num_neighbors=9``: the paper's re-weighted image score; nearest
@@ -352,7 +353,7 @@ def run_category(args, category: str, on_partial=None) -> dict:
     print(f"\n== {category} ==", flush=True)
     load_start = os.getloadavg()
     config = fapm_config()
-    extractor = create_feature_extractor(BACKBONE)
+    extractor = create_feature_extractor(BACKBONE, optimize=False)
     fapm = FAPM(config, extractor=extractor)
     transform = fapm.transform
     assert (transform.resize, transform.crop_size) == (256, 224)
@@ -598,7 +599,7 @@ def check(args: argparse.Namespace) -> int:
 
     from fapm_lib import create_feature_extractor
 
-    extractor = create_feature_extractor(BACKBONE)
+    extractor = create_feature_extractor(BACKBONE, optimize=False)
     model = build_anomalib(extractor)  # asserts identical maps on a seeded random batch
     torch.manual_seed(1)
     images = torch.randn(4, 3, 224, 224)
