@@ -71,6 +71,8 @@ def main() -> int:
         return _child(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)  # a new folder is fine: it keeps the fits for a rerun
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         tables = {"screw": screw, "rail": rail, "scaling": scaling, "bounded": bounded, "int8": int8}[args.command](
