@@ -250,7 +250,8 @@ def per_image_scores(result: dict, category: str, threads: int) -> dict:
     if "scores" not in result:
         scored = rescore(result["model"], Path(result["root"]), category, threads, metrics=False)
         result.update(scores=scored.scores.tolist(), labels=scored.labels.tolist(), paths=scored.paths)
-        Path(result["model"]).with_suffix(".json").write_text(json.dumps(result))
+        kept = {k: v for k, v in result.items() if k != "setting"}  # the result file, without the table's label
+        Path(result["model"]).with_suffix(".json").write_text(json.dumps(kept))
     return result
 
 
@@ -260,7 +261,7 @@ def pair_errors(result: dict, worst: int = 2) -> dict[str, Any]:
     ``worst`` of them: it says whether a few good images or the whole set carry the errors."""
     scores, labels = np.asarray(result["scores"]), np.asarray(result["labels"])
     good, bad = scores[labels == 0], scores[labels == 1]
-    per_good = (bad[None, :] < good[:, None]).sum(1) + 0.5 * (bad[None, :] == good[:, None]).sum(1)
+    per_good = wrong_pairs(good, bad)
     names = [f"{Path(p).parent.name}/{Path(p).name}" for p, y in zip(result["paths"], labels) if y == 0]
     order = np.argsort(-per_good, kind="stable")
     rest = np.delete(per_good, order[:worst])
@@ -271,6 +272,12 @@ def pair_errors(result: dict, worst: int = 2) -> dict[str, Any]:
             "image AUROC, 95 % interval": "{:.3f} to {:.3f}".format(*auroc_interval(good, bad))}
 
 
+def wrong_pairs(good: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """``[len(good)]``: for each good image's score, the defective scores below it (a tie counts
+    half): image AUROC is one minus their sum over all pairs."""
+    return (bad[None, :] < good[:, None]).sum(1) + 0.5 * (bad[None, :] == good[:, None]).sum(1)
+
+
 def auroc_interval(good: np.ndarray, bad: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
     """The image AUROC's 95 % bootstrap interval: good and defective images resampled apart (each
     class keeps its count), ``rounds`` times, seeded. It says how far a test set this size can move it."""
@@ -278,7 +285,7 @@ def auroc_interval(good: np.ndarray, bad: np.ndarray, rounds: int = 2000, seed: 
     values = np.empty(rounds)
     for r in range(rounds):
         g, b = rng.choice(good, good.size), rng.choice(bad, bad.size)
-        values[r] = ((b[None, :] > g[:, None]).mean() + 0.5 * (b[None, :] == g[:, None]).mean())
+        values[r] = 1 - wrong_pairs(g, b).sum() / g.size / b.size
     low, high = np.quantile(values, [0.025, 0.975])
     return float(low), float(high)
 
